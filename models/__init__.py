@@ -1,0 +1,1 @@
+"""latentsynth's DSP core (spectral representations, Numba inversion kernels) and networks."""

@@ -1,0 +1,1 @@
+"""latentsynth's datasets, training loops, SOM timbre grid and evaluation metrics."""
