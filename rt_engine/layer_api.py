@@ -1,0 +1,57 @@
+"""The seam between the engine and a streaming layer that renders ahead of the audio callback
+(the monophonic GRU voice).
+
+A streaming layer runs in its own thread (its heavy work is a `nogil` Numba kernel, so it does not
+hold the GIL), writes mono audio at the device rate into a ring buffer the engine owns, and the
+engine's block kernel mixes it in with the layer's gain (`/mix/gru`). The layer's declared
+`latency_frames` is how far ahead of the callback it renders; the engine reports it in
+`/status.reply` and delays the layer's events by it, so parameter changes stay sample-accurate.
+
+Ring protocol (single producer = layer thread, single consumer = audio callback):
+`ring` float32 [capacity], `positions` int64 [2] = (frames written, frames read), both monotonic;
+the layer writes only while `written - read < capacity`, the callback reads only
+`min(block, written - read)` frames and counts a shortfall as a layer underrun.
+
+Events carry the absolute output frame `at_frame` at which they take effect (already offset by the
+engine; `None` = as soon as possible). They are called from control threads and must not block.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class StreamLayer(Protocol):
+    latency_frames: int
+    """Frames the layer renders ahead of the callback (declared latency)."""
+
+    def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray) -> None:
+        """Begin rendering into `ring` (float32 [capacity]) at `sample_rate` (Hz)."""
+
+    def stop(self) -> None:
+        """Stop the rendering thread and join it."""
+
+    def note_on(self, pitch: float, velocity: float, at_frame: int | None = None) -> None:
+        """Last-note priority: a new note takes over the voice (gliding if a note is held)."""
+
+    def note_off(self, pitch: float, at_frame: int | None = None) -> None:
+        """Release `pitch`; falls back to the previous held note if any."""
+
+    def note_pitch(self, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
+        """Glide the sounding note to MIDI `pitch` over `glide_s` seconds."""
+
+    def pitch_bend(self, semitones: float, at_frame: int | None = None) -> None:
+        """Bend the voice by `semitones`."""
+
+    def timbre_xy(self, x: float, y: float, glide_s: float, at_frame: int | None = None) -> None:
+        """Move the timbre to grid point (x, y) in [0, 1]^2 over `glide_s` seconds."""
+
+    def set_glide(self, seconds: float) -> None:
+        """Portamento time between legato notes (`/gru/glide`)."""
+
+    def panic(self) -> None:
+        """Silence at once (short fade) and reset the recurrent state."""
+
+    def is_active(self) -> bool:
+        """True while a note sounds (reported as `gru_active`)."""
