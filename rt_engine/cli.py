@@ -48,20 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(_module=module_name)
         else:
             sub = subparsers.add_parser(name, help=f"{help_text} (not built yet)", add_help=False)
-            sub.add_argument("rest", nargs=argparse.REMAINDER)
             sub.set_defaults(_module=None)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unparsed = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     if args._module is None:
         print(f"latentsynth {args.command}: not built yet in this version.", file=sys.stderr)
         return 2
+    if unparsed:
+        parser.error(f"unrecognized arguments for {args.command}: {' '.join(unparsed)}")
     return int(importlib.import_module(args._module).main(args) or 0)
 
 
