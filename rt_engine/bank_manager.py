@@ -1,0 +1,562 @@
+"""Sample banks for the engine: a worker process renders them into shared-memory slots.
+
+The worker process owns the `BankSource` (`models.bank_source.load_bank_source(model_dir)`: the
+GAN, or the procedural stand-in); torch, inversion and file I/O never run in the audio process.
+Each rendered row is resampled once to the device rate and given its crossfaded sustain loop
+(`prepare_rows`) in the worker, then written into a slot of one `multiprocessing.shared_memory`
+block, float32 [n_slots, n_rows, bank_frames], which the engine's kernel reads directly.
+
+In the audio process, `BankManager` keeps the slot table the kernel reads (`slots`: kind, x, y,
+usage; `row_ready`: which rows of which slot are playable) and decides what to render:
+- a timbre point needs the grid nodes around it (bilinear blend: instant response) and then the
+  exact bank at the point (the kernel crossfades to it when it lands);
+- held and requested pitches render first (`note_requested` moves them to the front);
+- loaded slots form an LRU cache keyed by `TimbreRequest.key()`; a slot is reused only after the
+  kernel reports it unused (`S_USAGE` 0) once it was retired;
+- when idle, the grid nodes around the current cell are rendered ahead into free slots.
+Its one thread blocks on the worker's result queue (20 Hz tick) and stays light.
+
+`StaticBanks` is the same provider interface over fixed banks (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rt_engine import voice_kernel as vk
+from models.bank_source import KEYBOARD_PITCHES, TimbreRequest, load_bank_source
+
+DEFAULT_GRID_N = 5
+DEFAULT_N_SLOTS = 12
+CHUNK_ROWS = 8
+
+
+@dataclass(frozen=True)
+class BankLayout:
+    """Geometry of one prepared bank row at the device rate (all lengths in frames)."""
+
+    source_rate: int      # (Hz) rate of the rendered notes
+    device_rate: int      # (Hz)
+    n_source_samples: int
+    n_device_frames: int
+    loop_start: int
+    loop_end: int
+    xfade_frames: int
+    bank_frames: int
+
+    @staticmethod
+    def create(source_rate: int, device_rate: int, n_source_samples: int) -> "BankLayout":
+        """Layout `[HEAD_PAD zeros | audio | HEAD_PAD loop tail]` with a loop over the last
+        40% of the audio, crossfaded over half the loop."""
+        n_device = math.ceil(n_source_samples * device_rate / source_rate)
+        if n_device < 64:
+            raise ValueError(f"bank notes too short: {n_source_samples} samples at {source_rate} Hz")
+        loop_end = vk.HEAD_PAD + n_device
+        loop_length = max(n_device * 2 // 5, 32)
+        return BankLayout(source_rate, device_rate, n_source_samples, n_device,
+                          loop_end - loop_length, loop_end, loop_length // 2,
+                          loop_end + vk.HEAD_PAD)
+
+
+def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
+    """Resample notes float32 [n, n_source_samples] at `layout.source_rate` to the device rate
+    and bake the sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and
+    continuing at `loop_start` is seamless (the end of the loop is crossfaded into the audio
+    that precedes `loop_start`, and the tail repeats the loop's start)."""
+    from scipy.signal import resample_poly
+
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != layout.n_source_samples:
+        raise ValueError(f"bank rows must be [n, {layout.n_source_samples}], got {rows.shape}")
+    gcd = math.gcd(layout.device_rate, layout.source_rate)
+    resampled = resample_poly(rows, layout.device_rate // gcd, layout.source_rate // gcd, axis=1)
+    out = np.zeros((rows.shape[0], layout.bank_frames), dtype=np.float32)
+    n = min(resampled.shape[1], layout.n_device_frames)
+    out[:, vk.HEAD_PAD:vk.HEAD_PAD + n] = resampled[:, :n]
+    start, end, xfade = layout.loop_start, layout.loop_end, layout.xfade_frames
+    ramp = (np.arange(xfade, dtype=np.float32) + 1) / xfade
+    out[:, end - xfade:end] = (1 - ramp) * out[:, end - xfade:end] + ramp * out[:, start - xfade:start]
+    out[:, end:end + vk.HEAD_PAD] = out[:, start:start + vk.HEAD_PAD]
+    return out
+
+
+def grid_nodes_around(x: float, y: float, grid_n: int) -> list[tuple[float, float, float]]:
+    """Grid nodes (x, y, bilinear weight > 0) of the cell holding point (x, y) in [0, 1]^2,
+    matching the kernel's blend."""
+    last = grid_n - 1
+    gx, gy = x * last, y * last
+    ix, iy = min(max(int(math.floor(gx)), 0), last - 1), min(max(int(math.floor(gy)), 0), last - 1)
+    fx, fy = gx - ix, gy - iy
+    nodes = []
+    for cx, cy, weight in ((ix, iy, (1 - fx) * (1 - fy)), (ix + 1, iy, fx * (1 - fy)),
+                           (ix, iy + 1, (1 - fx) * fy), (ix + 1, iy + 1, fx * fy)):
+        if weight > 0:
+            nodes.append((cx / last, cy / last, weight))
+    return nodes
+
+
+def ring_nodes(x: float, y: float, grid_n: int) -> list[tuple[float, float]]:
+    """Grid nodes of the cells next to the one holding (x, y), nearest first (rendered ahead)."""
+    last = grid_n - 1
+    cx, cy = x * last, y * last
+    nodes = [(i, j) for i in range(grid_n) for j in range(grid_n)
+             if abs(i - cx) <= 2 and abs(j - cy) <= 2]
+    nodes.sort(key=lambda node: (node[0] - cx) ** 2 + (node[1] - cy) ** 2)
+    return [(i / last, j / last) for i, j in nodes]
+
+
+class StaticBanks:
+    """Bank provider over fixed banks, already at the device rate: every slot is an exact bank
+    at the initial point (tests, benchmarks). Timbre requests are accepted and change nothing."""
+
+    grid_n = DEFAULT_GRID_N
+    initial_point = (0.5, 0.5)
+
+    def __init__(self, rows: np.ndarray, pitches: Sequence[float], source_rate: int,
+                 device_rate: int):
+        self.layout = BankLayout.create(source_rate, device_rate, rows.shape[1])
+        self.banks = prepare_rows(rows, self.layout)[None]
+        self.row_pitch = np.asarray(pitches, dtype=np.float64)
+        self.row_ready = np.ones((1, len(pitches)), dtype=np.uint8)
+        self.slots = np.array([[vk.SLOT_EXACT, 0.5, 0.5, 0.0, 0.0]])
+        self.loop_start, self.loop_end = self.layout.loop_start, self.layout.loop_end
+
+    def preset_names(self) -> list[str]:
+        return []
+
+    def note_requested(self, pitch: float, held: Sequence[float]) -> None:
+        """Nothing to prioritise: every row is ready."""
+
+    def request_xy(self, x: float, y: float) -> None:
+        """Fixed banks: the point does not change the sound."""
+
+    def request_preset(self, name: str, on_ready: Callable) -> None:
+        raise KeyError(f"unknown preset {name!r}: static banks have no presets")
+
+    def request_audio(self, path: str, on_done: Callable, on_fail: Callable[[str], None]) -> None:
+        on_fail("static banks cannot derive a timbre from audio")
+
+    def state(self) -> str:
+        return "ready"
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach to the manager's block without registering it with the resource tracker (the
+    manager, which created it, unlinks it; Python < 3.13 has no `track=False`)."""
+    from multiprocessing import resource_tracker
+
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
+
+
+def _worker_main(model_dir: str | None, requests, results) -> None:
+    """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
+    first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
+    os.nice(10)  # background work: the audio threads must win every contest for a core
+    try:
+        source = load_bank_source(model_dir)
+        results.put(("hello", source.preset_names(), int(source.sample_rate), int(source.n_samples)))
+    except Exception as error:  # any load failure is reported to the manager, which raises
+        results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
+        return
+    _, shm_name, shape, layout, row_pitch = requests.get()
+    shm = _attach_untracked(shm_name)
+    banks = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+    jobs: dict[int, dict] = {}
+    try:
+        while True:
+            messages = [requests.get()] if not jobs else []
+            while True:
+                try:
+                    messages.append(requests.get_nowait())
+                except queue.Empty:
+                    break
+            for message in messages:
+                if message[0] == "stop":
+                    return
+                if message[0] == "render":
+                    _, job_id, slot, request, rows, priority = message
+                    jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
+                                    "priority": priority}
+                elif message[0] == "cancel":
+                    jobs.pop(message[1], None)
+                    results.put(("cancelled", message[1]))
+                elif message[0] == "boost":
+                    for job in jobs.values():
+                        front = [r for r in message[1] if r in job["rows"]]
+                        job["rows"] = front + [r for r in job["rows"] if r not in front]
+            if not jobs:
+                continue
+            job_id = min(jobs, key=lambda j: (jobs[j]["priority"], j))
+            job = jobs[job_id]
+            chunk, job["rows"] = job["rows"][:CHUNK_ROWS], job["rows"][CHUNK_ROWS:]
+            try:
+                notes = source.render_bank(job["request"], [int(round(row_pitch[r])) for r in chunk])
+                banks[job["slot"], chunk] = prepare_rows(notes, layout)
+            except Exception as error:  # a bad timbre (file, preset) fails its job only
+                results.put(("fail", job_id, str(error)))
+                del jobs[job_id]
+                continue
+            results.put(("rows", job_id, chunk))
+            if not job["rows"]:
+                results.put(("done", job_id))
+                del jobs[job_id]
+    finally:
+        del banks
+        shm.close()
+
+
+@dataclass
+class _Job:
+    job_id: int
+    key: str
+    request: TimbreRequest
+    kind: float
+    point: tuple[float, float]
+    priority: int
+    on_ready: Callable | None = None
+    on_fail: Callable[[str], None] | None = None
+    slot: int = -1
+    published: bool = False
+    boosted: set = field(default_factory=set)
+
+
+class BankManager:
+    """Bank provider backed by a worker process and shared-memory slots (see module docstring).
+    Control threads call `request_*` and `note_requested`; the kernel reads `banks`, `slots`,
+    `row_ready` and `row_pitch`."""
+
+    initial_point = (0.5, 0.5)
+
+    def __init__(self, model_dir: str | None, device_rate: int, n_slots: int = DEFAULT_N_SLOTS,
+                 grid_n: int = DEFAULT_GRID_N, pitches: Sequence[int] = KEYBOARD_PITCHES,
+                 render_ahead: bool = True, exact_delay_s: float = 0.15,
+                 start_timeout_s: float = 120.0):
+        if n_slots < 5:
+            raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
+        if grid_n < 2:
+            raise ValueError(f"grid_n must be >= 2 nodes per side, got {grid_n}")
+        self.grid_n = grid_n
+        self.row_pitch = np.asarray(pitches, dtype=np.float64)
+        self.render_ahead = render_ahead
+        self.exact_delay_s = exact_delay_s
+        context = multiprocessing.get_context("spawn")
+        self._requests, self._results = context.Queue(), context.Queue()
+        self._process = context.Process(target=_worker_main, name="latentsynth-banks", daemon=True,
+                                        args=(None if model_dir is None else str(model_dir),
+                                              self._requests, self._results))
+        self._process.start()
+        hello, deadline = None, time.monotonic() + start_timeout_s
+        while hello is None:
+            try:
+                hello = self._results.get(timeout=0.2)
+            except queue.Empty:
+                if not self._process.is_alive() or time.monotonic() > deadline:
+                    self._process.kill()
+                    raise RuntimeError(f"bank worker did not start (exit code "
+                                       f"{self._process.exitcode}, {start_timeout_s} s allowed)") from None
+        if hello[0] == "fail":
+            self._process.join(5)
+            raise RuntimeError(hello[2])
+        _, presets, source_rate, n_samples = hello
+        self._presets = list(presets)
+        self.layout = BankLayout.create(source_rate, device_rate, n_samples)
+        self.loop_start, self.loop_end = self.layout.loop_start, self.layout.loop_end
+        shape = (n_slots, self.row_pitch.size, self.layout.bank_frames)
+        self._shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)) * 4)
+        self.banks = np.ndarray(shape, dtype=np.float32, buffer=self._shm.buf)
+        self.banks[:] = 0.0
+        self.slots = np.zeros((n_slots, vk.N_SLOT_FIELDS))
+        self.row_ready = np.zeros((n_slots, self.row_pitch.size), dtype=np.uint8)
+        self._requests.put(("attach", self._shm.name, shape, self.layout, self.row_pitch))
+        self._lock = threading.RLock()
+        self._slot_state = ["free"] * n_slots        # free, loading, loaded, retiring, cancelling
+        self._slot_key: list[str | None] = [None] * n_slots
+        self._slot_job: list[_Job | None] = [None] * n_slots
+        self._slot_used = [0.0] * n_slots            # LRU stamp
+        self._retired_at = [0.0] * n_slots           # kernel frame (S_SEEN) at retirement
+        self._waiting: list[_Job] = []
+        self._jobs: dict[int, _Job] = {}
+        self._next_job = 0
+        self._held: list[float] = []
+        self._point = self.initial_point
+        self._point_time = time.monotonic()
+        self._exact_wanted = False
+        self._protected: set[str] = set()
+        self._audio_points: dict[str, tuple[float, float]] = {}
+        self.failed = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="latentsynth-bank-manager",
+                                        daemon=True)
+        self._thread.start()
+        self.request_xy(*self.initial_point)
+
+    # ---- requests (control threads) ------------------------------------------------------
+    def preset_names(self) -> list[str]:
+        return list(self._presets)
+
+    def request_xy(self, x: float, y: float) -> None:
+        """The timbre moves to (x, y): grid nodes around it now, the exact bank once it rests."""
+        with self._lock:
+            self._point, self._point_time = (x, y), time.monotonic()
+            corners = grid_nodes_around(x, y, self.grid_n)
+            on_node = len(corners) == 1
+            self._protected = {TimbreRequest("xy", nx, ny).key() for nx, ny, _ in corners}
+            self._drop_exact_jobs(keep=None)
+            self._exact_wanted = not on_node
+            for nx, ny, _ in corners:
+                self._want(TimbreRequest("xy", nx, ny), vk.SLOT_GRID, (nx, ny), 0)
+            if self._exact_wanted and self.exact_delay_s <= 0:
+                self._want_exact()
+
+    def request_preset(self, name: str, on_ready: Callable[[tuple[float, float]], None]) -> None:
+        """Render preset `name` as an exact bank at its own virtual point; `on_ready(point)` once
+        its first rows are playable."""
+        if name not in self._presets:
+            raise KeyError(f"unknown preset {name!r}; known: {', '.join(self._presets)}")
+        point = (-1.0 - self._presets.index(name), -1.0)
+        with self._lock:
+            request = TimbreRequest("preset", name=name)
+            self._drop_exact_jobs(keep=request.key())
+            self._exact_wanted = False
+            self._protected = {request.key()}
+            self._want(request, vk.SLOT_EXACT, point, 0, on_ready=on_ready)
+
+    def request_audio(self, path: str, on_done: Callable[[tuple[float, float]], None],
+                      on_fail: Callable[[str], None]) -> None:
+        """Derive a timbre from a sound file in the worker; `on_done(point)` when playable,
+        `on_fail(reason)` for a missing or unreadable file."""
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            on_fail(f"file not found: {path}")
+            return
+        with self._lock:
+            point = self._audio_points.setdefault(path, (-1.0 - len(self._audio_points), -2.0))
+            request = TimbreRequest("audio", path=path)
+            self._drop_exact_jobs(keep=request.key())
+            self._exact_wanted = False
+            self._protected = {request.key()}
+            self._want(request, vk.SLOT_EXACT, point, 0, on_ready=on_done, on_fail=on_fail)
+
+    def note_requested(self, pitch: float, held: Sequence[float]) -> None:
+        """A note starts: its row (and the held ones) move to the front of unfinished banks."""
+        with self._lock:
+            self._held = list(held)
+            if not self._jobs:
+                return
+            row = int(np.argmin(np.abs(self.row_pitch - pitch)))
+            lacking = [job for job in self._jobs.values()
+                       if not self.row_ready[job.slot, row] and row not in job.boosted]
+            if lacking:
+                for job in lacking:
+                    job.boosted.add(row)
+                self._requests.put(("boost", [row]))
+
+    def state(self) -> str:
+        """'failed', 'rendering' (urgent banks outstanding) or 'ready'."""
+        if self.failed:
+            return "failed"
+        with self._lock:
+            busy = any(job.priority == 0 for job in list(self._jobs.values()) + self._waiting)
+        return "rendering" if busy or self._exact_wanted else "ready"
+
+    def busy(self, include_exact: bool = True) -> bool:
+        """True while the worker renders an urgent bank (grid nodes; exact banks too when
+        `include_exact`). Jobs waiting for a slot do not count: the kernel frees slots."""
+        with self._lock:
+            if include_exact and self._exact_wanted:
+                return True
+            return any(job.priority == 0 and (include_exact or job.kind == vk.SLOT_GRID)
+                       for job in self._jobs.values())
+
+    def wait_ready(self, timeout_s: float = 60.0, include_exact: bool = True) -> bool:
+        """Block until `busy(include_exact)` is False (offline render); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.failed:
+                raise RuntimeError(f"bank manager failed: {self.failed}")
+            if not self.busy(include_exact):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self) -> None:
+        """Stop the worker and the listener, release the shared memory."""
+        self._stop.set()
+        self._thread.join(2.0)
+        try:
+            self._requests.put(("stop",))
+            self._process.join(5.0)
+        finally:
+            if self._process.is_alive():
+                self._process.kill()
+            for channel in (self._requests, self._results):
+                channel.cancel_join_thread()  # unread messages must not hold up our exit
+                channel.close()
+            del self.banks
+            self._shm.close()
+            self._shm.unlink()
+
+    # ---- bookkeeping (under the lock) ----------------------------------------------------
+    def _want(self, request: TimbreRequest, kind: float, point, priority: int, on_ready=None,
+              on_fail=None) -> None:
+        key = request.key()
+        for slot, slot_key in enumerate(self._slot_key):
+            if slot_key == key and self._slot_state[slot] in ("loading", "loaded"):
+                self._slot_used[slot] = time.monotonic()
+                job = self._slot_job[slot]
+                if job is not None and not job.published:
+                    job.on_ready, job.on_fail = on_ready or job.on_ready, on_fail or job.on_fail
+                    job.priority = min(job.priority, priority)
+                elif on_ready is not None:
+                    on_ready(point)
+                return
+        for job in self._waiting:
+            if job.key == key:
+                job.priority = min(job.priority, priority)
+                job.on_ready, job.on_fail = on_ready or job.on_ready, on_fail or job.on_fail
+                return
+        self._waiting.append(_Job(self._next_job, key, request, kind, point, priority,
+                                  on_ready, on_fail))
+        self._next_job += 1
+        self._assign()
+
+    def _want_exact(self) -> None:
+        x, y = self._point
+        request = TimbreRequest("xy", x, y)
+        self._protected.add(request.key())
+        self._want(request, vk.SLOT_EXACT, (x, y), 0)
+        self._exact_wanted = False
+
+    def _drop_exact_jobs(self, keep: str | None) -> None:
+        """Forget exact banks still outstanding for points the timbre has left."""
+        self._waiting = [j for j in self._waiting if j.kind != vk.SLOT_EXACT or j.key == keep]
+        for job in list(self._jobs.values()):
+            if job.kind == vk.SLOT_EXACT and job.key != keep and not job.published:
+                self._requests.put(("cancel", job.job_id))
+                self._slot_state[job.slot] = "cancelling"
+                del self._jobs[job.job_id]
+
+    def _free_slot(self, may_evict: bool) -> int:
+        for slot, state in enumerate(self._slot_state):
+            if state == "free":
+                return slot
+            if (state == "retiring" and self.slots[slot, vk.S_USAGE] == 0.0
+                    and self.slots[slot, vk.S_SEEN] > self._retired_at[slot]):
+                self._slot_state[slot] = "free"
+                return slot
+        if may_evict and "retiring" not in self._slot_state:
+            loaded = [s for s, state in enumerate(self._slot_state)
+                      if state == "loaded" and self._slot_key[s] not in self._protected]
+            if loaded:
+                victim = min(loaded, key=lambda s: self._slot_used[s])
+                self.slots[victim, vk.S_KIND] = vk.SLOT_EMPTY
+                self._retired_at[victim] = self.slots[victim, vk.S_SEEN]
+                self._slot_state[victim] = "retiring"
+                self._slot_key[victim] = None
+        return -1
+
+    def _assign(self) -> None:
+        self._waiting.sort(key=lambda job: (job.priority, job.job_id))
+        while self._waiting:
+            job = self._waiting[0]
+            slot = self._free_slot(may_evict=job.priority == 0)
+            if slot < 0:
+                return
+            self._waiting.pop(0)
+            job.slot = slot
+            self.slots[slot, vk.S_KIND] = vk.SLOT_EMPTY
+            self.row_ready[slot] = 0
+            self._slot_state[slot], self._slot_key[slot], self._slot_job[slot] = "loading", job.key, job
+            self._slot_used[slot] = time.monotonic()
+            self._jobs[job.job_id] = job
+            self._requests.put(("render", job.job_id, slot, job.request, self._row_order(),
+                                job.priority))
+
+    def _row_order(self) -> list[int]:
+        """Rows nearest the held pitches first, then outwards from them (or from middle C)."""
+        centres = np.asarray(self._held or [60.0], dtype=np.float64)
+        distance = np.abs(self.row_pitch[:, None] - centres[None, :]).min(axis=1)
+        return [int(r) for r in np.argsort(distance, kind="stable")]
+
+    # ---- listener thread -----------------------------------------------------------------
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._results.get(timeout=0.05)
+            except queue.Empty:
+                message = None
+            except (EOFError, OSError):
+                self.failed = "bank worker connection lost"
+                return
+            with self._lock:
+                if message is not None:
+                    self._handle(message)
+                if not self._process.is_alive() and not self._stop.is_set():
+                    self.failed = f"bank worker exited with code {self._process.exitcode}"
+                    return
+                self._tick()
+
+    def _handle(self, message) -> None:
+        if message[0] == "cancelled":
+            for slot, state in enumerate(self._slot_state):
+                job = self._slot_job[slot]
+                if state == "cancelling" and job is not None and job.job_id == message[1]:
+                    self._slot_state[slot], self._slot_key[slot], self._slot_job[slot] = "free", None, None
+            return
+        job = self._jobs.get(message[1])
+        if job is None:
+            return
+        if message[0] == "rows":
+            self.row_ready[job.slot, message[2]] = 1
+            if not job.published:
+                self.slots[job.slot, vk.S_X], self.slots[job.slot, vk.S_Y] = job.point
+                self.slots[job.slot, vk.S_KIND] = job.kind
+                job.published = True
+                if job.on_ready is not None:
+                    job.on_ready(job.point)
+        elif message[0] == "done":
+            self._slot_state[job.slot], self._slot_job[job.slot] = "loaded", None
+            del self._jobs[job.job_id]
+        elif message[0] == "fail":
+            self.slots[job.slot, vk.S_KIND] = vk.SLOT_EMPTY
+            self._retired_at[job.slot] = self.slots[job.slot, vk.S_SEEN]
+            self._slot_state[job.slot] = "retiring" if job.published else "free"
+            self._slot_key[job.slot], self._slot_job[job.slot] = None, None
+            del self._jobs[job.job_id]
+            if job.on_fail is not None:
+                job.on_fail(message[2])
+
+    def _tick(self) -> None:
+        if self._exact_wanted and time.monotonic() - self._point_time >= self.exact_delay_s:
+            self._want_exact()
+        self._assign()
+        if self.render_ahead and not self._jobs and not self._waiting:
+            x, y = self._point
+            if 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0:
+                cached = set(self._slot_key)
+                for nx, ny in ring_nodes(x, y, self.grid_n):
+                    request = TimbreRequest("xy", nx, ny)
+                    if request.key() not in cached and "free" in self._slot_state:
+                        self._want(request, vk.SLOT_GRID, (nx, ny), 1)
+                        return

@@ -1,0 +1,346 @@
+"""The real-time engine: implements `EngineControl` on top of the block kernel.
+
+Control threads call the `EngineControl` methods; they push fixed-size records into the command
+ring (`rt_engine.commands`) or hand timbre requests to the bank manager. The audio backend calls
+`process(n_frames)` from its callback: that touches preallocated arrays only and calls the one
+`nogil` kernel `rt_engine.voice_kernel.render_block`.
+
+Staged allocation (SuperCollider's Stage1-4): `set_polyphony` allocates the new voice arrays on
+the calling (control) thread, the callback adopts them (a copy without allocation) and swaps the
+reference, and the old arrays are dropped later off the audio thread.
+
+Latency the engine adds (reported by `status()["latency_s"]`): one block of scheduling (an
+undated command waits for the next block start) plus the backend's declared output latency. The
+limiter has no look-ahead. A stream layer's own render-ahead is reported as `gru_latency_s`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from rt_engine import voice_kernel as vk
+from rt_engine.commands import (
+    COMMAND_DTYPE, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
+    CommandKind, CommandQueue, Counter, channel_slot,
+)
+
+DEFAULT_ADSR = (0.003, 0.3, 1.0, 0.25)
+"""(attack s, decay s, sustain level, release s) for grid points and unknown presets."""
+PRESET_ADSR = {
+    "organ": (0.01, 0.1, 1.0, 0.08),
+    "flute": (0.04, 0.3, 0.9, 0.2),
+    "brass": (0.03, 0.4, 0.8, 0.2),
+    "clarinet": (0.02, 0.3, 0.9, 0.15),
+    "sine": (0.005, 0.2, 1.0, 0.3),
+    "saw": (0.003, 0.2, 0.9, 0.15),
+}
+GAIN_LAYERS = {"sampler": GAIN_SAMPLER, "gru": GAIN_GRU, "master": GAIN_MASTER}
+GRU_RING_CAPACITY = 16384
+
+
+class Engine:
+    """Polyphonic sampler engine with an optional stream layer, played through `EngineControl`.
+
+    `banks` is the bank provider (`rt_engine.bank_manager.BankManager` or `StaticBanks`):
+    it owns the slot arrays the kernel reads and answers timbre requests."""
+
+    def __init__(self, banks, sample_rate: int = 48_000, max_block: int = 1024,
+                 n_voices: int = 64, stream_layer=None, queue_capacity: int = 4096,
+                 master_gain: float = 0.5, sampler_gain: float = 0.35,
+                 velocity_exponent: float = 1.6):
+        if not 8_000 <= sample_rate <= 192_000:
+            raise ValueError(f"sample_rate must be 8000..192000 Hz, got {sample_rate}")
+        if not 16 <= max_block <= 8192:
+            raise ValueError(f"max_block must be 16..8192 frames, got {max_block}")
+        self.sample_rate = int(sample_rate)
+        self.max_block = int(max_block)
+        self.banks = banks
+        self.queue = CommandQueue(queue_capacity)
+        self.output_latency_s = 0.0
+        self.xruns = 0
+        self.block = self.max_block
+        self._pending = np.zeros(PENDING_CAPACITY, dtype=COMMAND_DTYPE)
+        self._due = np.zeros(PENDING_CAPACITY, dtype=np.int64)
+        self._counters = np.zeros(Counter.N, dtype=np.int64)
+        self._channels = np.zeros((N_CHANNELS, vk.N_CHANNEL_FIELDS))
+        self._params = np.zeros(vk.N_PARAMS)
+        self._init_params(master_gain, sampler_gain, velocity_exponent)
+        self._voice_arrays = self._allocate_voices(n_voices)
+        self._staged_voices = None
+        self._retired_voices = None
+        n_slots = banks.slots.shape[0]
+        self._work = np.zeros(2 * n_slots + 2)
+        self._mix = np.zeros((2, self.max_block))
+        self._bend_curve = np.zeros((N_CHANNELS, self.max_block))
+        self._out = np.zeros((2, self.max_block), dtype=np.float32)
+        self._sinc = vk.make_sinc_table()
+        self._cpu = np.zeros(2)            # (smoothed load, peak load) of the callback
+        self._clock = np.full(1, np.nan)   # estimated wall time of frame 0 (s since epoch)
+        self._held: dict[tuple[int, float], int] = {}
+        self._control_lock = threading.Lock()
+        self._on_virtual_point = False
+        self.stream_layer = stream_layer
+        self._gru_ring = np.zeros(GRU_RING_CAPACITY if stream_layer else 1, dtype=np.float32)
+        self._gru_pos = np.zeros(2, dtype=np.int64)
+        self._params[vk.P_GRU_PRESENT] = 1.0 if stream_layer else 0.0
+        self._warm_up()
+        if stream_layer is not None:
+            stream_layer.start(self.sample_rate, self._gru_ring, self._gru_pos)
+
+    def _warm_up(self) -> None:
+        """Load (or compile) the kernel now, not in the first audio callback; then rewind."""
+        self.process(self.max_block)
+        self._counters[:] = 0
+        self._clock[0] = np.nan
+        self._cpu[:] = 0.0
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _init_params(self, master_gain, sampler_gain, velocity_exponent):
+        p, rate = self._params, self.sample_rate
+        p[vk.P_SAMPLE_RATE] = rate
+        p[vk.P_GAIN_SAMPLER_T] = p[vk.P_GAIN_SAMPLER] = sampler_gain
+        p[vk.P_GAIN_GRU_T] = p[vk.P_GAIN_GRU] = 1.0
+        p[vk.P_GAIN_MASTER_T] = p[vk.P_GAIN_MASTER] = master_gain
+        p[vk.P_GAIN_SMOOTH] = np.exp(-1.0 / (0.005 * rate))
+        p[vk.P_LIMIT_GAIN] = 1.0
+        p[vk.P_LIMIT_CEILING] = 10 ** (-0.3 / 20)
+        p[vk.P_LIMIT_RELEASE] = np.exp(-1.0 / (0.08 * rate))
+        (p[vk.P_ATTACK_S], p[vk.P_DECAY_S], p[vk.P_SUSTAIN], p[vk.P_RELEASE_S]) = DEFAULT_ADSR
+        p[vk.P_VELOCITY_EXPONENT] = velocity_exponent
+        p[vk.P_BEND_SMOOTH] = np.exp(-1.0 / (0.004 * rate))
+        p[vk.P_FADE_FRAMES] = round(0.004 * rate)
+        p[vk.P_XFADE_FRAMES] = round(0.05 * rate)
+        x, y = self.banks.initial_point
+        p[vk.P_TIMBRE_X] = p[vk.P_TIMBRE_TX] = x
+        p[vk.P_TIMBRE_Y] = p[vk.P_TIMBRE_TY] = y
+        p[vk.P_GRID_N] = self.banks.grid_n
+        p[vk.P_LOOP_START], p[vk.P_LOOP_END] = self.banks.loop_start, self.banks.loop_end
+
+    def _allocate_voices(self, n_voices: int):
+        if not 1 <= n_voices <= 4096:
+            raise ValueError(f"polyphony must be 1..4096 voices, got {n_voices}")
+        n_rows = n_voices + vk.N_TAIL_VOICES
+        n_slots = self.banks.slots.shape[0]
+        return (np.zeros((n_rows, vk.N_VOICE_FIELDS)), np.zeros((n_rows, n_slots)),
+                np.zeros((n_rows, n_slots)))
+
+    @property
+    def polyphony(self) -> int:
+        return self._voice_arrays[0].shape[0] - vk.N_TAIL_VOICES
+
+    # ---- audio thread -------------------------------------------------------------------
+    def process(self, n_frames: int) -> np.ndarray:
+        """Render the next block (audio thread): float32 [2, n_frames], a view of a
+        preallocated buffer valid until the next call."""
+        if not 0 < n_frames <= self.max_block:
+            raise ValueError(f"block of {n_frames} frames outside 1..{self.max_block} (max_block)")
+        start = time.perf_counter()
+        staged = self._staged_voices
+        if staged is not None:
+            vk.adopt_voices(self._voice_arrays[0], self._voice_arrays[1], staged[0], staged[1],
+                            self._params[vk.P_FADE_FRAMES])
+            self._retired_voices = self._voice_arrays
+            self._voice_arrays = staged
+            self._staged_voices = None
+        clock = self._clock
+        epoch = time.time() - self._counters[Counter.FRAME] / self.sample_rate
+        if not epoch >= clock[0]:  # earliest observation wins; callbacks only ever run late
+            clock[0] = epoch
+        else:
+            clock[0] += 0.01 * (epoch - clock[0])
+        voices, voice_w, w_step = self._voice_arrays
+        banks = self.banks
+        vk.render_block(self._out, n_frames, self.queue.records, self.queue.positions,
+                        self._pending, voices, voice_w, w_step, self._channels, self._params,
+                        self._counters, banks.slots, banks.row_ready, banks.row_pitch,
+                        banks.banks, self._sinc, self._gru_ring, self._gru_pos, self._mix,
+                        self._bend_curve, self._work, self._due)
+        self.block = n_frames
+        load = (time.perf_counter() - start) * self.sample_rate / n_frames
+        self._cpu[0] += 0.05 * (load - self._cpu[0])
+        if load > self._cpu[1]:
+            self._cpu[1] = load
+        return self._out[:, :n_frames]
+
+    # ---- EngineControl: time ------------------------------------------------------------
+    @property
+    def frame(self) -> int:
+        """Absolute frame of the next block's first sample."""
+        return int(self._counters[Counter.FRAME])
+
+    def frame_for_time(self, unix_time_s: float) -> int:
+        """Absolute output frame at which wall-clock `unix_time_s` (s since the epoch) is heard,
+        accounting for the declared output latency."""
+        epoch = self._clock[0]
+        if not np.isfinite(epoch):
+            epoch = time.time() - self.frame / self.sample_rate
+        return int(round((unix_time_s - epoch - self.output_latency_s) * self.sample_rate))
+
+    def _push(self, kind, at_frame, channel=-1, note_id=-1, a=0.0, b=0.0, c=0.0) -> bool:
+        frame = -1 if at_frame is None else int(at_frame)
+        return self.queue.push(kind, frame, channel, note_id, a, b, c)
+
+    def _layer_frame(self, at_frame: int | None) -> int:
+        base = self.frame + self.block if at_frame is None else at_frame
+        return base + self.stream_layer.latency_frames
+
+    # ---- EngineControl: notes -----------------------------------------------------------
+    def note_on(self, pitch: float, velocity: float, note_id: int = -1, channel: int = -1,
+                at_frame: int | None = None) -> bool:
+        if velocity <= 0:
+            return self.note_off(pitch=pitch, channel=channel, at_frame=at_frame)
+        slot = channel_slot(channel)
+        with self._control_lock:
+            self._held[(slot, float(pitch))] = note_id
+            self.banks.note_requested(pitch, [p for _, p in self._held])
+        if self.stream_layer is not None:
+            self.stream_layer.note_on(pitch, velocity, self._layer_frame(at_frame))
+        return self._push(CommandKind.NOTE_ON, at_frame, channel, note_id, pitch, velocity)
+
+    def note_off(self, pitch: float | None = None, note_id: int | None = None, channel: int = -1,
+                 at_frame: int | None = None) -> bool:
+        if (pitch is None) == (note_id is None):
+            raise ValueError("note_off needs exactly one of pitch or note_id")
+        slot = channel_slot(channel)
+        with self._control_lock:
+            for key, held_id in list(self._held.items()):
+                if (note_id is not None and held_id == note_id) or (
+                        pitch is not None and key[1] == float(pitch) and (slot == 0 or key[0] == slot)):
+                    if self.stream_layer is not None:
+                        self.stream_layer.note_off(key[1], self._layer_frame(at_frame))
+                    del self._held[key]
+        if note_id is not None:
+            return self._push(CommandKind.NOTE_OFF_ID, at_frame, channel, int(note_id))
+        return self._push(CommandKind.NOTE_OFF_PITCH, at_frame, channel, -1, float(pitch))
+
+    def note_pitch(self, note_id: int, pitch: float, glide_s: float = 0.0,
+                   at_frame: int | None = None) -> bool:
+        if self.stream_layer is not None:
+            self.stream_layer.note_pitch(pitch, glide_s, self._layer_frame(at_frame))
+        return self._push(CommandKind.NOTE_PITCH, at_frame, -1, int(note_id), pitch, max(glide_s, 0.0))
+
+    def pitch_bend(self, channel: int, semitones: float, at_frame: int | None = None) -> bool:
+        channel_slot(channel)
+        if self.stream_layer is not None:
+            self.stream_layer.pitch_bend(semitones, self._layer_frame(at_frame))
+        return self._push(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones))
+
+    def sustain(self, channel: int, down: bool, at_frame: int | None = None) -> bool:
+        channel_slot(channel)
+        return self._push(CommandKind.SUSTAIN, at_frame, channel, -1, 1.0 if down else 0.0)
+
+    def all_notes_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
+        self._forget_held(channel)
+        return self._push(CommandKind.ALL_NOTES_OFF, at_frame, channel)
+
+    def all_sound_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
+        self._forget_held(channel)
+        return self._push(CommandKind.ALL_SOUND_OFF, at_frame, channel)
+
+    def reset_controllers(self, channel: int = -1, at_frame: int | None = None) -> bool:
+        channel_slot(channel)
+        return self._push(CommandKind.RESET_CONTROLLERS, at_frame, channel)
+
+    def _forget_held(self, channel: int) -> None:
+        slot = channel_slot(channel)
+        with self._control_lock:
+            for key in [k for k in self._held if slot == 0 or k[0] == slot]:
+                if self.stream_layer is not None:
+                    self.stream_layer.note_off(key[1])
+                del self._held[key]
+
+    # ---- EngineControl: timbre, mix -----------------------------------------------------
+    def timbre_xy(self, x: float, y: float, glide_s: float = 0.0, at_frame: int | None = None) -> bool:
+        x, y = float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0))
+        self.banks.request_xy(x, y)
+        if self.stream_layer is not None:
+            self.stream_layer.timbre_xy(x, y, glide_s, self._layer_frame(at_frame))
+        if self._on_virtual_point:  # leaving a preset's point: default envelope, no glide
+            self._on_virtual_point = False
+            glide_s = 0.0
+            self._push(CommandKind.SET_ADSR, at_frame, -1, int(DEFAULT_ADSR[3] * 1000), *DEFAULT_ADSR[:3])
+        return self._push(CommandKind.TIMBRE_XY, at_frame, -1, -1, x, y, max(glide_s, 0.0))
+
+    def _go_to_point(self, point: tuple[float, float], adsr: tuple[float, float, float, float]) -> None:
+        self._on_virtual_point = True
+        self._push(CommandKind.SET_ADSR, None, -1, int(adsr[3] * 1000), *adsr[:3])
+        self._push(CommandKind.TIMBRE_XY, None, -1, -1, point[0], point[1], 0.0)
+
+    def timbre_preset(self, name: str) -> None:
+        if name not in self.banks.preset_names():
+            raise KeyError(f"unknown preset {name!r}; known: {', '.join(self.banks.preset_names())}")
+        adsr = PRESET_ADSR.get(name, DEFAULT_ADSR)
+        self.banks.request_preset(name, lambda point: self._go_to_point(point, adsr))
+
+    def timbre_audio(self, path: str, on_done: Callable[[], None],
+                     on_fail: Callable[[str], None]) -> None:
+        def landed(point):
+            self._go_to_point(point, DEFAULT_ADSR)
+            on_done()
+
+        self.banks.request_audio(path, landed, on_fail)
+
+    def gru_glide(self, seconds: float, at_frame: int | None = None) -> bool:
+        if self.stream_layer is not None:
+            self.stream_layer.set_glide(max(float(seconds), 0.0))
+        return True
+
+    def set_gain(self, layer: str, gain: float, at_frame: int | None = None) -> bool:
+        if layer not in GAIN_LAYERS:
+            raise ValueError(f"unknown gain layer {layer!r}; known: {', '.join(GAIN_LAYERS)}")
+        return self._push(CommandKind.SET_GAIN, at_frame, GAIN_LAYERS[layer], -1, max(float(gain), 0.0))
+
+    def set_polyphony(self, n_voices: int) -> None:
+        staged = self._allocate_voices(int(n_voices))  # stage 1: allocate here, off the audio thread
+        self._retired_voices = None                    # stage 4: drop what the callback swapped out
+        self._staged_voices = staged                   # stage 2-3: the callback adopts and swaps
+
+    def panic(self) -> None:
+        self._forget_held(-1)
+        if self.stream_layer is not None:
+            self.stream_layer.panic()
+        self._push(CommandKind.PANIC, None)
+
+    def preset_names(self) -> list[str]:
+        return self.banks.preset_names()
+
+    # ---- status -------------------------------------------------------------------------
+    @property
+    def latency_s(self) -> float:
+        """Latency the engine adds (s): one block of scheduling plus the output latency."""
+        return self.block / self.sample_rate + self.output_latency_s
+
+    def status(self) -> dict:
+        counters = self._counters
+        layer = self.stream_layer
+        cpu_peak, self._cpu[1] = float(self._cpu[1]), 0.0
+        return {
+            "voices": int(counters[Counter.VOICES]),
+            "gru_active": int(bool(layer is not None and layer.is_active())),
+            "cpu": round(float(self._cpu[0]), 4),
+            "cpu_peak": round(cpu_peak, 4),  # since the previous status()
+            "xruns": int(self.xruns),
+            "sample_rate": self.sample_rate,
+            "block": int(self.block),
+            "latency_s": round(self.latency_s, 6),
+            "gru_latency_s": round(self.latency_s + (layer.latency_frames / self.sample_rate
+                                                     if layer is not None else 0.0), 6),
+            "bank_state": self.banks.state(),
+            "polyphony": self.polyphony,
+            "commands": int(counters[Counter.COMMANDS]),
+            "dropped": int(counters[Counter.DROPPED] + self.queue.dropped),
+            "late": int(counters[Counter.LATE]),
+            "pending": int(counters[Counter.PENDING]),
+            "steals": int(counters[Counter.STEALS]),
+            "gru_underruns": int(counters[Counter.GRU_UNDERRUNS]),
+            "frame": int(counters[Counter.FRAME]),
+        }
+
+    def close(self) -> None:
+        """Stop the stream layer and the bank manager (not from the audio thread)."""
+        if self.stream_layer is not None:
+            self.stream_layer.stop()
+        self.banks.close()

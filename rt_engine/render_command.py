@@ -1,0 +1,192 @@
+"""`latentsynth render`: play a MIDI file and/or an OSC score through the engine, offline.
+
+The same engine, bank manager and control code as `serve`, driven by a loop instead of an audio
+device: every event is dispatched at its exact output frame (MIDI through
+`rt_engine.midi_map.MidiMapper`, score lines through `rt_engine.osc_registry.dispatch`), and the
+loop waits for the banks a timbre change needs before rendering on (deterministic output).
+A score is JSON lines: `{"t": seconds, "address": "/timbre/xy", "args": [0.2, 0.8]}`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TIMBRE_REST_S = 0.15
+"""A timbre point held at least this long (score time) gets its exact bank before rendering on;
+shorter stops (sweeps) play from the grid neighbours."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--midi", help="standard MIDI file to play")
+    parser.add_argument("--score", help="OSC score: JSON lines {t, address, args}")
+    parser.add_argument("--out", required=True, help="output WAV file")
+    parser.add_argument("--sample-rate", type=int, default=48_000, help="output rate (Hz)")
+    parser.add_argument("--block", type=int, default=256, help="block size (frames)")
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: models/pretrained/default if it holds a "
+                             "model, else the procedural source)")
+    parser.add_argument("--polyphony", type=int, default=64, help="voices")
+    parser.add_argument("--tail", type=float, default=2.0, help="seconds rendered after the last event")
+
+
+def read_score(path: str | Path) -> list[tuple[float, str, list]]:
+    """Score events (t seconds, address, args) from a JSON-lines file; a bad line is a
+    ValueError naming the file and line."""
+    events = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            t, address, args = float(entry["t"]), entry["address"], entry.get("args", [])
+            if not (t >= 0 and isinstance(address, str) and address.startswith("/") and isinstance(args, list)):
+                raise ValueError("needs t >= 0, an address starting with '/', args a list")
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: bad score line ({error}): {line.strip()[:80]}") from error
+        events.append((t, address, args))
+    return events
+
+
+def read_midi(path: str | Path) -> list[tuple[float, bytes]]:
+    """Channel messages of a MIDI file as (t seconds, raw bytes), tempo map applied."""
+    import mido
+
+    try:
+        midi = mido.MidiFile(str(path))
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"cannot read MIDI file {path}: {error}") from error
+    events, t = [], 0.0
+    for message in midi:
+        t += message.time
+        if not message.is_meta and message.type != "sysex":
+            events.append((t, bytes(message.bytes())))
+    return events
+
+
+def _timbre_kind(payload) -> str:
+    """'' for events that leave the timbre alone, 'point' for grid moves (CC 1/2/74,
+    /timbre/xy), 'bank' for presets and sounds (program change, /timbre/preset|audio)."""
+    if isinstance(payload, bytes):
+        status = payload[0] & 0xF0
+        if status == 0xC0:
+            return "bank"
+        return "point" if status == 0xB0 and len(payload) > 1 and payload[1] in (1, 2, 74) else ""
+    if payload[0] == "/timbre/xy":
+        return "point"
+    return "bank" if payload[0].startswith("/timbre") else ""
+
+
+def played_pitches(events) -> list[int]:
+    """The keyboard pitches the events play (MIDI note-ons, /note/on), rounded; only those rows
+    are rendered offline (a voice plays the nearest row). [60] when there are none."""
+    pitches = set()
+    for _, kind, payload in events:
+        if kind == "midi" and payload[0] & 0xF0 == 0x90 and len(payload) > 2 and payload[2] > 0:
+            pitches.add(int(payload[1]))
+        elif kind == "osc" and payload[0] == "/note/on" and payload[1]:
+            try:
+                pitches.add(int(round(float(payload[1][0]))))
+            except (TypeError, ValueError):
+                continue  # dispatch answers the bad message with /fail
+    return sorted(pitches) or [60]
+
+
+def default_model_dir() -> str | None:
+    """`models/pretrained/default` when it holds a model, else None (procedural source)."""
+    folder = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "default"
+    if (folder / "gan" / "config.json").is_file() or (folder / "manifest.json").is_file():
+        return str(folder)
+    return None
+
+
+def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,
+           polyphony: int, tail_s: float, progress: bool = True) -> dict:
+    """Render events [(t s, kind, payload)] (kind "midi" with bytes or "osc" with
+    (address, args)) to `out_path`; returns a summary dict."""
+    import time
+
+    import numpy as np
+    import soundfile
+    from tqdm import tqdm
+
+    from rt_engine.bank_manager import BankManager
+    from rt_engine.engine import Engine
+    from rt_engine.midi_map import MidiMapper, load_midi_map
+    from rt_engine.osc_registry import dispatch
+
+    started = time.perf_counter()
+    banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events),
+                        render_ahead=False, exact_delay_s=0.0)
+    engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony)
+    failures = []
+
+    def reply(address, args):
+        if address == "/fail":
+            failures.append(" ".join(str(a) for a in args))
+            print(f"render: /fail {' '.join(str(a) for a in args)}", file=sys.stderr)
+
+    try:
+        mapper = MidiMapper(engine, load_midi_map())
+        events = sorted(events, key=lambda e: e[0])
+        frames = [int(round(t * sample_rate)) for t, _, _ in events]
+        kinds = [_timbre_kind(payload) for _, _, payload in events]
+        total = (frames[-1] if frames else 0) + int(tail_s * sample_rate)
+        chunks, next_event = [], 0
+        banks.wait_ready(120.0)
+        with tqdm(total=total, unit="frame", unit_scale=True, disable=not progress,
+                  desc="render") as bar:
+            while engine.frame < total:
+                n = min(block, total - engine.frame)
+                changed = set()
+                while next_event < len(events) and frames[next_event] < engine.frame + n:
+                    t, kind, payload = events[next_event]
+                    at_frame = max(frames[next_event], engine.frame)
+                    if kind == "midi":
+                        mapper.handle(payload, at_frame)
+                    else:
+                        dispatch(engine, payload[0], payload[1], at_frame, reply)
+                    changed.add(kinds[next_event])
+                    next_event += 1
+                if changed - {""}:
+                    later = [events[k][0] for k in range(next_event, len(events)) if kinds[k]]
+                    resting = not later or later[0] - engine.frame / sample_rate >= TIMBRE_REST_S
+                    banks.wait_ready(120.0, include_exact=resting or "bank" in changed)
+                chunks.append(engine.process(n).copy())
+                bar.update(n)
+        audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 2), np.float32)
+        soundfile.write(out_path, audio, sample_rate, subtype="PCM_24")
+        seconds = time.perf_counter() - started
+        return {"out": out_path, "duration_s": round(total / sample_rate, 3),
+                "render_s": round(seconds, 3),
+                "realtime_factor": round(total / sample_rate / max(seconds, 1e-9), 2),
+                "events": len(events), "failures": len(failures), **{
+                    k: engine.status()[k] for k in ("late", "dropped", "steals")}}
+    finally:
+        engine.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.midi and not args.score:
+        print("latentsynth render: give --midi FILE.mid and/or --score FILE.jsonl", file=sys.stderr)
+        return 2
+    events = []
+    try:
+        if args.midi:
+            if not Path(args.midi).is_file():
+                raise ValueError(f"MIDI file not found: {args.midi}")
+            events += [(t, "midi", data) for t, data in read_midi(args.midi)]
+        if args.score:
+            if not Path(args.score).is_file():
+                raise ValueError(f"score file not found: {args.score}")
+            events += [(t, "osc", (address, a)) for t, address, a in read_score(args.score)]
+    except ValueError as error:
+        print(f"latentsynth render: {error}", file=sys.stderr)
+        return 2
+    model_dir = args.model or default_model_dir()
+    print(f"render: bank source {'model ' + model_dir if model_dir else 'procedural'}", flush=True)
+    summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
+                     args.tail)
+    print(json.dumps(summary))
+    return 0

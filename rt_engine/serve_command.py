@@ -1,0 +1,115 @@
+"""`latentsynth serve`: open the audio device, start the engine, listen for OSC and MIDI.
+
+Prints the bank source, the device, block size and the latency the engine adds, the OSC ports
+and the MIDI ports, then a line `ready` once OSC is accepted (stdout flushed). Ctrl-C or SIGTERM
+shuts everything down cleanly (OSC, MIDI, audio, stream layer, bank worker).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audio", default="auto",
+                        help="auto | DEVICE (name or index, see `latentsynth devices`) | jack | null")
+    parser.add_argument("--osc-port", type=int, default=57130, help="OSC port, UDP and TCP (0: any free)")
+    parser.add_argument("--osc-host", default="0.0.0.0", help="address OSC binds to")
+    parser.add_argument("--reply-port", type=int, default=None,
+                        help="send OSC replies to this port of the sender's host")
+    parser.add_argument("--midi", default="auto", help="auto | none | PORT (name substrings, comma-separated)")
+    parser.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"))
+    parser.add_argument("--midi-map", default=None, help="MIDI map JSON file (default: the shipped map)")
+    parser.add_argument("--block", type=int, default=256, help="block size (frames); JACK sets its own")
+    parser.add_argument("--sample-rate", type=int, default=None,
+                        help="device rate (Hz) for PortAudio/null; JACK sets its own")
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: models/pretrained/default if it holds a "
+                             "model, else the procedural source)")
+    parser.add_argument("--record", default=None, help="also write the output to this WAV file")
+    parser.add_argument("--polyphony", type=int, default=64, help="sampler voices (settable live)")
+    parser.add_argument("--gru", default="auto", choices=("auto", "none"),
+                        help="auto: play the model's GRU voice when the model folder has one")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _stream_layer(model_dir: str | None, choice: str):
+    """The model's GRU voice when `model_dir/gru` holds one (and `choice` is auto), else None."""
+    if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
+        return None
+    from rt_engine.gru_layer import GruLayer
+
+    return GruLayer.from_dir(Path(model_dir) / "gru")
+
+
+def main(args: argparse.Namespace) -> int:
+    from rt_engine.audio_backends import Recorder, open_backend
+    from rt_engine.bank_manager import BankManager
+    from rt_engine.engine import Engine
+    from rt_engine.midi_input import MidiInput
+    from rt_engine.osc_server import OscServer
+    from rt_engine.render_command import default_model_dir
+
+    # The audio callback is Python: it needs the GIL back quickly from the control threads.
+    sys.setswitchinterval(0.0005)
+    try:
+        backend = open_backend(args.audio, args.block, args.sample_rate)
+    except (ValueError, RuntimeError) as error:
+        print(f"latentsynth serve: {error}", file=sys.stderr)
+        return 2
+    model_dir = args.model or default_model_dir()
+    _say(f"bank source: {'model ' + model_dir if model_dir else 'procedural (no model in models/pretrained/default)'}")
+    stop = threading.Event()
+    banks = engine = osc = midi = None
+    started = False
+    try:
+        banks = BankManager(model_dir, backend.sample_rate)
+        layer = _stream_layer(model_dir, args.gru)
+        engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),
+                        n_voices=args.polyphony, stream_layer=layer)
+        recorder = Recorder(args.record, backend.sample_rate) if args.record else None
+        if not banks.wait_ready(120.0, include_exact=False):
+            print("latentsynth serve: warning: the first bank is still rendering", file=sys.stderr)
+        backend.start(engine, recorder)
+        started = True
+        _say(f"audio: {backend.name}, {backend.sample_rate} Hz, block {backend.block} frames; "
+             f"latency added {engine.latency_s * 1000:.2f} ms (one block of scheduling "
+             f"{backend.block / backend.sample_rate * 1000:.2f} ms + output "
+             f"{backend.output_latency_s * 1000:.2f} ms)")
+        _say(f"GRU voice: {'on, render-ahead %.1f ms' % (layer.latency_frames / backend.sample_rate * 1000) if layer else 'off'}")
+        midi = MidiInput(engine, ports=args.midi, map_file=args.midi_map, api=args.midi_api)
+        midi_ports = midi.start() if args.midi != "none" else []
+        _say(f"MIDI ports: {', '.join(midi_ports) if midi_ports else 'none'}")
+        osc = OscServer(engine, port=args.osc_port, host=args.osc_host, reply_port=args.reply_port)
+        osc.start()
+        _say(f"OSC: udp {osc.udp_port}, tcp {osc.tcp_port} on {args.osc_host}")
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        gc.collect()
+        gc.freeze()  # start-up objects leave the collector's view: no long collections in callbacks
+        _say("ready")
+        while not stop.wait(0.25):
+            pass
+    except KeyboardInterrupt:
+        pass
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"latentsynth serve: {error}", file=sys.stderr)
+        return 2
+    finally:
+        for part in (osc, midi):
+            if part is not None:
+                part.stop()
+        if started:
+            backend.stop()
+        if engine is not None:
+            engine.close()
+        elif banks is not None:
+            banks.close()
+        _say("stopped")
+    return 0

@@ -1,0 +1,101 @@
+"""Banks: resampling and sustain loops, grid geometry, and the worker process delivering banks
+through shared memory."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from models.bank_source import ProceduralBankSource, TimbreRequest
+from rt_engine import voice_kernel as vk
+from rt_engine.bank_manager import BankLayout, BankManager, grid_nodes_around, prepare_rows
+
+
+def _peak_hz(signal, rate):
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(signal.size)))
+    return np.argmax(spectrum) * rate / signal.size
+
+
+@pytest.mark.parametrize("device_rate", [44_100, 48_000])
+def test_prepared_rows_keep_their_pitch_at_the_device_rate(device_rate):
+    t = np.arange(8000) / 16_000
+    rows = np.stack([np.sin(2 * np.pi * 440.0 * t), np.sin(2 * np.pi * 1000.0 * t)]).astype(np.float32)
+    layout = BankLayout.create(16_000, device_rate, 8000)
+    prepared = prepare_rows(rows, layout)
+    assert prepared.shape == (2, layout.bank_frames) and prepared.dtype == np.float32
+    assert np.all(prepared[:, :vk.HEAD_PAD] == 0.0)
+    audio = prepared[:, vk.HEAD_PAD:layout.loop_start]
+    assert abs(_peak_hz(audio[0], device_rate) - 440.0) < 2.0
+    assert abs(_peak_hz(audio[1], device_rate) - 1000.0) < 2.0
+
+
+def test_the_sustain_loop_wraps_without_a_jump():
+    t = np.arange(8000) / 16_000
+    decaying = (np.sin(2 * np.pi * 330.0 * t) * np.exp(-t / 0.3)).astype(np.float32)[None]
+    layout = BankLayout.create(16_000, 48_000, 8000)
+    row = prepare_rows(decaying, layout)[0]
+    # play through the wrap: ... loop_end - 1, then loop_start, ...; and the tail repeats it
+    wrapped = np.concatenate([row[layout.loop_end - 200:layout.loop_end],
+                              row[layout.loop_start:layout.loop_start + 200]])
+    normal_step = np.abs(np.diff(row[layout.loop_start - 400:layout.loop_start])).max()
+    assert np.abs(np.diff(wrapped)).max() <= 1.5 * normal_step
+    np.testing.assert_array_equal(row[layout.loop_end:], row[layout.loop_start:layout.loop_start + vk.HEAD_PAD])
+
+
+def test_grid_nodes_around_a_point_carry_bilinear_weights():
+    nodes = grid_nodes_around(0.3, 0.6, 5)
+    assert {(x, y) for x, y, _ in nodes} == {(0.25, 0.5), (0.5, 0.5), (0.25, 0.75), (0.5, 0.75)}
+    weights = {(x, y): w for x, y, w in nodes}
+    assert weights[(0.25, 0.5)] == pytest.approx(0.8 * 0.6)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert [(x, y) for x, y, _ in grid_nodes_around(0.5, 0.25, 5)] == [(0.5, 0.25)]
+
+
+@pytest.fixture(scope="module")
+def manager():
+    bank_manager = BankManager(None, 48_000, n_slots=6, pitches=[57, 69], render_ahead=False,
+                               exact_delay_s=0.0)
+    yield bank_manager
+    bank_manager.close()
+
+
+def test_worker_delivers_the_initial_bank_through_shared_memory(manager):
+    assert manager.wait_ready(60.0)
+    slot = int(np.nonzero(manager.slots[:, vk.S_KIND] == vk.SLOT_GRID)[0][0])
+    assert tuple(manager.slots[slot, [vk.S_X, vk.S_Y]]) == (0.5, 0.5)
+    assert manager.row_ready[slot].tolist() == [1, 1]
+    source = ProceduralBankSource()
+    expected = prepare_rows(source.render_bank(TimbreRequest("xy", 0.5, 0.5), [57, 69]), manager.layout)
+    np.testing.assert_allclose(manager.banks[slot], expected, atol=1e-6)
+    assert manager.state() == "ready"
+
+
+def test_a_point_gets_its_grid_neighbours_then_its_exact_bank(manager):
+    manager.request_xy(0.3, 0.6)
+    assert manager.wait_ready(60.0)
+    published = {(float(x), float(y), float(kind)) for kind, x, y, *_ in manager.slots if kind != vk.SLOT_EMPTY}
+    for x, y, _ in grid_nodes_around(0.3, 0.6, 5):
+        assert (x, y, vk.SLOT_GRID) in published
+    assert (0.3, 0.6, vk.SLOT_EXACT) in published
+
+
+def test_preset_and_audio_requests_report_back(manager, tmp_path):
+    landed, failed = [], []
+    manager.request_preset("organ", landed.append)
+    deadline = time.monotonic() + 60.0
+    while not landed and time.monotonic() < deadline:
+        # stand in for the kernel: blocks go by and nothing plays the retired slots
+        manager.slots[:, vk.S_USAGE] = 0.0
+        manager.slots[:, vk.S_SEEN] += 1e6
+        time.sleep(0.02)
+    assert landed == [(-1.0 - manager.preset_names().index("organ"), -1.0)]
+    with pytest.raises(KeyError, match="organ"):
+        manager.request_preset("kazoo", landed.append)
+    manager.request_audio(str(tmp_path / "missing.wav"), landed.append, failed.append)
+    assert failed and "missing.wav" in failed[0]
+
+
+def test_a_bad_model_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"bank_source": "nothing"}))
+    with pytest.raises(RuntimeError, match=str(tmp_path.name)):
+        BankManager(str(tmp_path), 48_000, n_slots=5, pitches=[60])
