@@ -91,7 +91,10 @@ class Engine:
             stream_layer.start(self.sample_rate, self._gru_ring, self._gru_pos)
 
     def _warm_up(self) -> None:
-        """Load (or compile) the kernel now, not in the first audio callback; then rewind."""
+        """Load (or compile) the kernels now, not in an audio callback; then rewind."""
+        scratch = self._allocate_voices(self.polyphony)
+        vk.adopt_voices(self._voice_arrays[0], self._voice_arrays[1], scratch[0], scratch[1],
+                        self._params[vk.P_FADE_FRAMES])
         self.process(self.max_block)
         self._counters[:] = 0
         self._clock[0] = np.nan
