@@ -295,14 +295,18 @@ class DummyJackServer:
 
     def _start(self, options: list[str], timeout_s: float) -> None:
         import subprocess
+        import tempfile
 
+        # jackd logs every xrun to stderr: a file, never an undrained pipe (a full pipe blocks jackd)
+        self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             ["jackd", *options, "-d", "dummy", "-r", str(self.sample_rate), "-p", str(self.period)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
         deadline = time.monotonic() + timeout_s
         while not self._reachable():
             if self._process.poll() is not None or time.monotonic() > deadline:
-                error = self._process.stderr.read().decode(errors="replace")[-500:] if self._process.poll() is not None else ""
+                self._log.seek(0)
+                error = self._log.read().decode(errors="replace")[-500:] if self._process.poll() is not None else ""
                 self.close()
                 raise RuntimeError(f"jackd dummy server {self.name!r} did not start: {error}")
             time.sleep(0.1)
@@ -325,6 +329,7 @@ class DummyJackServer:
             except Exception:  # subprocess.TimeoutExpired: kill it instead
                 self._process.kill()
                 self._process.wait()
+        self._log.close()
 
     def __enter__(self):
         return self

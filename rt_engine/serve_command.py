@@ -77,6 +77,10 @@ def main(args: argparse.Namespace) -> int:
         recorder = Recorder(args.record, backend.sample_rate) if args.record else None
         if not banks.wait_ready(120.0, include_exact=False):
             print("latentsynth serve: warning: the first bank is still rendering", file=sys.stderr)
+        # MIDI opens before the audio callback runs: python-rtmidi holds the GIL through its JACK
+        # server calls, which starves (and with JACK MIDI can deadlock) a running Python callback
+        midi = MidiInput(engine, ports=args.midi, map_file=args.midi_map, api=args.midi_api)
+        midi_ports = midi.start() if args.midi != "none" else []
         backend.start(engine, recorder)
         started = True
         _say(f"audio: {backend.name}, {backend.sample_rate} Hz, block {backend.block} frames; "
@@ -84,8 +88,6 @@ def main(args: argparse.Namespace) -> int:
              f"{backend.block / backend.sample_rate * 1000:.2f} ms + output "
              f"{backend.output_latency_s * 1000:.2f} ms)")
         _say(f"GRU voice: {'on, render-ahead %.1f ms' % (layer.latency_frames / backend.sample_rate * 1000) if layer else 'off'}")
-        midi = MidiInput(engine, ports=args.midi, map_file=args.midi_map, api=args.midi_api)
-        midi_ports = midi.start() if args.midi != "none" else []
         _say(f"MIDI ports: {', '.join(midi_ports) if midi_ports else 'none'}")
         osc = OscServer(engine, port=args.osc_port, host=args.osc_host, reply_port=args.reply_port)
         osc.start()
@@ -102,11 +104,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"latentsynth serve: {error}", file=sys.stderr)
         return 2
     finally:
-        for part in (osc, midi):
-            if part is not None:
-                part.stop()
+        if osc is not None:
+            osc.stop()
         if started:
             backend.stop()
+        if midi is not None:  # after the audio callback stopped (see above)
+            midi.stop()
         if engine is not None:
             engine.close()
         elif banks is not None:
