@@ -21,7 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,47 +36,6 @@ def _osc(address: str, *args) -> bytes:
     for arg in args:
         builder.add_arg(arg)
     return builder.build().dgram
-
-
-class JackMidiSender:
-    """A JACK client with one MIDI output port; `send(message, offset)` writes the message in the
-    next cycle at `offset` frames and returns that frame's JACK time."""
-
-    def __init__(self, server_name: str):
-        import jack
-
-        self.client = jack.Client("latentsynth-bench-midi", no_start_server=True, servername=server_name)
-        self.port = self.client.midi_outports.register("out")
-        self._pending: tuple[bytes, int] | None = None
-        self._written = threading.Event()
-        self.written_frame = -1
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-        targets = [port.name for port in self.client.get_ports(is_midi=True, is_input=True)
-                   if port.shortname == "latentsynth"]
-        if len(targets) != 1:
-            self.close()
-            raise RuntimeError(f"expected one JACK MIDI input named 'latentsynth', found {targets}")
-        self.client.connect(self.port, targets[0])
-
-    def _process(self, frames: int) -> None:
-        self.port.clear_buffer()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self.port.write_midi_event(pending[1], pending[0])
-            self.written_frame = self.client.last_frame_time + pending[1]
-            self._written.set()
-
-    def send(self, message: bytes, offset: int = 0) -> int:
-        self._written.clear()
-        self._pending = (message, offset)
-        if not self._written.wait(2.0):
-            raise RuntimeError("the bench's JACK MIDI process callback did not run")
-        return self.written_frame
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
 
 
 def _osc_trials(capture, port: int, args) -> list[float]:
@@ -103,7 +61,10 @@ def _osc_trials(capture, port: int, args) -> list[float]:
 
 def _midi_trials(capture, server_name: str, args) -> list[float]:
     """JACK MIDI note-on at a random frame of a cycle -> onset (frames, JACK frame time) per trial."""
-    sender = JackMidiSender(server_name)
+    from rt_engine.audio_backends import JackMidiSender
+
+    sender = JackMidiSender(server_name, client_name="latentsynth-bench-midi")
+    sender.connect_to("latentsynth")
     rng = np.random.default_rng(0)
     latencies = []
     try:

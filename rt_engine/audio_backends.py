@@ -387,3 +387,53 @@ class JackCapture:
     def close(self) -> None:
         self.client.deactivate()
         self.client.close()
+
+
+class JackMidiSender:
+    """A JACK client with one MIDI output port, for tests and benchmarks: `send(message, offset)`
+    writes the message in the next process cycle at `offset` frames into it and returns the JACK
+    frame time it was written at."""
+
+    def __init__(self, server_name: str, client_name: str = "latentsynth-midi-sender"):
+        import jack
+
+        self.client = jack.Client(client_name, no_start_server=True, servername=server_name)
+        self.port = self.client.midi_outports.register("out")
+        self._pending: tuple[bytes, int] | None = None
+        self._written = threading.Event()
+        self.written_frame = -1
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        self.port.clear_buffer()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            message, offset = pending
+            self.port.write_midi_event(offset, message)
+            self.written_frame = self.client.last_frame_time + offset
+            self._written.set()
+
+    def virtual_input(self, short_name: str) -> str:
+        """Full name of the JACK MIDI input port called `short_name` (rtmidi names its client
+        after the port's owner, so JACK may have suffixed the client name: latentsynth-01)."""
+        names = [port.name for port in self.client.get_ports(is_midi=True, is_input=True)
+                 if port.shortname == short_name]
+        if len(names) != 1:
+            raise LookupError(f"expected one JACK MIDI input {short_name!r}, found {names}")
+        return names[0]
+
+    def connect_to(self, short_name: str) -> None:
+        """Connect the output port to the MIDI input port called `short_name`."""
+        self.client.connect(self.port, self.virtual_input(short_name))
+
+    def send(self, message: bytes, offset: int = 0, timeout_s: float = 2.0) -> int:
+        self._written.clear()
+        self._pending = (bytes(message), int(offset))
+        if not self._written.wait(timeout_s):
+            raise TimeoutError("the JACK MIDI sender's process callback did not run")
+        return self.written_frame
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()

@@ -59,51 +59,6 @@ def cents(f_hz: float, ref_hz: float) -> float:
     return 1200.0 * math.log2(f_hz / ref_hz)
 
 
-class JackMidiSender:
-    """A JACK client with one MIDI output port. `send(message, offset)` writes the message in the
-    next process cycle at `offset` frames into it and returns the JACK frame time it was written at."""
-
-    def __init__(self, server_name: str):
-        import jack
-
-        self.client = jack.Client("latentsynth-midi-test", no_start_server=True, servername=server_name)
-        self.port = self.client.midi_outports.register("out")
-        self._pending: tuple[bytes, int] | None = None
-        self._written = threading.Event()
-        self.written_frame = -1
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        self.port.clear_buffer()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            message, offset = pending
-            self.port.write_midi_event(offset, message)
-            self.written_frame = self.client.last_frame_time + offset
-            self._written.set()
-
-    def virtual_input(self, short_name: str) -> str:
-        """Full name of the JACK MIDI input port called `short_name` (rtmidi names its client
-        after the port's owner, so JACK may have suffixed the client name: latentsynth-01)."""
-        names = [port.name for port in self.client.get_ports(is_midi=True, is_input=True)
-                 if port.shortname == short_name]
-        if len(names) != 1:
-            raise AssertionError(f"expected one JACK MIDI input {short_name!r}, found {names}")
-        return names[0]
-
-    def send(self, message: bytes, offset: int = 0, timeout_s: float = 2.0) -> int:
-        self._written.clear()
-        self._pending = (bytes(message), int(offset))
-        if not self._written.wait(timeout_s):
-            raise AssertionError("the JACK MIDI sender's process callback did not run")
-        return self.written_frame
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 class Server:
     """`latentsynth serve` on a dummy JACK server; output lines are drained by a thread."""
 
@@ -257,9 +212,11 @@ def test_a_supercollider_note_on_64_sounds_at_329_hz_within_the_declared_latency
 
 def test_a_jack_midi_note_on_72_through_the_virtual_port_sounds_at_523_hz(server, capture):
     assert server.midi_line == "MIDI ports: latentsynth", server.midi_line
+    from rt_engine.audio_backends import JackMidiSender
+
     sender = JackMidiSender(server.jack.name)
     try:
-        sender.client.connect(sender.port, sender.virtual_input("latentsynth"))
+        sender.connect_to("latentsynth")
         time.sleep(0.2)
         written = sender.send(bytes([0x90, 72, 100]), offset=PERIOD // 2)
         time.sleep(0.8)
