@@ -1,0 +1,194 @@
+"""The instance-conditioned instrument GAN: generator G(z, pitch, h) and projection discriminator
+D(x, pitch, h) over normalised log-mel spectrograms (see models/features.py).
+
+Pitch conditioning is strong by construction: a learned pitch embedding enters the style vector
+that modulates (FiLM) every generator block, and the pitch's harmonic template (where its
+harmonics fall on the mel axis) is concatenated as an extra input channel at every block of G
+and D. The instance feature h = f(x) (pitch-invariant) enters G's style vector and D's
+projection term (GANStrument Eq. 1; Miyato & Koyama's projection discriminator).
+
+Public API:
+    GanConfig                       frozen dataclass of G and D (plus the representation fields)
+    Generator(config)               (z [b, z_dim], pitch_classes int [b], h [b, h_dim]) -> [b, n_mels, n_frames]
+    Discriminator(config)           (x [b, n_mels, n_frames], pitch_classes, h) -> logits [b]
+    r1_penalty(discriminator, x, pitch_classes, h) -> scalar
+    load_generator(folder) -> Generator (eval mode)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.features import harmonic_template, n_frames_of
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Sizes of G and D. `channels` run from G's lowest resolution to its highest (D mirrors them);
+    n_mels must be divisible by 2 ** len(channels)."""
+
+    sample_rate: int = 16_000
+    n_samples: int = 16_000
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    log_floor: float = 1e-4
+    norm_center: float = -4.5
+    norm_scale: float = 4.5
+    min_pitch: int = 21
+    n_pitches: int = 88
+    h_dim: int = 64
+    z_dim: int = 32
+    pitch_embedding_dim: int = 64
+    style_dim: int = 128
+    channels: tuple = (128, 96, 64, 48, 32, 16)
+    discriminator_channels: tuple = (16, 32, 48, 64, 64, 64)
+    projection_dim: int = 128
+
+    def __post_init__(self):
+        n_up = len(self.channels) - 1
+        if n_up < 1 or self.n_mels % (2 ** n_up):
+            raise ValueError(f"n_mels={self.n_mels} must be divisible by 2**{n_up} (len(channels) - 1)")
+        if len(self.discriminator_channels) != len(self.channels):
+            raise ValueError("discriminator_channels must have as many entries as channels")
+
+    @property
+    def n_frames(self) -> int:
+        """Frames of one note (centred STFT)."""
+        return n_frames_of(self)
+
+    @property
+    def base_shape(self) -> tuple[int, int]:
+        """(freq, time) of G's first block; the last block is 2 ** (len(channels) - 1) times larger."""
+        scale = 2 ** (len(self.channels) - 1)
+        return self.n_mels // scale, math.ceil(self.n_frames / scale)
+
+    @property
+    def floor_value(self) -> float:
+        """The normalised log-mel value of silence (the log floor)."""
+        return (math.log(self.log_floor) - self.norm_center) / self.norm_scale
+
+
+class _TemplateBank(nn.Module):
+    """Harmonic templates per pitch class at every block resolution (buffers, not weights)."""
+
+    def __init__(self, config: GanConfig):
+        super().__init__()
+        pitches = np.arange(config.min_pitch, config.min_pitch + config.n_pitches)
+        template = torch.from_numpy(harmonic_template(config, pitches))  # [n_pitches, n_mels]
+        self.register_buffer("template", template, persistent=False)
+
+    def at(self, pitch_classes: torch.Tensor, n_freq: int, n_time: int) -> torch.Tensor:
+        """`[batch, 1, n_freq, n_time]` template of each pitch, frequency-pooled to n_freq bins."""
+        rows = self.template[pitch_classes]
+        if rows.shape[1] != n_freq:
+            rows = F.adaptive_avg_pool1d(rows.unsqueeze(1), n_freq).squeeze(1)
+        return rows[:, None, :, None].expand(-1, 1, n_freq, n_time)
+
+
+class _ModulatedBlock(nn.Module):
+    """[optional 2x upsample] -> concat template -> conv3x3 -> FiLM(style) -> leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool):
+        super().__init__()
+        self.upsample = upsample
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, 3, padding=1)
+        self.film = nn.Linear(style_dim, 2 * out_channels)
+
+    def forward(self, x, style, templates: _TemplateBank, pitch_classes):
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        scale, shift = self.film(style)[:, :, None, None].chunk(2, dim=1)
+        t = templates.at(pitch_classes, x.shape[2], x.shape[3])
+        return F.leaky_relu(self.conv(torch.cat([x, t], 1)) * (1 + scale) + shift, 0.2)
+
+
+class Generator(nn.Module):
+    """G(z, pitch, h) -> normalised log-mel `[batch, n_mels, n_frames]`."""
+
+    def __init__(self, config: GanConfig):
+        super().__init__()
+        self.config = config
+        self.templates = _TemplateBank(config)
+        self.pitch_embedding = nn.Embedding(config.n_pitches, config.pitch_embedding_dim)
+        self.style = nn.Sequential(
+            nn.Linear(config.z_dim + config.pitch_embedding_dim + config.h_dim, config.style_dim), nn.LeakyReLU(0.2),
+            nn.Linear(config.style_dim, config.style_dim), nn.LeakyReLU(0.2),
+        )
+        base_freq, base_time = config.base_shape
+        self.base = nn.Linear(config.style_dim, config.channels[0] * base_freq * base_time)
+        self.blocks = nn.ModuleList(
+            _ModulatedBlock(c_in, c_out, config.style_dim, upsample=i > 0)
+            for i, (c_in, c_out) in enumerate(zip((config.channels[0],) + tuple(config.channels[:-1]), config.channels))
+        )
+        self.to_spectrogram = nn.Conv2d(config.channels[-1] + 1, 1, 1)
+
+    def forward(self, z: torch.Tensor, pitch_classes: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)  # pixel norm
+        style = self.style(torch.cat([z, self.pitch_embedding(pitch_classes), h], dim=1))
+        base_freq, base_time = config.base_shape
+        x = F.leaky_relu(self.base(style), 0.2).view(-1, config.channels[0], base_freq, base_time)
+        for block in self.blocks:
+            x = block(x, style, self.templates, pitch_classes)
+        t = self.templates.at(pitch_classes, x.shape[2], x.shape[3])
+        return self.to_spectrogram(torch.cat([x, t], 1))[:, 0, :, : config.n_frames]
+
+
+class Discriminator(nn.Module):
+    """Projection D(x, pitch, h): logits `[batch]`; x is `[batch, n_mels, n_frames]`."""
+
+    def __init__(self, config: GanConfig):
+        super().__init__()
+        self.config = config
+        self.templates = _TemplateBank(config)
+        channels = config.discriminator_channels
+        self.from_spectrogram = nn.Conv2d(2, channels[0], 1)
+        self.blocks = nn.ModuleList(
+            nn.Conv2d(c_in + 1, c_out, 3, padding=1) for c_in, c_out in zip(channels[:-1], channels[1:])
+        )
+        base_freq, base_time = config.base_shape
+        self.features = nn.Linear(channels[-1] * base_freq * base_time, config.projection_dim)
+        self.unconditional = nn.Linear(config.projection_dim, 1)
+        self.pitch_projection = nn.Embedding(config.n_pitches, config.projection_dim)
+        self.h_projection = nn.Linear(config.h_dim, config.projection_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, pitch_classes: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        base_freq, base_time = config.base_shape
+        n_time = base_time * 2 ** (len(config.channels) - 1)
+        x = F.pad(x, (0, n_time - x.shape[2]), value=config.floor_value).unsqueeze(1)
+        t = self.templates.at(pitch_classes, x.shape[2], x.shape[3])
+        x = F.leaky_relu(self.from_spectrogram(torch.cat([x, t], 1)), 0.2)
+        for conv in self.blocks:
+            t = self.templates.at(pitch_classes, x.shape[2], x.shape[3])
+            x = F.avg_pool2d(F.leaky_relu(conv(torch.cat([x, t], 1)), 0.2), 2)
+        phi = F.leaky_relu(self.features(x.flatten(1)), 0.2)
+        projection = (self.pitch_projection(pitch_classes) * phi).sum(1) + (self.h_projection(h) * phi).sum(1)
+        return self.unconditional(phi)[:, 0] + projection
+
+
+def r1_penalty(discriminator: Discriminator, x_real: torch.Tensor, pitch_classes: torch.Tensor,
+               h: torch.Tensor) -> torch.Tensor:
+    """R1: mean over the batch of ||d D(x_real) / d x_real||^2 (scalar); multiply by gamma / 2."""
+    x_real = x_real.detach().requires_grad_(True)
+    logits = discriminator(x_real, pitch_classes, h)
+    (gradient,) = torch.autograd.grad(logits.sum(), x_real, create_graph=True)
+    return gradient.pow(2).flatten(1).sum(1).mean()
+
+
+def load_generator(folder) -> Generator:
+    """G from a checkpoint folder (config.json holds a GanConfig), eval mode; bad files raise
+    CheckpointError naming them."""
+    from models.checkpoint import load_config, load_state_into
+
+    config = load_config(folder, GanConfig)
+    generator = Generator(config)
+    load_state_into(generator, folder)
+    generator.eval()
+    return generator

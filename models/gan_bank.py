@@ -1,0 +1,305 @@
+"""`GanBankSource`: per-pitch one-shot banks from the trained GAN, behind `models.bank_source.BankSource`.
+
+A model folder holds
+    gan/           GanConfig + generator weights (safetensors) + metadata
+    features/      FeatureConfig + feature model weights: f turns a one-shot WAV into h
+    presets.json   {"presets": {name: h [h_dim]}, "programs": {name: GM program}, "corners": [a, b, c, d]}
+    grid/          (optional) a SOM timbre grid from training.som_grid; else `xy` is bilinear
+                   between the four corner presets: a at (0, 0), b at (1, 0), c at (0, 1), d at (1, 1)
+
+Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
+by PGHI then Fast Griffin-Lim (`models.phase_reconstruction`) -> peak-normalised waveform. The
+mel -> linear step knows each note's pitch, so it starts from the pseudo-inverse solution masked by
+the pitch's harmonic comb and fits the mel by multiplicative updates (`mel_to_linear_harmonic`):
+128 mel bands cannot resolve the harmonics of low notes (MIDI 28-40), and this prior restores them.
+Without a pitch, GANStrument's pseudo-inverse + projected gradient (`models.mel_inversion`).
+
+Public API:
+    GanBankSource.from_dir(model_dir) -> GanBankSource
+        .sample_rate, .n_samples, .conditioning_dim, .preset_names()
+        .render_bank(timbre, pitches) -> float32 [n, n_samples]
+        .conditioning_for(timbre) -> float32 [conditioning_dim]
+        .render_conditioning(h [batch, dim], pitches int [batch], seed) -> float32 [batch, n_samples]
+        .render_spectrogram(h, pitches, seed) -> float32 [batch, n_mels, n_frames] (natural-log mel magnitude)
+        .features_of_audio(audio [batch, n_samples]) -> float32 [batch, dim]
+    interpolate_conditioning(hs [m, dim], weights [m]) -> [dim]   HyperGANStrument: h = sum_i a_i h_i
+    bilinear_conditioning(corners [4, dim], x, y) -> [dim]
+    log_mel_to_audio(log_mel_x [batch, n_mels, n_frames], config, pitches=None) -> float32 [batch, n_samples]
+    mel_to_linear_harmonic(mel [batch, n_mels, n_frames], f0_hz [batch], config) -> [batch, n_bins, n_frames]
+    harmonic_comb(f0_hz, n_fft, sample_rate) -> float32 [n_bins]
+    load_one_shot(path, sample_rate, n_samples) -> float32 [n_samples] (preprocessed like the data)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.bank_source import TimbreRequest
+from models.checkpoint import CheckpointError
+
+MEL_ITERATIONS = 16
+"""Projected-gradient iterations of the mel -> linear solve after the pseudo-inverse start."""
+PHASE_ITERATIONS = 16
+"""Fast Griffin-Lim iterations after the PGHI start."""
+_INVERTERS: dict[tuple, object] = {}
+
+
+def _mel_inverter(config):
+    """The core's MelInverter for this config's filterbank, built once per process."""
+    from models.features import mel_filterbank
+    from models.mel_inversion import MelInverter
+
+    key = (config.sample_rate, config.n_fft, config.n_mels)
+    if key not in _INVERTERS:
+        _INVERTERS[key] = MelInverter(mel_filterbank(config))
+    return _INVERTERS[key]
+
+
+HARMONIC_PRIOR_ITERATIONS = 30
+"""Multiplicative updates of the pitch-informed mel -> linear solve."""
+HARMONIC_PRIOR_FLOOR = 0.05
+"""Relative weight the harmonic prior leaves between harmonics (noise, inharmonic partials)."""
+_SPARSE_FILTERBANKS: dict[tuple, tuple] = {}
+
+
+def harmonic_comb(f0_hz: float, n_fft: int, sample_rate: int, floor: float = HARMONIC_PRIOR_FLOOR) -> np.ndarray:
+    """Prior weights `float32 [n_fft // 2 + 1]` on the linear STFT axis: 1 + floor at the harmonics
+    k * f0_hz (Gaussians of half a bin), `floor` between them."""
+    bin_hz = sample_rate / n_fft
+    freqs_hz = np.arange(n_fft // 2 + 1) * bin_hz
+    harmonics_hz = f0_hz * np.arange(1, int(sample_rate / 2 // f0_hz) + 1)
+    comb = np.zeros_like(freqs_hz)
+    for harmonic_hz in harmonics_hz:
+        comb += np.exp(-0.5 * ((freqs_hz - harmonic_hz) / (0.5 * bin_hz)) ** 2)
+    return (np.minimum(comb, 1.0) + floor).astype(np.float32)
+
+
+def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONIC_PRIOR_ITERATIONS) -> np.ndarray:
+    """Pitch-informed mel -> linear magnitude: the pseudo-inverse solution (negatives clipped) times
+    the harmonic comb of each note's known f0, then multiplicative updates
+    x <- x * F^T(mel / F x) / F^T 1 (they keep x >= 0 and its harmonic support while fitting the mel).
+    mel: float [batch, n_mels, n_frames] (magnitude); f0_hz: [batch] (Hz).
+    Returns float32 [batch, n_fft // 2 + 1, n_frames]."""
+    import scipy.sparse
+
+    inverter = _mel_inverter(config)
+    key = (config.sample_rate, config.n_fft, config.n_mels)
+    if key not in _SPARSE_FILTERBANKS:
+        fb = scipy.sparse.csr_matrix(inverter.filterbank)
+        _SPARSE_FILTERBANKS[key] = (fb, fb.T.tocsr(), np.asarray(fb.sum(axis=0)).ravel() + 1e-12)
+    fb, fb_t, column_sums = _SPARSE_FILTERBANKS[key]
+    mel = np.asarray(mel, dtype=np.float32)
+    batch, n_mels, n_frames = mel.shape
+    comb = np.stack([harmonic_comb(float(f), config.n_fft, config.sample_rate) for f in np.atleast_1d(f0_hz)])
+    x = (np.maximum(np.einsum("fm,bmt->bft", inverter.inverse, mel), 0.0) + 1e-7) * comb[:, :, None]
+    y = mel.transpose(1, 0, 2).reshape(n_mels, -1)                # [n_mels, batch * n_frames]
+    x = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+    for _ in range(n_iter):
+        x *= (fb_t @ (y / (fb @ x + 1e-12))) / column_sums[:, None]
+    return x.reshape(-1, batch, n_frames).transpose(1, 0, 2).astype(np.float32)
+
+
+def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations: int = MEL_ITERATIONS,
+                     phase_iterations: int = PHASE_ITERATIONS) -> np.ndarray:
+    """Normalised log-mel `[batch, n_mels, n_frames]` (G's output) -> waveforms float32
+    `[batch, n_samples]` at config.sample_rate (Hz), each peak-normalised to 1.0.
+    With `pitches` (MIDI, [batch]) the mel -> linear step uses the harmonic prior of each note's
+    known pitch (`mel_to_linear_harmonic`); without, GANStrument's pseudo-inverse + projected
+    gradient (`models.mel_inversion.MelInverter`). Phase: PGHI, then Fast Griffin-Lim."""
+    from models.features import denormalise_log_mel
+    from models.phase_reconstruction import griffin_lim
+
+    mel = np.exp(denormalise_log_mel(np.asarray(log_mel_x, dtype=np.float32), config))
+    floor = np.float32(config.log_floor)
+    mel = np.where(mel <= floor * 1.0001, 0.0, mel).astype(np.float32)  # the floor means silence
+    if pitches is None:
+        linear = _mel_inverter(config).invert(mel, n_iter=mel_iterations)
+    else:
+        f0_hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64) - 69.0) / 12.0)
+        linear = mel_to_linear_harmonic(mel, f0_hz, config)
+    audio = griffin_lim(linear, config.n_samples, n_iter=phase_iterations, init="pghi", hop_length=config.hop_length)
+    peak = np.abs(audio).max(axis=1, keepdims=True)
+    return (audio / np.maximum(peak, 1e-9)).astype(np.float32)
+
+
+def interpolate_conditioning(conditionings: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """HyperGANStrument's interpolation h = sum_i alpha_i h_i: `conditionings` [m, dim], `weights`
+    [m] (not renormalised) -> float32 [dim]."""
+    conditionings = np.asarray(conditionings, dtype=np.float32)
+    weights = np.asarray(weights, dtype=np.float32)
+    if conditionings.ndim != 2 or weights.shape != (conditionings.shape[0],):
+        raise ValueError(f"need conditionings [m, dim] and weights [m], got {conditionings.shape}, {weights.shape}")
+    return (weights[:, None] * conditionings).sum(0)
+
+
+def bilinear_conditioning(corners: np.ndarray, x: float, y: float) -> np.ndarray:
+    """Bilinear point between four corner conditionings [4, dim] (a at (0,0), b at (1,0), c at
+    (0,1), d at (1,1)); x, y are clipped to [0, 1]. Returns float32 [dim]."""
+    x, y = float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0))
+    weights = [(1 - x) * (1 - y), x * (1 - y), (1 - x) * y, x * y]
+    return interpolate_conditioning(corners, weights)
+
+
+def load_one_shot(path: str | Path, sample_rate: int, n_samples: int) -> np.ndarray:
+    """A one-shot sound file -> float32 [n_samples] at `sample_rate` (Hz): mono, resampled, leading
+    silence (below -60 dB of the peak) trimmed, cut or zero-padded, then the training data's
+    preprocessing (peak normalisation, exponential fade-out)."""
+    import soundfile
+    from scipy.signal import resample_poly
+
+    from training.sf2_render import preprocess_note
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"timbre audio file not found: {path}")
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile raises several types for bad files
+        raise ValueError(f"cannot read audio file {path}: {error}") from error
+    mono = audio.mean(axis=1)
+    if mono.size == 0 or not np.all(np.isfinite(mono)) or np.abs(mono).max() <= 0:
+        raise ValueError(f"audio file {path} is empty, silent or holds non-finite samples")
+    if rate != sample_rate:
+        divisor = np.gcd(int(rate), int(sample_rate))
+        mono = resample_poly(mono, sample_rate // divisor, int(rate) // divisor).astype(np.float32)
+    start = int(np.argmax(np.abs(mono) > 1e-3 * np.abs(mono).max()))
+    mono = mono[start:start + n_samples]
+    mono = np.pad(mono, (0, n_samples - mono.size))
+    return preprocess_note(mono, sample_rate, fade_seconds=0.1, decay=5.0)
+
+
+class GanBankSource:
+    """Banks of one-shot notes rendered by the GAN. Build with `from_dir`."""
+
+    def __init__(self, generator, extractor, presets: dict, corners: list[str], grid=None, model_dir: str = ""):
+        self.generator = generator
+        self.extractor = extractor
+        self.config = generator.config
+        self.presets = presets
+        self.corners = corners
+        self.grid = grid
+        self.model_dir = model_dir
+        self.sample_rate = int(self.config.sample_rate)
+        self.n_samples = int(self.config.n_samples)
+        self.conditioning_dim = int(self.config.h_dim)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "GanBankSource":
+        """Load gan/, features/, presets.json (and grid/ when present) from `model_dir`.
+        Missing or bad files raise CheckpointError naming the file."""
+        from models.features import load_feature_extractor
+        from models.gan import load_generator
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise CheckpointError(f"model folder not found: {model_dir}")
+        generator = load_generator(model_dir / "gan")
+        extractor = load_feature_extractor(model_dir / "features")
+        if extractor.config.h_dim != generator.config.h_dim:
+            raise CheckpointError(f"{model_dir / 'features'}: h_dim {extractor.config.h_dim} does not match "
+                                  f"the generator's {generator.config.h_dim}")
+        presets, corners = _load_presets(model_dir / "presets.json", generator.config.h_dim)
+        grid = None
+        if (model_dir / "grid").is_dir():
+            from training.som_grid import load_grid
+
+            grid = load_grid(model_dir / "grid")
+            if grid.conditioning_dim != generator.config.h_dim:
+                raise CheckpointError(f"{model_dir / 'grid'}: conditioning_dim {grid.conditioning_dim} does not "
+                                      f"match the generator's {generator.config.h_dim}")
+        return cls(generator, extractor, presets, corners, grid, str(model_dir))
+
+    def preset_names(self) -> list[str]:
+        """Preset names in program-change order."""
+        return list(self.presets)
+
+    def features_of_audio(self, audio: np.ndarray) -> np.ndarray:
+        """h = f(x) of notes `[batch, n_samples]` (preprocessed like the data): float32 [batch, dim]."""
+        import torch
+
+        from models.features import log_mel
+
+        with torch.no_grad():
+            return self.extractor(log_mel(torch.from_numpy(np.array(audio, dtype=np.float32)), self.config)).numpy()
+
+    def conditioning_for(self, timbre: TimbreRequest) -> np.ndarray:
+        """h for a preset, a one-shot audio file (through f) or a grid point: float32 [conditioning_dim]."""
+        if timbre.kind == "preset":
+            if timbre.name not in self.presets:
+                raise KeyError(f"unknown preset {timbre.name!r}; known: {', '.join(self.presets)}")
+            return self.presets[timbre.name].copy()
+        if timbre.kind == "audio":
+            audio = load_one_shot(timbre.path, self.sample_rate, self.n_samples)
+            return self.features_of_audio(audio[None])[0]
+        if timbre.kind == "xy":
+            if not (np.isfinite(timbre.x) and np.isfinite(timbre.y)):
+                raise ValueError(f"timbre point must be finite, got ({timbre.x}, {timbre.y})")
+            if self.grid is not None:
+                return np.asarray(self.grid.conditioning_at(timbre.x, timbre.y), dtype=np.float32)
+            corners = np.stack([self.presets[name] for name in self.corners])
+            return bilinear_conditioning(corners, timbre.x, timbre.y)
+        raise ValueError(f"unknown timbre kind {timbre.kind!r}: use xy, preset or audio")
+
+    def _pitch_classes(self, pitches) -> np.ndarray:
+        pitches = np.asarray(pitches)
+        low, high = self.config.min_pitch, self.config.min_pitch + self.config.n_pitches - 1
+        if pitches.ndim != 1 or pitches.size == 0:
+            raise ValueError(f"pitches must be a non-empty 1-D list of MIDI numbers, got shape {pitches.shape}")
+        if np.any(pitches != np.round(pitches)) or np.any((pitches < low) | (pitches > high)):
+            bad = [p for p in pitches.tolist() if p != round(p) or not low <= p <= high]
+            raise ValueError(f"pitches must be integer MIDI numbers in {low}..{high}, got {bad[:5]}")
+        return pitches.astype(np.int64) - low
+
+    def render_spectrogram(self, h: np.ndarray, pitches, seed: int = 0) -> np.ndarray:
+        """G's output for conditionings `h` [batch, dim] at MIDI `pitches` [batch], one z from
+        `seed` shared by the batch: natural-log mel magnitude float32 [batch, n_mels, n_frames]."""
+        from models.features import denormalise_log_mel
+
+        return denormalise_log_mel(self._generate(h, pitches, seed), self.config).astype(np.float32)
+
+    def _generate(self, h: np.ndarray, pitches, seed: int) -> np.ndarray:
+        import torch
+
+        h = np.asarray(h, dtype=np.float32)
+        classes = self._pitch_classes(pitches)
+        if h.ndim != 2 or h.shape != (classes.size, self.conditioning_dim):
+            raise ValueError(f"h must be [{classes.size}, {self.conditioning_dim}] for {classes.size} pitches, "
+                             f"got shape {h.shape}")
+        if not np.all(np.isfinite(h)):
+            raise ValueError("conditioning h holds NaN or infinite values")
+        z = torch.randn(1, self.config.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        with torch.no_grad():
+            out = self.generator(z.expand(classes.size, -1), torch.from_numpy(classes), torch.from_numpy(h))
+        return out.numpy()
+
+    def render_conditioning(self, h: np.ndarray, pitches, seed: int = 0) -> np.ndarray:
+        """Waveforms float32 [batch, n_samples] (peak 1.0) for conditionings h [batch, dim] at MIDI
+        pitches [batch]."""
+        return log_mel_to_audio(self._generate(h, pitches, seed), self.config, pitches=pitches)
+
+    def render_bank(self, timbre: TimbreRequest, pitches: Sequence[int]) -> np.ndarray:
+        """One timbre at MIDI `pitches`: float32 [len(pitches), n_samples], rows in the order asked."""
+        h = self.conditioning_for(timbre)
+        return self.render_conditioning(np.repeat(h[None], len(pitches), axis=0), list(pitches))
+
+
+def _load_presets(path: Path, h_dim: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    if not path.is_file():
+        raise CheckpointError(f"presets file not found: {path}")
+    try:
+        record = json.loads(path.read_text())
+        presets = {str(name): np.asarray(h, dtype=np.float32) for name, h in record["presets"].items()}
+        corners = [str(name) for name in record["corners"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: not a valid presets file ({error})") from error
+    if not presets:
+        raise CheckpointError(f"{path}: holds no presets")
+    for name, h in presets.items():
+        if h.shape != (h_dim,) or not np.all(np.isfinite(h)):
+            raise CheckpointError(f"{path}: preset {name!r} must be {h_dim} finite numbers")
+    if len(corners) != 4 or any(name not in presets for name in corners):
+        raise CheckpointError(f"{path}: 'corners' must name four presets, got {corners}")
+    return presets, corners
