@@ -172,7 +172,15 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
     os.nice(10)  # background work: the audio threads must win every contest for a core
+    # One compute thread: a second torch/OpenMP thread fights the audio process for the other
+    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
     try:
+        if model_dir is not None:
+            import torch
+
+            torch.set_num_threads(1)
         source = load_bank_source(model_dir)
         results.put(("hello", source.preset_names(), int(source.sample_rate), int(source.n_samples)))
     except Exception as error:  # any load failure is reported to the manager, which raises
