@@ -49,7 +49,7 @@ class Engine:
 
     def __init__(self, banks, sample_rate: int = 48_000, max_block: int = 1024,
                  n_voices: int = 64, stream_layer=None, queue_capacity: int = 4096,
-                 master_gain: float = 0.5, sampler_gain: float = 0.35,
+                 master_gain: float = 0.7, sampler_gain: float = 0.5,
                  velocity_exponent: float = 1.6):
         if not 8_000 <= sample_rate <= 192_000:
             raise ValueError(f"sample_rate must be 8000..192000 Hz, got {sample_rate}")
