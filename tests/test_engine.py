@@ -234,12 +234,12 @@ def test_panic_silences_and_drops_scheduled_notes():
 
 
 def test_layer_gains_smooth_and_zero_skips_the_sampler():
-    engine = _engine()
+    engine = _engine(master_gain=0.5)
     engine.note_on(69, 100)
     loud = np.abs(_render(engine, 4096)[0, 2048:]).max()
     engine.set_gain("master", 0.25)
     quieter = np.abs(_render(engine, 8192)[0, 4096:]).max()
-    assert quieter == pytest.approx(loud * 0.5, rel=0.05)  # default master gain is 0.5
+    assert quieter == pytest.approx(loud * 0.5, rel=0.05)
     engine.set_gain("sampler", 0.0)
     assert np.abs(_render(engine, 8192)[0, 4096:]).max() < 1e-6
     with pytest.raises(ValueError, match="layer"):
