@@ -1,0 +1,205 @@
+"""The Sound Model Factory's sample-level GRU synthesiser (RNN3: 3 GRU layers x 256, mu-law softmax).
+
+One step predicts the distribution of the next 8-bit mu-law sample from the previous sample and the
+conditioning (x, y, pitch):
+
+    e_t = Embedding(prev_mu_t)                                  [embedding_size]
+    c_t = tanh(W_c features(x_t, y_t, pitch_t) + b_c)           [conditioning_size]
+    h_t = GRU_stack([e_t, c_t], h_{t-1})                        n_layers x [hidden_size]
+    logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
+
+`features` (`conditioning_features`): x and y as given (in [0, 1]), the MIDI pitch normalised as
+(pitch - pitch_min) / pitch_range, and optionally the pitch period in samples, normalised
+(sample_rate / f0_hz / period_scale_samples). Log-f0 is affine in the MIDI number, so a linear layer
+already sees it; the period is the non-linear pitch feature a sample-level model needs.
+
+The input layout is chosen for streaming (`models.gru_stream`): the first GRU layer's input matrix
+splits into an embedding part, folded into a [n_classes, 3 * hidden] lookup table, and a conditioning
+part evaluated at control rate.
+
+Checkpoints: `save_gru(folder, model, metadata)` / `load_gru(folder)` through `models.checkpoint`
+(safetensors + JSON config `GruSynthConfig` + JSON metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
+from models.mu_law import mu_law_zero
+
+CONDITIONING_NAMES = ("x", "y", "pitch")
+"""Raw conditioning channels, in order: timbre x in [0, 1], timbre y in [0, 1], MIDI pitch."""
+
+
+@dataclass(frozen=True)
+class GruSynthConfig:
+    """Architecture of `GruSynth` (saved in its checkpoint)."""
+
+    n_layers: int = 3
+    hidden_size: int = 256
+    n_classes: int = 256
+    """Mu-law classes (256 = 8 bits)."""
+    embedding_size: int = 64
+    """Size of the previous sample's embedding."""
+    conditioning_size: int = 32
+    """Size of the projected conditioning (x, y, pitch) features."""
+    use_period_feature: bool = True
+    """Add the normalised pitch period (samples) to the conditioning features."""
+    pitch_min: float = 21.0
+    pitch_range: float = 87.0
+    """MIDI pitch normalisation: (pitch - pitch_min) / pitch_range maps A0..C8 to [0, 1]."""
+    period_scale_samples: float = 100.0
+    """Period feature = sample_rate / f0_hz / period_scale_samples."""
+    sample_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GruSynthConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_classes < 2:
+            raise ValueError(f"GruSynthConfig.n_classes must be >= 2, got {self.n_classes}")
+        if not (self.pitch_range > 0 and self.period_scale_samples > 0):
+            raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
+
+    @property
+    def n_features(self) -> int:
+        """Number of conditioning features after `conditioning_features` (3 or 4)."""
+        return 4 if self.use_period_feature else 3
+
+    @property
+    def input_size(self) -> int:
+        """Input size of the first GRU layer: embedding + projected conditioning."""
+        return self.embedding_size + self.conditioning_size
+
+    @classmethod
+    def preset(cls, name: str) -> "GruSynthConfig":
+        """A named size: "3x256" (the paper's RNN3, default), "2x256", "2x128", "1x64" (tests)."""
+        try:
+            n_layers, hidden_size = (int(part) for part in name.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"unknown GRU preset {name!r}; choose one of {list(GRU_PRESETS)}") from None
+        if name.lower() not in GRU_PRESETS:
+            raise ValueError(f"unknown GRU preset {name!r}; choose one of {list(GRU_PRESETS)}")
+        return dataclasses.replace(cls(), n_layers=n_layers, hidden_size=hidden_size,
+                                   embedding_size=min(64, hidden_size), conditioning_size=min(32, hidden_size))
+
+
+GRU_PRESETS = ("3x256", "2x256", "2x128", "1x64")
+
+
+def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) -> torch.Tensor:
+    """Conditioning [..., 3] = (x, y, MIDI pitch) -> float32 features [..., config.n_features]."""
+    if conditioning.shape[-1] != 3:
+        raise ValueError(f"conditioning must end in 3 channels {CONDITIONING_NAMES}, got shape {tuple(conditioning.shape)}")
+    conditioning = conditioning.to(torch.float32)
+    x, y, pitch = conditioning.unbind(-1)
+    features = [x, y, (pitch - config.pitch_min) / config.pitch_range]
+    if config.use_period_feature:
+        f0_hz = 440.0 * torch.exp2((pitch - 69.0) / 12.0)
+        features.append(config.sample_rate / f0_hz / config.period_scale_samples)
+    return torch.stack(features, dim=-1)
+
+
+class GruSynth(nn.Module):
+    """Sample-level GRU over 8-bit mu-law audio, conditioned per sample on (x, y, pitch)."""
+
+    def __init__(self, config: GruSynthConfig = GruSynthConfig()):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.n_classes, config.embedding_size)
+        self.conditioning_projection = nn.Linear(config.n_features, config.conditioning_size)
+        self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
+        self.output = nn.Linear(config.hidden_size, config.n_classes)
+
+    @property
+    def latency_samples(self) -> int:
+        """The model is causal sample by sample: no look-ahead."""
+        return 0
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """Zero recurrent state, float32 [n_layers, batch, hidden_size]."""
+        weight = self.output.weight
+        return torch.zeros(self.config.n_layers, batch, self.config.hidden_size, dtype=weight.dtype, device=weight.device)
+
+    def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor,
+                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass.
+
+        prev_mu: int64 [batch, time] previous mu-law classes; conditioning: float32 [batch, time, 3]
+        (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros).
+        Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]).
+        """
+        if prev_mu.dim() != 2 or conditioning.dim() != 3 or conditioning.shape[:2] != prev_mu.shape:
+            raise ValueError(f"GruSynth.forward: prev_mu must be [batch, time] and conditioning [batch, time, 3], "
+                             f"got {tuple(prev_mu.shape)} and {tuple(conditioning.shape)}")
+        embedded = self.embedding(prev_mu)
+        projected = torch.tanh(self.conditioning_projection(conditioning_features(conditioning, self.config)))
+        hidden, state = self.gru(torch.cat([embedded, projected], dim=-1), state)
+        return self.output(hidden), state
+
+    @torch.no_grad()
+    def sample(self, conditioning: torch.Tensor, temperature: float = 1.0, state: torch.Tensor | None = None,
+               seed: int = 0, first_mu: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Free-running generation, one sample at a time.
+
+        conditioning: float32 [batch, time, 3]; temperature > 0 scales the logits (0 = argmax);
+        first_mu: the previous class before the first step (default: silence).
+        Returns (mu int64 [batch, time], state [n_layers, batch, hidden]).
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        batch, n_steps = conditioning.shape[:2]
+        previous = torch.full((batch, 1), mu_law_zero(self.config.n_classes) if first_mu is None else int(first_mu),
+                              dtype=torch.int64)
+        samples = torch.empty(batch, n_steps, dtype=torch.int64)
+        for step in range(n_steps):
+            logits, state = self.forward(previous, conditioning[:, step:step + 1], state)
+            logits = logits[:, 0]
+            if temperature == 0:
+                previous = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probabilities = torch.softmax(logits / temperature, dim=-1)
+                previous = torch.multinomial(probabilities, 1, generator=generator)
+            samples[:, step] = previous[:, 0]
+        return samples, state
+
+
+def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of predicting mu[:, 1:] from mu[:, :-1].
+
+    mu: int64 [batch, time + 1] classes; conditioning: float32 [batch, time, 3] aligned with the targets
+    (the conditioning of step t goes with the prediction of mu[:, t + 1]).
+    """
+    logits, _ = model(mu[:, :-1], conditioning)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu[:, 1:].reshape(-1))
+
+
+def save_gru(folder: str | Path, model: GruSynth, metadata: dict | None = None) -> Path:
+    """Write `model` as a checkpoint folder (safetensors + config.json + metadata.json)."""
+    return save_checkpoint(folder, model.config, model.state_dict(), metadata)
+
+
+def load_gru(folder: str | Path) -> GruSynth:
+    """Rebuild a `GruSynth` from a checkpoint folder; a bad folder raises `CheckpointError` naming it."""
+    config = load_config(folder, GruSynthConfig)
+    model = GruSynth(config)
+    load_state_into(model, folder)
+    model.eval()
+    return model
+
+
+def load_gru_metadata(folder: str | Path) -> dict:
+    """The checkpoint's metadata.json ({} when absent)."""
+    return load_metadata(folder)
+
+
+__all__ = ["GruSynthConfig", "GruSynth", "GRU_PRESETS", "CONDITIONING_NAMES", "conditioning_features",
+           "teacher_forcing_loss", "save_gru", "load_gru", "load_gru_metadata",
+           "CheckpointError"]

@@ -1,0 +1,515 @@
+"""Streaming GRU synthesis, one 16 kHz sample at a time: a Numba `nogil` kernel plus its NumPy reference.
+
+The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
+- the previous sample's embedding times the first layer's input matrix is a lookup table
+  `table` [n_classes, 3 * hidden] (the first layer's input bias folded in);
+- the conditioning's contribution to the first layer's gates, W_ih0[:, E:] tanh(W_c f + b_c), is
+  computed at control rate (every `control_interval` samples) and held in between;
+- the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
+  stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
+  2 MB L2) or as float32 (`compression="fp32"`, exact);
+- with int8 weights on a CPU with AVX-512BW the activations are quantised to int16 (h * 32767) and
+  the matrix-vector products are integer dot products (pmaddwd, fused to VNNI vpdpwssd where present;
+  `state.quantised` is int16); elsewhere the int8 weights multiply float32 activations (same code as
+  fp32, `state.quantised` empty). The choice is made by the state's scratch type at compile time;
+- tanh / sigmoid use a [13/6] rational approximation (max error 3.4e-7), so the loops vectorise;
+- sampling is inverse-CDF on softmax(logits / temperature) with an explicit xorshift64* generator
+  (temperature 0 = argmax).
+
+Gate layout and update follow torch.nn.GRU (rows r, z, n):
+    r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n), h' = (1 - z) n + z h.
+
+Functions `gru_stream_sample` / `gru_stream_logits` (kernels) and their `_reference` twins (NumPy,
+float32 dequantised weights or exact int16 x int8 sums, exact activations) share one signature. State is explicit
+(`GruStreamState`): hidden [n_layers, hidden], the held conditioning gates, counters and the RNG.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from models.mu_law import mu_law_zero
+
+COMPRESSIONS = ("int8", "fp32")
+
+
+class GruStreamWeights(NamedTuple):
+    """A `GruSynth` repacked for the streaming kernel (L layers, H hidden, Q classes, C conditioning)."""
+
+    table: np.ndarray           # float32 [Q, 3H]   embedding @ W_ih0[:, :E].T + b_ih0
+    cond_proj_w: np.ndarray     # float32 [C, F]    conditioning projection
+    cond_proj_b: np.ndarray     # float32 [C]
+    cond_gate_w: np.ndarray     # float32 [3H, C]   W_ih0[:, E:]
+    w_ih: np.ndarray            # int8|float32 [L-1, 3H, H]  upper layers' input matrices
+    w_ih_scale: np.ndarray      # float32 [L-1, 3H]
+    b_ih: np.ndarray            # float32 [L-1, 3H]
+    w_hh: np.ndarray            # int8|float32 [L, 3H, H]
+    w_hh_scale: np.ndarray      # float32 [L, 3H]
+    b_hh: np.ndarray            # float32 [L, 3H]
+    w_out: np.ndarray           # int8|float32 [Q, H]
+    w_out_scale: np.ndarray     # float32 [Q]
+    b_out: np.ndarray           # float32 [Q]
+    features: np.ndarray        # float64 [5]: pitch_min, pitch_range, use_period (0/1), sample_rate, period_scale
+
+
+class GruStreamState(NamedTuple):
+    """Explicit recurrent state of one stream (mutated in place by the kernels)."""
+
+    hidden: np.ndarray          # float32 [L, H]
+    cond_gates: np.ndarray      # float32 [3H]  held control-rate conditioning term
+    counters: np.ndarray        # int64 [2]: previous mu class, samples left before the next control update
+    rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
+    scratch: np.ndarray         # float32 [3, max(3H, Q)]: input gates, hidden gates, probabilities
+    quantised: np.ndarray       # int16 [H]: integer-dot activations, or float32 [0]: float path
+
+
+def _quantise_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.ndarray]:
+    """[..., rows, cols] float -> (weights int8|float32 [..., rows, cols], scale float32 [..., rows])."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    if compression == "fp32":
+        return np.ascontiguousarray(matrix), np.ones(matrix.shape[:-1], dtype=np.float32)
+    peak = np.abs(matrix).max(axis=-1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    quantised = np.clip(np.rint(matrix / scale[..., None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(quantised), scale
+
+
+def stream_weights(model, compression: str = "int8") -> GruStreamWeights:
+    """Repack a torch `GruSynth` for the kernel. compression: "int8" (per-row scales) or "fp32"."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown GRU weight compression {compression!r}; choose one of {COMPRESSIONS}")
+    config = model.config
+    n_layers, embedding_size = config.n_layers, config.embedding_size
+    tensors = {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()}
+    w_ih0 = tensors["gru.weight_ih_l0"]
+    table = tensors["embedding.weight"] @ w_ih0[:, :embedding_size].T + tensors["gru.bias_ih_l0"]
+    upper = [tensors[f"gru.weight_ih_l{layer}"] for layer in range(1, n_layers)]
+    upper_stack = np.stack(upper) if upper else np.zeros((0, 3 * config.hidden_size, config.hidden_size), np.float32)
+    w_ih, w_ih_scale = _quantise_rows(upper_stack, compression)
+    b_ih = np.stack([tensors[f"gru.bias_ih_l{layer}"] for layer in range(1, n_layers)]) if upper \
+        else np.zeros((0, 3 * config.hidden_size), np.float32)
+    w_hh, w_hh_scale = _quantise_rows(np.stack([tensors[f"gru.weight_hh_l{layer}"] for layer in range(n_layers)]),
+                                      compression)
+    w_out, w_out_scale = _quantise_rows(tensors["output.weight"], compression)
+    features = np.array([config.pitch_min, config.pitch_range, float(config.use_period_feature),
+                         config.sample_rate, config.period_scale_samples], dtype=np.float64)
+    return GruStreamWeights(
+        table=np.ascontiguousarray(table, dtype=np.float32),
+        cond_proj_w=np.ascontiguousarray(tensors["conditioning_projection.weight"]),
+        cond_proj_b=np.ascontiguousarray(tensors["conditioning_projection.bias"]),
+        cond_gate_w=np.ascontiguousarray(w_ih0[:, embedding_size:]),
+        w_ih=w_ih, w_ih_scale=w_ih_scale, b_ih=np.ascontiguousarray(b_ih, dtype=np.float32),
+        w_hh=w_hh, w_hh_scale=w_hh_scale,
+        b_hh=np.ascontiguousarray(np.stack([tensors[f"gru.bias_hh_l{layer}"] for layer in range(n_layers)])),
+        w_out=w_out, w_out_scale=w_out_scale, b_out=np.ascontiguousarray(tensors["output.bias"]),
+        features=features)
+
+
+def weight_bytes_per_sample(weights: GruStreamWeights) -> int:
+    """Bytes of weights read per generated sample (recurrent + output matrices and scales, one table row)."""
+    streamed = (weights.w_ih, weights.w_ih_scale, weights.b_ih, weights.w_hh, weights.w_hh_scale, weights.b_hh,
+                weights.w_out, weights.w_out_scale, weights.b_out)
+    return int(sum(array.nbytes for array in streamed) + weights.table.shape[1] * weights.table.itemsize)
+
+
+def integer_dot_supported(weights: GruStreamWeights) -> bool:
+    """True when the int16-activation integer dot product can run: int8 weights, hidden size a
+    multiple of 32 and at most 512 (int32 sums cannot overflow), and a host CPU with AVX-512BW."""
+    hidden_size = weights.w_hh.shape[2]
+    return (weights.w_hh.dtype == np.int8 and hidden_size % 32 == 0 and hidden_size <= 512
+            and numba.config.CPU_NAME in (None, "host") and bool(binding.get_host_cpu_features().get("avx512bw")))
+
+
+def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = None,
+              integer_dot: bool | None = None) -> GruStreamState:
+    """Zero hidden state, conditioning refreshed at the first sample, previous sample = silence.
+
+    integer_dot: quantise activations to int16 and multiply int8 weights with integer dot products
+    (AVX-512 pmaddwd / VNNI); None = whenever `integer_dot_supported`. The float path dequantises
+    the weights and keeps float32 activations."""
+    n_layers, hidden_size = weights.w_hh.shape[0], weights.w_hh.shape[2]
+    n_classes = weights.table.shape[0]
+    if integer_dot and not integer_dot_supported(weights):
+        raise ValueError("integer_dot needs int8 weights, a hidden size that is a multiple of 32 (<= 512) "
+                         "and a CPU with AVX-512BW")
+    use_integer_dot = integer_dot_supported(weights) if integer_dot is None else bool(integer_dot)
+    counters = np.array([mu_law_zero(n_classes) if first_mu is None else int(first_mu), 0], dtype=np.int64)
+    rng = np.array([(int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) % (1 << 64) or 1], dtype=np.uint64)
+    return GruStreamState(hidden=np.zeros((n_layers, hidden_size), np.float32),
+                          cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters, rng=rng,
+                          scratch=np.zeros((3, max(3 * hidden_size, n_classes)), np.float32),
+                          quantised=np.zeros(hidden_size, np.int16) if use_integer_dot else np.zeros(0, np.float32))
+
+
+def copy_state(state: GruStreamState) -> GruStreamState:
+    """An independent copy of `state`."""
+    return GruStreamState(*(array.copy() for array in state))
+
+
+def stream_generate(model, conditioning: np.ndarray, temperature: float = 1.0, seed: int = 0,
+                    compression: str = "int8", control_interval: int = 16) -> np.ndarray:
+    """Free-running generation with the streaming kernel (much faster than `GruSynth.sample`).
+
+    model: a torch `GruSynth`; conditioning float [n, 3] (x, y, MIDI pitch) per sample.
+    Returns the decoded audio float32 [n] in [-1, 1]."""
+    from models.mu_law import mu_law_decode
+
+    weights = stream_weights(model, compression)
+    mu = np.zeros(conditioning.shape[0], np.int64)
+    gru_stream_sample(weights, new_state(weights, seed=seed), np.ascontiguousarray(conditioning, np.float32),
+                      control_interval, temperature, mu)
+    return mu_law_decode(mu, weights.table.shape[0])
+
+
+# ----------------------------------------------------------------------------------------- kernel pieces
+
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    """Reinterpret uint32 bits as float32 (no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+_T_CLAMP = 7.90531110763549805
+_TANH_A = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+           -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
+_TANH_B = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
+_A1, _A3, _A5, _A7, _A9, _A11, _A13 = (np.float32(value) for value in _TANH_A)
+_B0, _B2, _B4, _B6 = (np.float32(value) for value in _TANH_B)
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _tanh(x):
+    """Rational [13/6] tanh on float32, max abs error 3.4e-7; vectorisable."""
+    x = min(max(x, np.float32(-_T_CLAMP)), np.float32(_T_CLAMP))
+    x2 = x * x
+    p = ((((((_A13 * x2 + _A11) * x2 + _A9) * x2 + _A7) * x2 + _A5) * x2 + _A3) * x2 + _A1) * x
+    q = ((_B6 * x2 + _B4) * x2 + _B2) * x2 + _B0
+    return p / q
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _sigmoid(x):
+    return np.float32(0.5) + np.float32(0.5) * _tanh(np.float32(0.5) * x)
+
+
+@numba.njit(fastmath=True, error_model="numpy", cache=True)
+def _matvec(matrix, scale, bias, vector, out):
+    """out[i] = scale[i] * sum_j matrix[i, j] * vector[j] + bias[i]; four rows per pass over `vector`."""
+    n_rows, n_cols = matrix.shape
+    n_blocked = n_rows - n_rows % 4
+    for i in range(0, n_blocked, 4):
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for j in range(n_cols):
+            v = vector[j]
+            a0 += np.float32(matrix[i, j]) * v
+            a1 += np.float32(matrix[i + 1, j]) * v
+            a2 += np.float32(matrix[i + 2, j]) * v
+            a3 += np.float32(matrix[i + 3, j]) * v
+        out[i] = a0 * scale[i] + bias[i]
+        out[i + 1] = a1 * scale[i + 1] + bias[i + 1]
+        out[i + 2] = a2 * scale[i + 2] + bias[i + 2]
+        out[i + 3] = a3 * scale[i + 3] + bias[i + 3]
+    for i in range(n_blocked, n_rows):
+        acc = np.float32(0.0)
+        for j in range(n_cols):
+            acc += np.float32(matrix[i, j]) * vector[j]
+        out[i] = acc * scale[i] + bias[i]
+
+
+ACTIVATION_SCALE = 32767.0
+"""int16 activation quantisation: q = rint(h * 32767) for h in [-1, 1] (GRU hidden states are)."""
+
+
+@intrinsic
+def _dot4_int8_int16(typingctx, matrix, row, vector):
+    """Sums over j of int8 matrix[row + r, j] * int16 vector[j] for r = 0..3 (int32 x 4), 32 columns
+    at a time with the AVX-512BW multiply-add of int16 pairs. Needs n_cols % 32 == 0."""
+    signature = types.UniTuple(types.int32, 4)(matrix, row, vector)
+
+    def codegen(context, builder, sig, args):
+        matrix_struct = context.make_array(sig.args[0])(context, builder, args[0])
+        vector_struct = context.make_array(sig.args[2])(context, builder, args[2])
+        n_cols = builder.extract_value(matrix_struct.shape, 1)
+        i32, i16, i8 = ir.IntType(32), ir.IntType(16), ir.IntType(8)
+        v16i32, v32i16, v32i8 = ir.VectorType(i32, 16), ir.VectorType(i16, 32), ir.VectorType(i8, 32)
+        multiply_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v32i16, v32i16]),
+                                                      "llvm.x86.avx512.pmaddw.d.512")
+        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v16i32]),
+                                                    "llvm.vector.reduce.add.v16i32")
+        row_index = context.cast(builder, args[1], sig.args[1], types.intp)
+        zero = ir.Constant(v16i32, [0] * 16)
+        accumulators = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        rows = [builder.gep(matrix_struct.data, [builder.mul(builder.add(row_index, ir.Constant(row_index.type, r)),
+                                                             n_cols)]) for r in range(4)]
+        with cgutils.for_range_slice(builder, ir.Constant(n_cols.type, 0), n_cols, ir.Constant(n_cols.type, 32)) \
+                as (column, _):
+            x = builder.load(builder.bitcast(builder.gep(vector_struct.data, [column]), v32i16.as_pointer()), align=2)
+            for accumulator, row_pointer in zip(accumulators, rows):
+                w = builder.load(builder.bitcast(builder.gep(row_pointer, [column]), v32i8.as_pointer()), align=1)
+                product = builder.call(multiply_add, [builder.sext(w, v32i16), x])
+                builder.store(builder.add(builder.load(accumulator), product), accumulator)
+        sums = [builder.call(reduce_add, [builder.load(accumulator)]) for accumulator in accumulators]
+        return context.make_tuple(builder, sig.return_type, sums)
+
+    return signature, codegen
+
+
+@numba.njit(fastmath=True, error_model="numpy", cache=True)
+def _integer_matvec(matrix, scale, bias, vector, quantised, out):
+    """out[i] = scale[i] / 32767 * sum_j matrix[i, j] * rint(32767 vector[j]) + bias[i] with int8
+    `matrix` [rows, n_cols % 32 == 0] and int16 scratch `quantised` [n_cols]."""
+    n_rows, n_cols = matrix.shape
+    for j in range(n_cols):
+        quantised[j] = np.int16(np.rint(vector[j] * np.float32(ACTIVATION_SCALE)))
+    unit = np.float32(1.0 / ACTIVATION_SCALE)
+    n_blocked = n_rows - n_rows % 4
+    for i in range(0, n_blocked, 4):
+        a0, a1, a2, a3 = _dot4_int8_int16(matrix, i, quantised)
+        out[i] = np.float32(a0) * (scale[i] * unit) + bias[i]
+        out[i + 1] = np.float32(a1) * (scale[i + 1] * unit) + bias[i + 1]
+        out[i + 2] = np.float32(a2) * (scale[i + 2] * unit) + bias[i + 2]
+        out[i + 3] = np.float32(a3) * (scale[i + 3] * unit) + bias[i + 3]
+    for i in range(n_blocked, n_rows):
+        acc = np.int32(0)
+        for j in range(n_cols):
+            acc += np.int32(matrix[i, j]) * np.int32(quantised[j])
+        out[i] = np.float32(acc) * (scale[i] * unit) + bias[i]
+
+
+def _matvec_any(matrix, scale, bias, vector, quantised, out):
+    """out = scale * (matrix @ vector) + bias, by integer dot products when `quantised` is an
+    int16 scratch [n_cols], else by `_matvec` (chosen at compile time from its type)."""
+
+
+@overload(_matvec_any, inline="always")
+def _matvec_any_overload(matrix, scale, bias, vector, quantised, out):
+    if isinstance(quantised.dtype, types.Integer):
+        def integer_path(matrix, scale, bias, vector, quantised, out):
+            _integer_matvec(matrix, scale, bias, vector, quantised, out)
+        return integer_path
+
+    def float_path(matrix, scale, bias, vector, quantised, out):
+        _matvec(matrix, scale, bias, vector, out)
+    return float_path
+
+
+@numba.njit(inline="always")
+def _next_uniform(rng):
+    """xorshift64*: advance rng[0], return a float64 uniform in [0, 1)."""
+    x = rng[0]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    rng[0] = x
+    return np.float64((x * np.uint64(2685821657736338717)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+_EXP2_POLY = tuple(np.float32(c) for c in (2.18712711e-04, 1.23824217e-03, 9.68618441e-03, 5.54789143e-02,
+                                           2.40231096e-01, 6.93146838e-01, 1.0))
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _exp_nonpositive(x):
+    """exp(x) for float32 x <= 0 (clamped at -87), relative error < 4e-6; vectorisable."""
+    t = max(x, np.float32(-87.0)) * np.float32(1.4426950408889634)
+    whole = np.floor(t)
+    f = t - whole
+    c6, c5, c4, c3, c2, c1, c0 = _EXP2_POLY
+    poly = (((((c6 * f + c5) * f + c4) * f + c3) * f + c2) * f + c1) * f + c0
+    return poly * _bits_as_float32(np.uint32(np.int32(whole) + np.int32(127)) << np.uint32(23))
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def sample_from_logits(logits, temperature, rng, probabilities):
+    """Inverse-CDF draw from softmax(logits / temperature). logits float32 [Q]; temperature 0 = argmax;
+    rng uint64 [1] (advanced); probabilities float32 [>= Q] scratch. Returns the class (int)."""
+    n_classes = logits.shape[0]
+    best = 0
+    for k in range(1, n_classes):
+        if logits[k] > logits[best]:
+            best = k
+    if temperature <= 0.0:
+        return best
+    peak = logits[best]
+    inverse_temperature = np.float32(1.0 / temperature)
+    total = 0.0
+    for k in range(n_classes):
+        weight = _exp_nonpositive((logits[k] - peak) * inverse_temperature)
+        probabilities[k] = weight
+        total += weight
+    threshold = _next_uniform(rng) * total
+    cumulative = 0.0
+    for k in range(n_classes):
+        cumulative += probabilities[k]
+        if cumulative > threshold:
+            return k
+    return best
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _refresh_conditioning(weights, state, x, y, pitch):
+    """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
+    params = weights.features
+    f0_hz = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
+    period = params[3] / f0_hz / params[4]
+    projected = state.scratch[2]
+    n_cond = weights.cond_proj_w.shape[0]
+    use_period = params[2] > 0.5
+    for c in range(n_cond):
+        acc = weights.cond_proj_b[c] + weights.cond_proj_w[c, 0] * x + weights.cond_proj_w[c, 1] * y \
+            + weights.cond_proj_w[c, 2] * np.float32((pitch - params[0]) / params[1])
+        if use_period:
+            acc += weights.cond_proj_w[c, 3] * np.float32(period)
+        projected[c] = _tanh(np.float32(acc))
+    gates = state.cond_gates
+    for i in range(gates.shape[0]):
+        acc = np.float32(0.0)
+        for c in range(n_cond):
+            acc += weights.cond_gate_w[i, c] * projected[c]
+        gates[i] = acc
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy")
+def _step(weights, state, previous, x, y, pitch, control_interval, logits):
+    """One sample: update the hidden state from class `previous` and write the next logits [Q]."""
+    counters = state.counters
+    if counters[1] <= 0:
+        _refresh_conditioning(weights, state, x, y, pitch)
+        counters[1] = control_interval
+    counters[1] -= 1
+    hidden = state.hidden
+    n_layers, hidden_size = hidden.shape
+    input_gates = state.scratch[0]
+    hidden_gates = state.scratch[1]
+    for i in range(3 * hidden_size):
+        input_gates[i] = weights.table[previous, i] + state.cond_gates[i]
+    for layer in range(n_layers):
+        if layer > 0:
+            _matvec_any(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1], weights.b_ih[layer - 1],
+                        hidden[layer - 1], state.quantised, input_gates)
+        h = hidden[layer]
+        _matvec_any(weights.w_hh[layer], weights.w_hh_scale[layer], weights.b_hh[layer], h, state.quantised,
+                    hidden_gates)
+        for i in range(hidden_size):
+            r = _sigmoid(input_gates[i] + hidden_gates[i])
+            z = _sigmoid(input_gates[hidden_size + i] + hidden_gates[hidden_size + i])
+            n = _tanh(input_gates[2 * hidden_size + i] + r * hidden_gates[2 * hidden_size + i])
+            h[i] = (np.float32(1.0) - z) * n + z * h[i]
+    _matvec_any(weights.w_out, weights.w_out_scale, weights.b_out, hidden[n_layers - 1], state.quantised, logits)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def gru_stream_sample(weights, state, conditioning, control_interval, temperature, out_mu):
+    """Generate len(out_mu) samples. conditioning float32 [n, 3] (x, y, MIDI pitch) per sample;
+    control_interval (samples) between conditioning refreshes; temperature >= 0;
+    out_mu int64 [n] receives the mu-law classes. The previous class is carried in state.counters[0]."""
+    n_classes = weights.table.shape[0]
+    logits = np.empty(n_classes, np.float32)
+    previous = state.counters[0]
+    for t in range(out_mu.shape[0]):
+        _step(weights, state, previous, conditioning[t, 0], conditioning[t, 1], conditioning[t, 2],
+              control_interval, logits)
+        previous = sample_from_logits(logits, temperature, state.rng, state.scratch[2])
+        out_mu[t] = previous
+    state.counters[0] = previous
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def gru_stream_logits(weights, state, prev_mu, conditioning, control_interval, logits_out):
+    """Teacher-forced: prev_mu int64 [n] inputs, conditioning float32 [n, 3];
+    logits_out float32 [n, Q] receives the logits predicting the sample after each input."""
+    for t in range(prev_mu.shape[0]):
+        _step(weights, state, prev_mu[t], conditioning[t, 0], conditioning[t, 1], conditioning[t, 2],
+              control_interval, logits_out[t])
+
+
+# ----------------------------------------------------------------------------------------- NumPy reference
+
+def _dequantised(matrix: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return matrix.astype(np.float32) * scale[..., None]
+
+
+def _matvec_reference(matrix, scale, bias, vector, quantised):
+    """float32 [rows]: the integer path (int16 activations, exact int64 sums) when `quantised` is int16."""
+    if quantised.dtype == np.int16:
+        activations = np.rint(vector.astype(np.float32) * np.float32(ACTIVATION_SCALE)).astype(np.int64)
+        sums = (matrix.astype(np.int64) @ activations).astype(np.float32)
+        return sums * (scale * np.float32(1.0 / ACTIVATION_SCALE)) + bias
+    return _dequantised(matrix, scale) @ vector + bias
+
+
+def _next_uniform_reference(rng: np.ndarray) -> float:
+    mask = (1 << 64) - 1
+    x = int(rng[0])
+    x ^= x >> 12
+    x ^= (x << 25) & mask
+    x ^= x >> 27
+    rng[0] = x
+    return (((x * 2685821657736338717) & mask) >> 11) / 9007199254740992.0
+
+
+def sample_from_logits_reference(logits, temperature, rng, probabilities):
+    """NumPy twin of `sample_from_logits` (same arguments, same draws)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    best = int(np.argmax(logits))
+    if temperature <= 0.0:
+        return best
+    cumulative = np.cumsum(np.exp((logits - logits[best]) / temperature))
+    probabilities[:logits.shape[0]] = cumulative
+    threshold = _next_uniform_reference(rng) * cumulative[-1]
+    above = np.nonzero(cumulative > threshold)[0]
+    return int(above[0]) if above.size else best
+
+
+def _step_reference(weights, state, previous, x, y, pitch, control_interval):
+    counters = state.counters
+    if counters[1] <= 0:
+        params = weights.features
+        features = [x, y, (pitch - params[0]) / params[1]]
+        if params[2] > 0.5:
+            features.append(params[3] / (440.0 * 2.0 ** ((pitch - 69.0) / 12.0)) / params[4])
+        projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)
+        state.cond_gates[:] = weights.cond_gate_w @ projected
+        counters[1] = control_interval
+    counters[1] -= 1
+    hidden = state.hidden
+    n_layers, hidden_size = hidden.shape
+    input_gates = weights.table[previous] + state.cond_gates
+    for layer in range(n_layers):
+        if layer > 0:
+            input_gates = _matvec_reference(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1],
+                                            weights.b_ih[layer - 1], hidden[layer - 1], state.quantised)
+        hidden_gates = _matvec_reference(weights.w_hh[layer], weights.w_hh_scale[layer], weights.b_hh[layer],
+                                         hidden[layer], state.quantised)
+        r = 1.0 / (1.0 + np.exp(-(input_gates[:hidden_size] + hidden_gates[:hidden_size])))
+        z = 1.0 / (1.0 + np.exp(-(input_gates[hidden_size:2 * hidden_size] + hidden_gates[hidden_size:2 * hidden_size])))
+        n = np.tanh(input_gates[2 * hidden_size:] + r * hidden_gates[2 * hidden_size:])
+        hidden[layer] = (1.0 - z) * n + z * hidden[layer]
+    return _matvec_reference(weights.w_out, weights.w_out_scale, weights.b_out, hidden[n_layers - 1], state.quantised)
+
+
+def gru_stream_sample_reference(weights, state, conditioning, control_interval, temperature, out_mu):
+    """NumPy twin of `gru_stream_sample` (same signature and state updates)."""
+    previous = int(state.counters[0])
+    for t in range(out_mu.shape[0]):
+        logits = _step_reference(weights, state, previous, *conditioning[t], control_interval)
+        previous = sample_from_logits_reference(logits, temperature, state.rng, state.scratch[2])
+        out_mu[t] = previous
+    state.counters[0] = previous
+
+
+def gru_stream_logits_reference(weights, state, prev_mu, conditioning, control_interval, logits_out):
+    """NumPy twin of `gru_stream_logits`."""
+    for t in range(prev_mu.shape[0]):
+        logits_out[t] = _step_reference(weights, state, int(prev_mu[t]), *conditioning[t], control_interval)

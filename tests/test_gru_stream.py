@@ -1,0 +1,167 @@
+"""The streaming GRU kernel against the torch model, its NumPy reference and the softmax it samples."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from models.gru import GruSynth, GruSynthConfig
+from models.gru_stream import (copy_state, gru_stream_logits, gru_stream_logits_reference, gru_stream_sample,
+                               gru_stream_sample_reference, integer_dot_supported, new_state, sample_from_logits,
+                               sample_from_logits_reference, stream_weights, weight_bytes_per_sample)
+
+torch.set_num_threads(1)
+# 18 hidden units: 54 gate rows, not a multiple of the kernel's 4-row blocks (exercises the tail).
+CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditioning_size=8),
+           GruSynthConfig(n_layers=1, hidden_size=18, embedding_size=8, conditioning_size=4,
+                          use_period_feature=False)]
+INT8_RELATIVE_TOLERANCE = 0.03
+"""int8 weights with per-row scales (float or int16 activations): max |logit error| <= 3% of the largest |logit|."""
+
+
+def _skip_unless_possible(weights, integer_dot):
+    if integer_dot and not integer_dot_supported(weights):
+        pytest.skip("the integer dot product needs AVX-512BW and a hidden size that is a multiple of 32")
+
+
+def _model(config, seed=0):
+    torch.manual_seed(seed)
+    model = GruSynth(config).eval()
+    with torch.no_grad():  # larger-than-default weights so the gates saturate as in a trained model
+        for name, parameter in model.named_parameters():
+            if "gru.weight" in name or "output.weight" in name:
+                parameter.mul_(3.0)
+    return model
+
+
+def _inputs(n_steps, seed=0):
+    rng = np.random.default_rng(seed)
+    conditioning = np.stack([rng.uniform(0, 1, n_steps), rng.uniform(0, 1, n_steps),
+                             rng.uniform(30, 90, n_steps)], axis=-1).astype(np.float32)
+    return rng.integers(0, 256, n_steps), conditioning
+
+
+def _torch_logits(model, prev_mu, conditioning):
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(prev_mu)[None], torch.from_numpy(conditioning)[None])
+    return logits[0].numpy()
+
+
+def _kernel_logits(weights, prev_mu, conditioning, control_interval=1, integer_dot=False):
+    logits = np.zeros((len(prev_mu), weights.table.shape[0]), np.float32)
+    state = new_state(weights, integer_dot=integer_dot)
+    gru_stream_logits(weights, state, prev_mu, conditioning, control_interval, logits)
+    return logits
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fp32_kernel_streaming_equals_the_torch_model_offline(config):
+    model = _model(config)
+    prev_mu, conditioning = _inputs(150)
+    expected = _torch_logits(model, prev_mu, conditioning)
+    np.testing.assert_allclose(_kernel_logits(stream_weights(model, "fp32"), prev_mu, conditioning), expected,
+                               rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("config, integer_dot", [(CONFIGS[0], False), (CONFIGS[0], True), (CONFIGS[1], False)],
+                         ids=["64-float-activations", "64-int16-activations", "18-float-activations"])
+def test_int8_kernel_logits_stay_within_the_stated_tolerance(config, integer_dot):
+    model = _model(config)
+    weights = stream_weights(model, "int8")
+    _skip_unless_possible(weights, integer_dot)
+    prev_mu, conditioning = _inputs(150)
+    expected = _torch_logits(model, prev_mu, conditioning)
+    error = np.abs(_kernel_logits(weights, prev_mu, conditioning, 1, integer_dot) - expected).max()
+    assert error <= INT8_RELATIVE_TOLERANCE * np.abs(expected).max()
+
+
+def test_control_rate_conditioning_equals_torch_with_held_conditioning():
+    model, control_interval = _model(CONFIGS[0]), 16
+    prev_mu, conditioning = _inputs(100)
+    held = conditioning[(np.arange(100) // control_interval) * control_interval]
+    expected = _torch_logits(model, prev_mu, held)
+    actual = _kernel_logits(stream_weights(model, "fp32"), prev_mu, conditioning, control_interval)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("compression, integer_dot", [("fp32", False), ("int8", False), ("int8", True)])
+def test_kernel_equals_the_numpy_reference(compression, integer_dot):
+    weights = stream_weights(_model(CONFIGS[0]), compression)
+    _skip_unless_possible(weights, integer_dot)
+    prev_mu, conditioning = _inputs(60)
+    expected = np.zeros((60, 256), np.float32)
+    gru_stream_logits_reference(weights, new_state(weights, integer_dot=integer_dot), prev_mu, conditioning, 7,
+                                expected)
+    # int16 activations: the kernel's rational tanh can round an activation to the neighbouring step
+    np.testing.assert_allclose(_kernel_logits(weights, prev_mu, conditioning, 7, integer_dot), expected,
+                               rtol=0, atol=5e-4 if integer_dot else 1e-4)
+
+    state = new_state(weights, seed=3, integer_dot=integer_dot)
+    reference_state = copy_state(state)
+    samples, reference_samples = np.zeros(80, np.int64), np.zeros(80, np.int64)
+    gru_stream_sample(weights, state, conditioning[:80 // 2].repeat(2, axis=0), 5, 0.9, samples)
+    gru_stream_sample_reference(weights, reference_state, conditioning[:80 // 2].repeat(2, axis=0), 5, 0.9,
+                                reference_samples)
+    np.testing.assert_array_equal(samples, reference_samples)
+    np.testing.assert_allclose(state.hidden, reference_state.hidden, atol=1e-4)
+    assert state.rng[0] == reference_state.rng[0] and np.array_equal(state.counters, reference_state.counters)
+
+
+def test_chunked_generation_equals_one_call():
+    weights = stream_weights(_model(CONFIGS[0]), "int8")  # the default path for this machine
+    _, conditioning = _inputs(200, seed=4)
+    whole, chunked = np.zeros(200, np.int64), np.zeros(200, np.int64)
+    gru_stream_sample(weights, new_state(weights, seed=9), conditioning, 16, 1.0, whole)
+    state = new_state(weights, seed=9)
+    for start, stop in [(0, 5), (5, 37), (37, 38), (38, 200)]:
+        gru_stream_sample(weights, state, conditioning[start:stop], 16, 1.0, chunked[start:stop])
+    np.testing.assert_array_equal(chunked, whole)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampling_distribution_matches_the_softmax(temperature):
+    logits = np.random.default_rng(5).normal(0, 1.5, 16).astype(np.float32)
+    rng, scratch = np.array([12345], np.uint64), np.zeros(16, np.float32)
+    n_draws = 40000
+    counts = np.bincount([sample_from_logits(logits, temperature, rng, scratch) for _ in range(n_draws)],
+                         minlength=16)
+    probabilities = np.exp(logits.astype(np.float64) / temperature)
+    probabilities /= probabilities.sum()
+    assert chisquare(counts, probabilities * n_draws).pvalue > 1e-3
+
+
+def test_sampler_equals_its_reference_and_zero_temperature_is_argmax():
+    logits = np.random.default_rng(6).normal(0, 2, 256).astype(np.float32)
+    rng, reference_rng = np.array([77], np.uint64), np.array([77], np.uint64)
+    scratch = np.zeros(256, np.float32)
+    draws = [sample_from_logits(logits, 0.8, rng, scratch) for _ in range(300)]
+    reference = [sample_from_logits_reference(logits, 0.8, reference_rng, scratch) for _ in range(300)]
+    assert draws == reference
+    assert sample_from_logits(logits, 0.0, rng, scratch) == int(np.argmax(logits))
+
+
+def test_int8_weights_are_about_four_times_smaller():
+    model = _model(CONFIGS[0])
+    ratio = weight_bytes_per_sample(stream_weights(model, "fp32")) / weight_bytes_per_sample(stream_weights(model, "int8"))
+    assert 3.0 < ratio < 4.0
+
+
+def test_unknown_compression_is_rejected_by_name():
+    with pytest.raises(ValueError, match="compression"):
+        stream_weights(_model(CONFIGS[1]), "int4")
+
+
+def test_integer_dot_is_refused_where_it_cannot_run():
+    with pytest.raises(ValueError, match="integer_dot"):
+        new_state(stream_weights(_model(CONFIGS[1]), "int8"), integer_dot=True)  # 18 hidden units
+
+
+def test_stream_generate_decodes_what_the_kernel_samples():
+    from models.gru_stream import stream_generate
+    from models.mu_law import mu_law_decode
+
+    model = _model(CONFIGS[0])
+    _, conditioning = _inputs(120, seed=8)
+    weights = stream_weights(model, "int8")
+    mu = np.zeros(120, np.int64)
+    gru_stream_sample(weights, new_state(weights, seed=2), conditioning, 16, 0.8, mu)
+    np.testing.assert_array_equal(stream_generate(model, conditioning, 0.8, seed=2), mu_law_decode(mu))
