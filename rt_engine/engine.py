@@ -96,6 +96,7 @@ class Engine:
         vk.adopt_voices(self._voice_arrays[0], self._voice_arrays[1], scratch[0], scratch[1],
                         self._params[vk.P_FADE_FRAMES])
         self.process(self.max_block)
+        self._gru_pos[:] = 0
         self._counters[:] = 0
         self._clock[0] = np.nan
         self._cpu[:] = 0.0

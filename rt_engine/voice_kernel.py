@@ -665,7 +665,7 @@ def render_block(out, n_frames, queue, queue_pos, pending, voices, voice_w, w_st
     # 5. stream layer, gains, limiter
     ring_capacity = gru_ring.shape[0]
     available = gru_pos[0] - gru_pos[1] if params[P_GRU_PRESENT] > 0.0 else 0
-    take = min(n_frames, available)
+    take = max(0, min(n_frames, available))
     if params[P_GRU_PRESENT] > 0.0 and take < n_frames:
         counters[Counter.GRU_UNDERRUNS] += n_frames - take
     smooth = params[P_GAIN_SMOOTH]
@@ -679,7 +679,9 @@ def render_block(out, n_frames, queue, queue_pos, pending, voices, voice_w, w_st
         layer = gru_ring[(gru_read + i) % ring_capacity] * gain_g if i < take else 0.0
         mix[0, i] = (mix[0, i] * gain_s + layer) * gain_m
         mix[1, i] = (mix[1, i] * gain_s + layer) * gain_m
-    gru_pos[1] = gru_read + take
+    # The read position tracks engine frames even through a shortfall (the layer then skips its
+    # write position ahead), so the layer's frame-stamped events never drift.
+    gru_pos[1] = gru_read + (n_frames if params[P_GRU_PRESENT] > 0.0 else take)
     params[P_GAIN_SAMPLER], params[P_GAIN_GRU], params[P_GAIN_MASTER] = gain_s, gain_g, gain_m
     params[P_LIMIT_GAIN] = _limit_inplace(mix[0], mix[1], n_frames, params[P_LIMIT_CEILING],
                                           params[P_LIMIT_RELEASE], params[P_LIMIT_GAIN])

@@ -302,6 +302,7 @@ def test_stream_layer_ring_is_mixed_with_its_gain_and_underruns_counted():
     _render(engine, 256)
     status = engine.status()
     assert status["gru_underruns"] == 256 and status["gru_active"] == 1
+    assert layer.positions[1] == RATE // 10 + 256  # the read position keeps engine time
     assert status["gru_latency_s"] == pytest.approx(status["latency_s"] + 512 / RATE, abs=1e-5)
 
 
