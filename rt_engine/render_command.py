@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model, else the procedural source)")
     parser.add_argument("--polyphony", type=int, default=64, help="voices")
     parser.add_argument("--tail", type=float, default=2.0, help="seconds rendered after the last event")
+    parser.add_argument("--gru", default="auto", choices=("auto", "none"),
+                        help="auto: play the model's GRU voice when the model folder has one")
 
 
 def read_score(path: str | Path) -> list[tuple[float, str, list]]:
@@ -102,7 +104,7 @@ def default_model_dir() -> str | None:
 
 
 def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,
-           polyphony: int, tail_s: float, progress: bool = True) -> dict:
+           polyphony: int, tail_s: float, progress: bool = True, gru: str = "auto") -> dict:
     """Render events [(t s, kind, payload)] (kind "midi" with bytes or "osc" with
     (address, args)) to `out_path`; returns a summary dict."""
     import time
@@ -115,11 +117,13 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     from rt_engine.engine import Engine
     from rt_engine.midi_map import MidiMapper, load_midi_map
     from rt_engine.osc_registry import dispatch
+    from rt_engine.serve_command import load_stream_layer
 
     started = time.perf_counter()
     banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events),
                         render_ahead=False, exact_delay_s=0.0)
-    engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony)
+    layer = load_stream_layer(model_dir, gru, threaded=False)
+    engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony, stream_layer=layer)
     failures = []
 
     def reply(address, args):
@@ -153,6 +157,8 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     later = [events[k][0] for k in range(next_event, len(events)) if kinds[k]]
                     resting = not later or later[0] - engine.frame / sample_rate >= TIMBRE_REST_S
                     banks.wait_ready(120.0, include_exact=resting or "bank" in changed)
+                if layer is not None:
+                    layer.render_available(max_blocks=64)  # offline: the layer renders in step
                 chunks.append(engine.process(n).copy())
                 bar.update(n)
         audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 2), np.float32)
@@ -187,6 +193,6 @@ def main(args: argparse.Namespace) -> int:
     model_dir = args.model or default_model_dir()
     print(f"render: bank source {'model ' + model_dir if model_dir else 'procedural'}", flush=True)
     summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
-                     args.tail)
+                     args.tail, gru=args.gru)
     print(json.dumps(summary))
     return 0

@@ -40,13 +40,14 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _stream_layer(model_dir: str | None, choice: str):
-    """The model's GRU voice when `model_dir/gru` holds one (and `choice` is auto), else None."""
+def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True):
+    """The model's GRU voice when `model_dir/gru` holds one (and `choice` is auto), else None.
+    `threaded=False` for offline rendering: the caller drives `render_available()`."""
     if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
         return None
     from rt_engine.gru_layer import GruLayer
 
-    return GruLayer.from_dir(Path(model_dir) / "gru")
+    return GruLayer.from_dir(Path(model_dir) / "gru", threaded=threaded)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     started = False
     try:
         banks = BankManager(model_dir, backend.sample_rate)
-        layer = _stream_layer(model_dir, args.gru)
+        layer = load_stream_layer(model_dir, args.gru)
         engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),
                         n_voices=args.polyphony, stream_layer=layer)
         recorder = Recorder(args.record, backend.sample_rate) if args.record else None
