@@ -33,6 +33,7 @@ import numpy as np
 
 from rt_engine import voice_kernel as vk
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest, load_bank_source
+from rt_engine.bank_tuning import measure_detune_cents, retune
 
 DEFAULT_GRID_N = 5
 DEFAULT_N_SLOTS = 12
@@ -218,7 +219,9 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
             job = jobs[job_id]
             chunk, job["rows"] = job["rows"][:CHUNK_ROWS], job["rows"][CHUNK_ROWS:]
             try:
-                notes = source.render_bank(job["request"], [int(round(row_pitch[r])) for r in chunk])
+                pitches = [int(round(row_pitch[r])) for r in chunk]
+                notes = source.render_bank(job["request"], pitches)
+                notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
                 banks[job["slot"], chunk] = prepare_rows(notes, layout)
             except Exception as error:  # a bad timbre (file, preset) fails its job only
                 results.put(("fail", job_id, str(error)))

@@ -38,7 +38,7 @@ READY_TIMEOUT_S = 180.0
 PITCH_TOLERANCE_CENTS = 15.0
 LOAD_ALLOWANCE_S = 0.03
 """Slack on top of the declared latency for a loaded 2-core CI machine (a late cycle, a slow wake-up)."""
-ENGINE_DEFAULTS = (("/master/gain", 0.7), ("/mix/sampler", 0.5), ("/mix/gru", 1.0),
+ENGINE_DEFAULTS = (("/master/gain", 0.7), ("/mix/sampler", 0.5), ("/mix/gru", 0.0),
                    ("/gru/glide", 0.0), ("/polyphony", 64))
 
 
