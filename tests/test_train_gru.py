@@ -1,0 +1,186 @@
+"""GRU training: a tiny config trains, checkpoints, exports, resumes exactly; helpers vs analytic values."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.gru import load_gru
+from training.gru_dataset import GruDatasetConfig, build_gru_dataset
+from training.som_grid import GridConfig, TimbreGrid, bilinear_mesh
+from training.train_gru import (
+    DEFAULT_CONFIG,
+    estimate_f0_hz,
+    learning_rate_at,
+    load_train_config,
+    pitch_report,
+    prepare_dataset,
+    train_gru,
+)
+
+SAMPLE_RATE = 16000
+TINY_CONFIG = DEFAULT_CONFIG.parent / "gru_tiny.json"
+
+
+def tone_render(h: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+    """Two-harmonic tones, 0.1 s: pitch sets f0, h[:, 0] the 2nd-harmonic weight. [batch, 2] -> [batch, 1600]."""
+    time_s = np.arange(1600) / SAMPLE_RATE
+    f0_hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64)[:, None] - 69) / 12)
+    return np.sin(2 * np.pi * f0_hz * time_s) + h[:, :1] * np.sin(4 * np.pi * f0_hz * time_s)
+
+
+def tiny_config(tmp_path, **changes):
+    config = load_train_config(TINY_CONFIG, {
+        "dataset_dir": str(tmp_path / "data"), "run_dir": str(tmp_path / "run"), "out": str(tmp_path / "model"),
+    })
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture()
+def dataset_dir(tmp_path):
+    nodes = bilinear_mesh(np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32), 3)
+    build_gru_dataset(tmp_path / "data", nodes, tone_render, SAMPLE_RATE,
+                      GruDatasetConfig(pitches=(60, 67), clip_seconds=0.1), progress=False)
+    return tmp_path / "data"
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = load_train_config(TINY_CONFIG, {"steps": 102, "warmup_steps": 2})
+    assert learning_rate_at(0, config) == pytest.approx(config.learning_rate / 2)
+    assert learning_rate_at(1, config) == pytest.approx(config.learning_rate)
+    assert learning_rate_at(2, config) == pytest.approx(config.learning_rate)
+    assert learning_rate_at(52, config) == pytest.approx(config.learning_rate * (0.1 + 0.9 * 0.5))
+    assert learning_rate_at(102, config) == pytest.approx(config.learning_rate * 0.1)
+
+
+@pytest.mark.parametrize("f0_hz", [82.4, 261.6, 440.0, 1046.5])
+def test_estimate_f0_finds_the_fundamental_of_a_harmonic_tone(f0_hz):
+    time_s = np.arange(8000) / SAMPLE_RATE
+    tone = sum(np.sin(2 * np.pi * k * f0_hz * time_s + k) / k for k in range(1, 6))
+    assert 1200 * abs(np.log2(estimate_f0_hz(tone, SAMPLE_RATE) / f0_hz)) < 5
+
+
+@pytest.mark.parametrize("f0_hz", [65.4, 130.8, 523.3])
+def test_estimate_f0_of_a_pure_sine_is_not_fooled_by_the_lobe_around_lag_zero(f0_hz):
+    time_s = np.arange(8000) / SAMPLE_RATE
+    assert 1200 * abs(np.log2(estimate_f0_hz(np.sin(2 * np.pi * f0_hz * time_s), SAMPLE_RATE) / f0_hz)) < 5
+
+
+def test_pitch_report_counts_silence_as_a_miss():
+    time_s = np.arange(8000) / SAMPLE_RATE
+    notes = np.stack([np.sin(2 * np.pi * 440.0 * time_s), np.zeros(8000)])
+    report = pitch_report(notes, np.array([69, 60]), SAMPLE_RATE)
+    assert report["cents_error"][1] is None
+    assert abs(report["cents_error"][0]) < 5
+    assert report["within_50_cents"] == pytest.approx(0.5)
+
+
+def test_tiny_config_trains_checkpoints_and_exports(tmp_path, dataset_dir):
+    torch.set_num_threads(1)
+    config = tiny_config(tmp_path)
+    report = train_gru(config, progress=False)
+    assert report["step"] == config.steps
+    run = tmp_path / "run"
+    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in history] == [2, 4, 6]
+    assert all(np.isfinite(entry["loss"]) and np.isfinite(entry["validation_loss"]) for entry in history)
+    assert history[0]["loss"] < np.log(256) + 0.5  # starts near the uniform cross-entropy
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((run / "samples").glob("step0000006_*.wav"))) == len(config.sample_points)
+    model = load_gru(tmp_path / "model")
+    assert model.config.n_layers == 1 and model.config.hidden_size == 64
+    assert (tmp_path / "model" / "metadata.json").is_file()
+    assert json.loads((tmp_path / "model" / "metadata.json").read_text())["step"] == config.steps
+
+
+def test_loss_falls_on_a_learnable_set(tmp_path, dataset_dir):
+    torch.set_num_threads(1)
+    config = tiny_config(tmp_path, steps=60, log_every=20, checkpoint_every=60, sample_every=60,
+                         learning_rate=0.01, warmup_steps=5)
+    train_gru(config, progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def test_resuming_equals_an_uninterrupted_run(tmp_path, dataset_dir):
+    torch.set_num_threads(1)
+    constant = {"final_learning_rate_ratio": 1.0}
+    straight = tiny_config(tmp_path, run_dir=str(tmp_path / "a"), out=str(tmp_path / "a_model"), **constant)
+    train_gru(straight, progress=False)
+    first_half = tiny_config(tmp_path, run_dir=str(tmp_path / "b"), out=str(tmp_path / "b_model"), steps=3, **constant)
+    train_gru(first_half, progress=False)
+    report = train_gru(dataclasses.replace(first_half, steps=straight.steps), resume=True, progress=False)
+    assert report["step"] == straight.steps
+    a = load_gru(tmp_path / "a_model").state_dict()
+    b = load_gru(tmp_path / "b_model").state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_a_checkpoint_names_the_missing_file(tmp_path, dataset_dir):
+    from models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="state.json"):
+        train_gru(tiny_config(tmp_path), resume=True, progress=False)
+
+
+def test_prepare_dataset_renders_the_grid_with_the_procedural_source(tmp_path):
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    TimbreGrid(bilinear_mesh(corners, 2), GridConfig(size=2, conditioning_dim=2)).save(tmp_path / "model" / "grid")
+    config = tiny_config(tmp_path, model_dir=str(tmp_path / "model"), dataset_dir=str(tmp_path / "rendered"))
+    dataset = prepare_dataset(config, progress=False)
+    assert dataset.n_clips == 4 * len(config.pitches)
+    assert dataset.n_samples == int(config.clip_seconds * SAMPLE_RATE)
+    np.testing.assert_allclose(dataset.conditioning[-1], [1.0, 1.0, config.pitches[-1]])
+
+
+def test_prepare_dataset_without_a_grid_says_how_to_make_one(tmp_path):
+    config = tiny_config(tmp_path, model_dir=str(tmp_path / "empty"), dataset_dir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match="train grid"):
+        prepare_dataset(config, progress=False)
+
+
+def test_config_rejects_unknown_fields(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ValueError, match="stepz"):
+        load_train_config(path, {})
+
+
+def test_init_from_starts_from_the_given_weights_and_rejects_another_size(tmp_path, dataset_dir):
+    from models.checkpoint import CheckpointError
+    from models.gru import GruSynth, GruSynthConfig, save_gru
+
+    torch.set_num_threads(1)
+    torch.manual_seed(7)
+    start = GruSynth(GruSynthConfig.preset("1x64"))
+    save_gru(tmp_path / "start", start)
+    config = tiny_config(tmp_path, init_from=str(tmp_path / "start"), steps=1, learning_rate=1e-12, warmup_steps=1)
+    train_gru(config, progress=False)
+    trained = load_gru(tmp_path / "model").state_dict()
+    for name, value in start.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-6, atol=1e-6)
+    save_gru(tmp_path / "other", GruSynth(GruSynthConfig.preset("2x128")))
+    with pytest.raises(CheckpointError, match="init_from"):
+        train_gru(dataclasses.replace(config, init_from=str(tmp_path / "other")), progress=False)
+
+
+SHIPPED_GRU = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default" / "gru"
+
+
+@pytest.mark.skipif(not (SHIPPED_GRU / "config.json").is_file(), reason="default GRU not shipped yet")
+def test_shipped_gru_loads_and_plays_a_finite_audible_note():
+    from models.mu_law import mu_law_decode
+
+    torch.set_num_threads(1)
+    model = load_gru(SHIPPED_GRU)
+    metadata = json.loads((SHIPPED_GRU / "metadata.json").read_text())
+    assert metadata["step"] > 0 and metadata["conditioning"] == ["x", "y", "pitch"]
+    conditioning = torch.tensor([0.5, 0.5, 60.0]).repeat(1, 2000, 1)
+    mu, _ = model.sample(conditioning, temperature=1.0, seed=0)
+    audio = mu_law_decode(mu.numpy()[0])
+    assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio[1000:] ** 2)) > 0.01

@@ -1,0 +1,462 @@
+"""`latentsynth train gru`: the Sound Model Factory's sample-level GRU, teacher-forced on GAN renders
+over the SOM-adapted timbre grid.
+
+    latentsynth train gru [--config training/configs/gru_default.json] [--out DIR] [--resume]
+                          [--steps N] [--max-minutes M] [--model-size 3x256] [--model DIR]
+
+`--out` is the exported model folder (default `<model_dir>/gru/`); the run folder is the config's
+`run_dir`.
+
+Pipeline: `<model_dir>/grid/` (from `train grid`) -> G renders every node x pitch (`gru_dataset`,
+stored once in `dataset_dir`, reused) -> random 256(+1)-sample windows, per-sample conditioning
+(x, y, pitch) -> cross-entropy over 256 mu-law classes (teacher forcing), Adam with warm-up and cosine
+decay, gradient clipping. Clips are split by index: every `heldout_every`-th clip is held out for the
+validation loss.
+
+Run folder (`run_dir`): config.json (resolved), checkpoint/ (the model as a GRU checkpoint plus
+optimizer.safetensors and state.json: step, loss history), loss.png, samples/step*_*.wav (free-running
+renders at `sample_points`), log.jsonl. `--resume` continues from checkpoint/; `init_from` starts
+a new run from another GRU checkpoint's weights (e.g. pre-trained on the procedural source). The
+final model goes to `out`, its metadata holding the losses and the pitch accuracy of rendered notes. DDP-ready: under torchrun each rank draws its own windows, rank 0 writes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
+
+
+@dataclass(frozen=True)
+class GruTrainConfig:
+    """Everything `train gru` does; saved in the run folder and the model's metadata."""
+
+    model_size: str = "3x256"
+    """A `GruSynthConfig.preset` name: 3x256 (the paper's), 2x256, 2x128, 1x64."""
+    model_dir: str = "models/pretrained/default"
+    grid_dir: str = ""
+    """Timbre grid folder; empty = <model_dir>/grid."""
+    dataset_dir: str = "data/gru_default"
+    """Rendered training set; built here if it does not exist yet, else reused as is."""
+    pitches: tuple = (40, 45, 48, 52, 55, 57, 60, 62, 64, 67, 69, 72, 76, 79, 84)
+    pitches_per_node: int = 0
+    """0: every node x every pitch; k: k pitches per node, cycling through `pitches` (see gru_dataset)."""
+    clip_start_s: float = 0.0
+    clip_seconds: float = 1.0
+    peak: float = 0.9
+    render_seed: int = 0
+    window: int = 256
+    batch_size: int = 128
+    steps: int = 100_000
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    final_learning_rate_ratio: float = 0.1
+    """Cosine decay from learning_rate to learning_rate * this at `steps`."""
+    grad_clip: float = 1.0
+    heldout_every: int = 23
+    """Every n-th clip is held out for the validation loss (0: none, validation on training clips)."""
+    validation_batch: int = 64
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int = 5000
+    sample_seconds: float = 1.0
+    sample_points: tuple = ((0.0, 0.0, 60.0), (1.0, 0.0, 60.0), (0.0, 1.0, 60.0), (1.0, 1.0, 60.0),
+                            (0.5, 0.5, 48.0), (0.5, 0.5, 72.0))
+    """(x, y, MIDI pitch) of the free-running sample renders and the pitch check."""
+    sample_temperature: float = 1.0
+    max_minutes: float = 0.0
+    """Stop, checkpoint and export after this much training time (0: run all `steps`)."""
+    threads: int = 0
+    """torch.set_num_threads (0: torch's default)."""
+    init_from: str = ""
+    """A GRU checkpoint folder of the same size to start from (fine-tuning); ignored when resuming."""
+    run_dir: str = "runs/gru"
+    out: str = ""
+    """Final model folder; empty = <model_dir>/gru."""
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("window", "batch_size", "steps", "log_every", "checkpoint_every", "sample_every", "validation_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GruTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or not 0 < self.final_learning_rate_ratio <= 1:
+            raise ValueError("learning_rate must be > 0 and final_learning_rate_ratio in (0, 1]")
+        if any(len(point) != 3 for point in self.sample_points):
+            raise ValueError(f"sample_points must be (x, y, pitch) triples, got {self.sample_points}")
+
+
+def learning_rate_at(step: int, config: GruTrainConfig) -> float:
+    """The learning rate for 0-based `step`: linear warm-up over `warmup_steps`, then cosine decay
+    from `learning_rate` to `learning_rate * final_learning_rate_ratio` at `steps`."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    floor = config.final_learning_rate_ratio
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def estimate_f0_hz(audio: np.ndarray, sample_rate: int, f0_min_hz: float = 40.0, f0_max_hz: float = 2000.0) -> float:
+    """Fundamental of a steady note by the normalised autocorrelation peak after the lobe around lag 0
+    (FFT-based, parabolic interpolation). audio: float [n_samples] -> f0 (Hz), or nan for silence / no clear period."""
+    audio = np.asarray(audio, dtype=np.float64)
+    audio = audio - audio.mean()
+    energy = float((audio ** 2).sum())
+    if energy < 1e-9:
+        return float("nan")
+    n = len(audio)
+    spectrum = np.fft.rfft(audio, 2 * n)
+    correlation = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
+    overlap = n - np.arange(n)
+    correlation = correlation / energy * n / np.maximum(overlap, 1)  # unbiased
+    lag_min = max(2, int(sample_rate / f0_max_hz))
+    lag_max = min(n // 2, int(sample_rate / f0_min_hz))
+    if lag_max <= lag_min + 2:
+        return float("nan")
+    below_zero = np.flatnonzero(correlation[1:lag_max] < 0)  # skip the lobe around lag 0
+    lag_min = max(lag_min, int(below_zero[0]) + 1) if below_zero.size else lag_min
+    if lag_max <= lag_min + 2:
+        return float("nan")
+    segment = correlation[lag_min:lag_max]
+    best = int(np.argmax(segment))
+    if segment[best] < 0.3:
+        return float("nan")
+    # the first lag reaching 90 % of the best peak avoids octave-down errors
+    candidates = np.flatnonzero(segment >= 0.9 * segment[best])
+    peak = int(candidates[0])
+    while peak + 1 < len(segment) and segment[peak + 1] > segment[peak]:
+        peak += 1
+    lag = peak + lag_min
+    if 1 <= lag < len(correlation) - 1:
+        left, centre, right = correlation[lag - 1], correlation[lag], correlation[lag + 1]
+        denominator = left - 2 * centre + right
+        shift = 0.5 * (left - right) / denominator if denominator != 0 else 0.0
+        return float(sample_rate / (lag + float(np.clip(shift, -0.5, 0.5))))
+    return float(sample_rate / lag)
+
+
+def pitch_report(notes: np.ndarray, pitches: np.ndarray, sample_rate: int) -> dict:
+    """Pitch accuracy of rendered notes: f0 of each note's second half vs its MIDI pitch.
+    notes: float [n, n_samples]; pitches: MIDI [n]. Returns per-note cents errors and the share
+    within 50 cents (unvoiced notes count as misses)."""
+    errors = []
+    for note, pitch in zip(notes, pitches):
+        f0_hz = estimate_f0_hz(note[len(note) // 2:], sample_rate)
+        target_hz = 440.0 * 2.0 ** ((float(pitch) - 69.0) / 12.0)
+        errors.append(float(1200 * np.log2(f0_hz / target_hz)) if np.isfinite(f0_hz) else float("nan"))
+    errors_array = np.array(errors)
+    within = np.isfinite(errors_array) & (np.abs(np.nan_to_num(errors_array, nan=1e9)) <= 50)
+    return {"cents_error": [None if not np.isfinite(e) else round(e, 1) for e in errors],
+            "within_50_cents": float(within.mean()) if len(errors) else 0.0,
+            "rms": [float(np.sqrt(np.mean(np.asarray(note, dtype=np.float64) ** 2))) for note in notes]}
+
+
+def render_samples(model, config: GruTrainConfig, sample_rate: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Free-running notes at `config.sample_points`: (audio float32 [n_points, n_samples] at
+    sample_rate, MIDI pitches [n_points])."""
+    import torch
+
+    from models.mu_law import mu_law_decode
+
+    points = np.array(config.sample_points, dtype=np.float32)
+    n_samples = int(round(config.sample_seconds * sample_rate))
+    conditioning = torch.from_numpy(np.repeat(points[:, None, :], n_samples, axis=1))
+    was_training = model.training
+    model.eval()
+    mu, _ = model.sample(conditioning, temperature=config.sample_temperature, seed=seed)
+    model.train(was_training)
+    return mu_law_decode(mu.numpy(), model.config.n_classes), points[:, 2]
+
+
+def prepare_dataset(config: GruTrainConfig, progress: bool = True):
+    """Open `config.dataset_dir`, rendering it first from the grid and the GAN if it does not exist."""
+    from training.gru_dataset import GruDataset, GruDatasetConfig, build_gru_dataset
+    from training.som_grid import load_grid
+    from training.train_grid import load_conditioning_source
+
+    folder = Path(config.dataset_dir)
+    if not (folder / "index.json").is_file():
+        grid_dir = Path(config.grid_dir) if config.grid_dir else Path(config.model_dir) / "grid"
+        if not (grid_dir / "config.json").is_file():
+            raise FileNotFoundError(f"timbre grid not found: {grid_dir} (make it with `latentsynth train grid`)")
+        grid = load_grid(grid_dir)
+        source = load_conditioning_source(config.model_dir)
+        if grid.conditioning_dim != source.conditioning_dim:
+            raise ValueError(f"grid {grid_dir} has conditioning_dim {grid.conditioning_dim}, the model in "
+                             f"{config.model_dir} has {source.conditioning_dim}")
+        data_config = GruDatasetConfig(pitches=tuple(config.pitches), pitches_per_node=config.pitches_per_node,
+                                       clip_start_s=config.clip_start_s,
+                                       clip_seconds=config.clip_seconds, peak=config.peak, seed=config.render_seed)
+
+        def render(h: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+            return source.render_conditioning(h, pitches, seed=config.render_seed)
+
+        build_gru_dataset(folder, grid.nodes, render, source.sample_rate, data_config, progress=progress)
+    return GruDataset(folder, window=config.window)
+
+
+def _optimizer_tensors(optimizer) -> dict:
+    """Adam state as flat name -> tensor (for safetensors)."""
+    import torch
+
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors
+
+
+def _restore_optimizer(optimizer, tensors: dict) -> None:
+    state: dict = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _initialise_from(model, folder: Path) -> None:
+    """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s."""
+    from models.checkpoint import CheckpointError, load_config, load_state_into
+    from models.gru import GruSynthConfig
+
+    source_config = load_config(folder, GruSynthConfig)
+    if source_config != model.config:
+        raise CheckpointError(f"{folder}: init_from holds a {source_config.n_layers}x{source_config.hidden_size} "
+                              f"GRU ({source_config}), the run trains {model.config}")
+    load_state_into(model, folder)
+
+
+def save_training_state(folder: Path, model, optimizer, step: int, history: list, config: GruTrainConfig) -> None:
+    """checkpoint/: the model (GRU checkpoint), optimizer.safetensors and state.json."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from models.gru import save_gru
+
+    save_gru(folder, model, {"step": step, "train_config": dataclasses.asdict(config)})
+    save_file({k: v.contiguous() for k, v in _optimizer_tensors(optimizer).items()}, str(folder / "optimizer.safetensors.tmp"))
+    os.replace(folder / "optimizer.safetensors.tmp", folder / "optimizer.safetensors")
+    (folder / "state.json.tmp").write_text(json.dumps({"step": step, "history": history}))
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+
+
+def load_training_state(folder: Path, model, optimizer) -> tuple[int, list]:
+    """Restore model + optimizer from checkpoint/; returns (step, history). Errors name the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from models.checkpoint import CheckpointError, load_state_into
+
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        raise CheckpointError(f"cannot resume: {state_path} not found")
+    try:
+        state = json.loads(state_path.read_text())
+        step, history = int(state["step"]), list(state["history"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{state_path}: bad training state ({error})") from error
+    load_state_into(model, folder)
+    optimizer_file = folder / "optimizer.safetensors"
+    if not optimizer_file.is_file():
+        raise CheckpointError(f"cannot resume: {optimizer_file} not found")
+    try:
+        _restore_optimizer(optimizer, load_file(str(optimizer_file)))
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{optimizer_file}: cannot restore the optimizer ({error})") from error
+    return step, history
+
+
+def plot_losses(history: list, path: Path) -> None:
+    """Training and validation cross-entropy (nats) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [entry["step"] for entry in history]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, [entry["loss"] for entry in history], label="train")
+    axis.plot(steps, [entry["validation_loss"] for entry in history], label="validation (held-out clips)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("cross-entropy (nats / sample)")
+    axis.set_title("GRU teacher-forcing loss")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _evaluate(model, dataset, clips: np.ndarray, config: GruTrainConfig, device: str) -> tuple[float, float]:
+    """(cross-entropy nats, top-1 accuracy) on a fixed batch of windows from `clips`."""
+    import torch
+
+    mu, conditioning = dataset.sample_batch(np.random.default_rng(12345), config.validation_batch, clips=clips)
+    mu_t = torch.from_numpy(mu).to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
+        accuracy = (logits.argmax(-1) == mu_t[:, 1:]).float().mean()
+    model.train(was_training)
+    return float(loss), float(accuracy)
+
+
+def _write_samples(model, config: GruTrainConfig, sample_rate: int, folder: Path, step: int) -> dict:
+    import soundfile
+
+    notes, pitches = render_samples(model, config, sample_rate, seed=config.seed + step)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (note, point) in enumerate(zip(notes, config.sample_points)):
+        name = f"step{step:07d}_{index}_x{point[0]:.2f}_y{point[1]:.2f}_p{point[2]:g}.wav"
+        soundfile.write(folder / name, note, sample_rate, subtype="PCM_16")
+    return pitch_report(notes, pitches, sample_rate)
+
+
+def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the GRU per `config`, export it to `out`, return the final report."""
+    import torch
+    from tqdm import tqdm
+
+    from models.gru import GruSynth, GruSynthConfig, save_gru
+    from training.distributed import cleanup_distributed, setup_distributed, wrap_model
+
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    context = setup_distributed()
+    torch.manual_seed(config.seed)
+    if context.is_main:
+        dataset = prepare_dataset(config, progress=progress)
+    if context.enabled:
+        torch.distributed.barrier()  # rank 0 renders the data set once
+    if not context.is_main:
+        dataset = prepare_dataset(config, progress=False)
+    model_config = dataclasses.replace(GruSynthConfig.preset(config.model_size), sample_rate=dataset.sample_rate)
+    model = GruSynth(model_config).to(context.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    run_dir = Path(config.run_dir)
+    checkpoint_dir = run_dir / "checkpoint"
+    if resume:
+        step, history = load_training_state(checkpoint_dir, model, optimizer)
+    else:
+        step, history = 0, []
+        if config.init_from:
+            _initialise_from(model, Path(config.init_from))
+    wrapped = wrap_model(model, context)
+    heldout = (np.arange(dataset.n_clips) % config.heldout_every == 0) if config.heldout_every else np.zeros(dataset.n_clips, bool)
+    train_clips = np.flatnonzero(~heldout)
+    validation_clips = np.flatnonzero(heldout) if heldout.any() else train_clips
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    started = time.time()
+    running_loss, running_count = 0.0, 0
+    bar = tqdm(total=config.steps, initial=step, desc="GRU", unit="step", disable=not (progress and context.is_main))
+    model.train()
+    while step < config.steps and not (config.max_minutes > 0 and time.time() - started > 60 * config.max_minutes):
+        rng = np.random.default_rng([config.seed, context.rank, step])  # per step: resuming is exact
+        mu, conditioning = dataset.sample_batch(rng, config.batch_size, clips=train_clips)
+        mu_t = torch.from_numpy(mu).to(context.device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, config)
+        logits, _ = wrapped(mu_t[:, :-1], torch.from_numpy(conditioning).to(context.device))
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        running_loss += float(loss.detach())
+        running_count += 1
+        bar.update(1)
+        if not context.is_main:
+            continue
+        if step % config.log_every == 0 or step == config.steps:
+            validation_loss, validation_accuracy = _evaluate(model, dataset, validation_clips, config, context.device)
+            entry = {"step": step, "loss": running_loss / running_count, "validation_loss": validation_loss,
+                     "validation_accuracy": validation_accuracy, "learning_rate": learning_rate_at(step - 1, config),
+                     "seconds": round(time.time() - started, 1)}
+            history.append(entry)
+            running_loss, running_count = 0.0, 0
+            with open(run_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(entry) + "\n")
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", val=f"{validation_loss:.3f}")
+        if step % config.checkpoint_every == 0:
+            save_training_state(checkpoint_dir, model, optimizer, step, history, config)
+            if history:
+                plot_losses(history, run_dir / "loss.png")
+        if step % config.sample_every == 0:
+            _write_samples(model, config, dataset.sample_rate, run_dir / "samples", step)
+    bar.close()
+    report: dict = {"step": step}
+    if context.is_main:
+        save_training_state(checkpoint_dir, model, optimizer, step, history, config)
+        if history:
+            plot_losses(history, run_dir / "loss.png")
+        report.update({
+            "model_size": config.model_size,
+            "final": history[-1] if history else None,
+            "pitch": _write_samples(model, config, dataset.sample_rate, run_dir / "samples", step),
+            "sample_points": [list(point) for point in config.sample_points],
+            "dataset": {"folder": str(dataset.folder), "n_clips": dataset.n_clips, "n_samples": dataset.n_samples,
+                        "grid_size": dataset.index.get("grid_size"), "pitches": dataset.index.get("pitches")},
+            "train_seconds_this_run": round(time.time() - started, 1),
+        })
+        out = Path(config.out) if config.out else Path(config.model_dir) / "gru"
+        save_gru(out, model, {**report, "history": history, "train_config": dataclasses.asdict(config),
+                              "conditioning": ["x", "y", "pitch"]})
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    cleanup_distributed(context)
+    return report
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> GruTrainConfig:
+    """The config from JSON `path` (default gru_default.json) with non-None `overrides` applied."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"GRU config not found: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    known = {field.name for field in dataclasses.fields(GruTrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown GRU config fields {sorted(unknown)}; known: {sorted(known)}")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if "sample_points" in values:
+        values["sample_points"] = tuple(tuple(float(v) for v in point) for point in values["sample_points"])
+    return GruTrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """GRU options beside train's --config/--out/--resume. `--model` (the model folder) is added by
+    `training.train_grid.add_arguments`; `run_from_cli` reads it when present. No option overlaps the
+    grid's, so one `train` parser can take both."""
+    parser.add_argument("--steps", type=int, default=None, help="GRU: total training steps")
+    parser.add_argument("--max-minutes", type=float, default=None, help="GRU: stop and export after this many minutes")
+    parser.add_argument("--model-size", default=None, help="GRU size preset: 3x256 (default), 2x256, 2x128, 1x64")
+
+
+def run_from_cli(args: argparse.Namespace) -> int:
+    """Entry point for `latentsynth train gru` (args: .config, .out, .resume, and add_arguments')."""
+    overrides = {
+        "steps": getattr(args, "steps", None),
+        "max_minutes": getattr(args, "max_minutes", None),
+        "model_size": getattr(args, "model_size", None),
+        "model_dir": getattr(args, "model", None),
+        "out": getattr(args, "out", None),
+    }
+    config = load_train_config(getattr(args, "config", None), overrides)
+    report = train_gru(config, resume=bool(getattr(args, "resume", False)))
+    print(json.dumps({key: report.get(key) for key in ("step", "final", "pitch")}, indent=2))
+    return 0
