@@ -1,6 +1,8 @@
-"""`latentsynth train KIND --config FILE [--out DIR] [--resume]`, KIND in features|gan|grid|gru.
+"""`latentsynth train KIND [--config FILE] [--out DIR] [--resume]`, KIND in features|gan|grid|gru.
 
-Each kind lives in `training.train_<kind>` and exposes `run_from_cli(args) -> int`.
+Each kind lives in `training.train_<kind>` and exposes `run_from_cli(args) -> int`; the grid and GRU
+modules add their own options (`add_arguments`), which do not overlap. Without `--config`, the
+kind's default config in `training/configs/<kind>_default.json` is used.
 """
 from __future__ import annotations
 
@@ -8,15 +10,23 @@ import argparse
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 KINDS = ("features", "gan", "grid", "gru")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="what to train")
-    parser.add_argument("--config", required=True, help="training config JSON (see training/configs/)")
-    parser.add_argument("--out", default=None, help="run folder (default runs/<kind>)")
+    parser.add_argument("--config", default=None,
+                        help="training config JSON (default: training/configs/<kind>_default.json)")
+    parser.add_argument("--out", default=None,
+                        help="features/gan: run folder (default runs/<kind>); grid/gru: exported model folder")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    from training import train_grid, train_gru  # light modules: torch is imported in run_from_cli
+
+    train_grid.add_arguments(parser)
+    train_gru.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,6 +35,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"latentsynth train {args.kind}: not built yet in this version.", file=sys.stderr)
         return 2
     module = importlib.import_module(module_name)
+    if args.config is None:
+        default = CONFIG_DIR / f"{args.kind}_default.json"
+        if not default.is_file():
+            print(f"latentsynth train {args.kind}: no --config and no default {default}", file=sys.stderr)
+            return 2
+        args.config = str(default)
     try:
         return int(module.run_from_cli(args) or 0)
     except (FileNotFoundError, ValueError) as error:
