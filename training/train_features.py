@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.config_files import build_dataclass, read_config_json
+
 EVAL_PITCH_MODULUS = 7
 """Notes of training instruments whose pitch % 7 == 3 are held out of f's training, for its metrics."""
 
@@ -46,26 +48,11 @@ class TrainFeaturesSettings:
 def load_run_config(path, model_class, settings_class):
     """Read a run config JSON: returns (data path, model config, settings, raw dict). Unknown
     fields and bad values raise ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config not found: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(raw, dict) or "data" not in raw:
+    raw = read_config_json(path)
+    if "data" not in raw:
         raise ValueError(f"{path}: expected an object with 'data', 'model' and 'train'")
-    configs = []
-    for key, cls in (("model", model_class), ("train", settings_class)):
-        values = raw.get(key, {})
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown {key} fields {sorted(unknown)} for {cls.__name__}")
-        try:
-            configs.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: invalid {key} settings: {error}") from error
+    configs = [build_dataclass(cls, raw.get(key, {}), f"{path} [{key}]")
+               for key, cls in (("model", model_class), ("train", settings_class))]
     return raw["data"], configs[0], configs[1], raw
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from training.config_files import build_dataclass, read_config_json
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "grid_default.json"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 
@@ -237,18 +239,7 @@ def train_grid(config: GridTrainConfig, source=None, progress: bool = True) -> d
 def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> GridTrainConfig:
     """The config from JSON `path` (default grid_default.json) with non-None `overrides` applied."""
     path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"grid config not found: {path}")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    known = {field.name for field in dataclasses.fields(GridTrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown grid config fields {sorted(unknown)}; known: {sorted(known)}")
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return GridTrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+    return build_dataclass(GridTrainConfig, read_config_json(path), path, overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

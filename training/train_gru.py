@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from training.config_files import build_dataclass, read_config_json
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
 
 
@@ -422,20 +424,7 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
 def load_train_config(path: str | Path | None, overrides: dict[str, Any]) -> GruTrainConfig:
     """The config from JSON `path` (default gru_default.json) with non-None `overrides` applied."""
     path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"GRU config not found: {path}")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    known = {field.name for field in dataclasses.fields(GruTrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown GRU config fields {sorted(unknown)}; known: {sorted(known)}")
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    if "sample_points" in values:
-        values["sample_points"] = tuple(tuple(float(v) for v in point) for point in values["sample_points"])
-    return GruTrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
+    return build_dataclass(GruTrainConfig, read_config_json(path), path, overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
