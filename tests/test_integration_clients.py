@@ -345,3 +345,17 @@ def test_fuzzed_udp_and_tcp_leave_status_sane_and_a_later_note_sounds(server, ca
     server.send("/note/on", 67.0, 100.0)
     time.sleep(0.8)
     assert_note_sounds(capture, sent_at, 67, server.declared_latency_s + LOAD_ALLOWANCE_S)
+
+
+def test_a_live_polyphony_change_keeps_the_engine_running(server, capture):
+    before = server.status()
+    server.send("/polyphony", 32)
+    time.sleep(0.5)
+    during = server.status()
+    time.sleep(0.3)
+    after = server.status()
+    assert during["polyphony"] == 32
+    assert after["frame"] > during["frame"] > before["frame"]  # the callback kept running
+    server.send("/polyphony", 64)
+    time.sleep(0.3)
+    assert server.status()["polyphony"] == 64
