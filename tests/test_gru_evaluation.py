@@ -1,0 +1,80 @@
+"""GRU-vs-GAN agreement metrics on analytic signals (no models loaded)."""
+import numpy as np
+import pytest
+
+from training.evaluation import pitch_accuracy
+from training.gru_evaluation import (classified_alike_rate, default_grid_points, log_mel_distance_db,
+                                     main, TOLERANCE_CENTS)
+
+RATE = 16_000
+
+
+def _tone(pitch: float, cents: float = 0.0, n_samples: int = RATE // 2, n_harmonics: int = 4,
+          rolloff: float = 1.0) -> np.ndarray:
+    f0_hz = 440.0 * 2.0 ** ((pitch - 69 + cents / 100.0) / 12.0)
+    time_s = np.arange(n_samples) / RATE
+    note = sum(h ** -rolloff * np.sin(2 * np.pi * h * f0_hz * time_s) for h in range(1, n_harmonics + 1))
+    return (note / np.abs(note).max()).astype(np.float32)
+
+
+def test_a_tone_at_the_nominal_pitch_is_correct_and_one_80_cents_off_is_not():
+    notes = np.stack([_tone(60), _tone(60, cents=80.0)])
+    accuracy, cents = pitch_accuracy(notes, [60, 60], RATE, TOLERANCE_CENTS)
+    assert accuracy == pytest.approx(0.5)
+    assert abs(cents[0]) < 10 and abs(cents[1] - 80.0) < 10
+
+
+def test_identical_notes_are_0_db_apart_and_different_timbres_are_not():
+    bright, dark = _tone(60, rolloff=0.5, n_harmonics=12), _tone(60, rolloff=3.0, n_harmonics=12)
+    distances = log_mel_distance_db(np.stack([bright, dark]), np.stack([bright, dark]), RATE)
+    assert distances.shape == (2, 2)
+    np.testing.assert_allclose(np.diag(distances), 0.0, atol=1e-9)
+    assert distances[0, 1] > 1.0 and distances[0, 1] == pytest.approx(distances[1, 0])
+
+
+def test_distance_ignores_level_and_cuts_to_the_shorter_note():
+    note = _tone(67, n_harmonics=8)
+    longer = np.concatenate([note, np.zeros(RATE // 4, np.float32)])
+    assert log_mel_distance_db(0.1 * note[None], longer[None], RATE)[0, 0] < 1e-3  # float32 STFT rounding
+
+
+def _timbres(pitch: int, n_points: int) -> np.ndarray:
+    return np.stack([_tone(pitch, rolloff=0.4 + 0.8 * j, n_harmonics=10, n_samples=RATE // 4) for j in range(n_points)])
+
+
+def test_classified_alike_is_1_when_each_gru_note_equals_its_gan_note():
+    distances = np.stack([log_mel_distance_db(_timbres(pitch, 3), _timbres(pitch, 3), RATE) for pitch in (48, 72)])
+    assert classified_alike_rate(distances) == 1.0
+
+
+def test_classified_alike_is_0_when_the_gru_notes_are_swapped_round():
+    gan = _timbres(60, 3)
+    distances = log_mel_distance_db(gan[::-1], gan, RATE)[None]  # GRU note 0 = GAN note 2, ...
+    # the middle one still matches itself, the outer two match the other end
+    assert classified_alike_rate(distances) == pytest.approx(1 / 3)
+
+
+def test_ties_count_as_misses():
+    assert classified_alike_rate(np.ones((2, 3, 3))) == 0.0
+
+
+def test_bad_shapes_and_counts_are_named():
+    with pytest.raises(ValueError, match="distances"):
+        classified_alike_rate(np.zeros((1, 1, 1)))
+    with pytest.raises(ValueError, match="grid points"):
+        default_grid_points(1)
+    with pytest.raises(ValueError, match="audio"):
+        log_mel_distance_db(np.full((1, 100), np.nan), np.zeros((1, 100)), RATE)
+
+
+def test_default_grid_points_start_with_corners_and_centre_and_stay_in_the_square():
+    points = default_grid_points(9, seed=3)
+    assert points.shape == (9, 2)
+    np.testing.assert_array_equal(points[:5], [[0, 0], [1, 0], [0, 1], [1, 1], [0.5, 0.5]])
+    assert np.all((points >= 0) & (points <= 1)) and len(np.unique(points, axis=0)) == 9
+
+
+def test_command_line_names_a_bad_pitch_list(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "nowhere", "--out", "nowhere", "--pitches", "60,x"])
+    assert "--pitches" in capsys.readouterr().err

@@ -1,0 +1,218 @@
+"""Agreement of the sample-level GRU with the GAN it was trained on (Sound Model Factory, sec. 5).
+
+For every grid point (x, y) and MIDI pitch the GAN renders its note (`GanBankSource`, the teacher)
+and the GRU generates its own from the same (x, y, pitch) conditioning (`stream_generate`). Measured:
+- pitch accuracy of both (pyin voiced-median f0 within +-50 cents of the nominal pitch,
+  `training.evaluation.pitch_accuracy`), side by side at the same points;
+- the log-mel distance (dB) between each GRU note and its GAN note, and as a reference scale the
+  distance between GAN notes at the same pitch from different grid points;
+- the "classified alike" rate: the share of GRU notes nearer (log-mel) to their own GAN note than to
+  the GAN note of every other grid point at that pitch (the paper reports 88.8 % of pairs alike).
+
+Public API:
+    log_mel_db(audio [n, n_samples], sample_rate) -> float64 [n, n_mels, n_frames] (dB re each note's peak)
+    log_mel_distance_db(a [n, n_samples], b [m, n_samples], sample_rate) -> float64 [n, m] (dB)
+    classified_alike_rate(distances [n_pitches, n_points, n_points]) -> float in [0, 1]
+    default_grid_points(n_points, seed) -> float64 [n_points, 2]
+    evaluate_gru_agreement(model_dir, grid_points, pitches, ...) -> dict
+    main(): python3 -m training.gru_evaluation --model DIR --out DIR [--points 5] [--pitches 48,60,72]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.evaluation import pitch_accuracy
+
+DYNAMIC_RANGE_DB = 80.0
+"""Log-mel values are floored this far below each note's peak (dB)."""
+N_MELS = 128
+TOLERANCE_CENTS = 50.0
+
+
+def log_mel_db(audio: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> np.ndarray:
+    """Log-mel magnitude of notes `[n, n_samples]` (n_fft 1024, hop 256 samples), in dB relative to
+    each note's own peak bin and floored at -DYNAMIC_RANGE_DB, so notes of different level compare by
+    spectral shape and envelope. Returns float64 [n, n_mels, n_frames]."""
+    from models.spectral import mel_filterbank, stft
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise ValueError(f"audio must be [n_notes, n_samples] with n_samples > 0, got shape {audio.shape}")
+    if not np.all(np.isfinite(audio)):
+        raise ValueError("audio holds NaN or infinite values")
+    mel = np.einsum("mk,nkt->nmt", mel_filterbank(sample_rate, n_mels=n_mels).astype(np.float64),
+                    np.abs(stft(audio)).astype(np.float64))
+    decibels = 20.0 * np.log10(np.maximum(mel, 1e-10))
+    decibels -= decibels.max(axis=(1, 2), keepdims=True)
+    return np.maximum(decibels, -DYNAMIC_RANGE_DB)
+
+
+def log_mel_distance_db(a: np.ndarray, b: np.ndarray, sample_rate: int) -> np.ndarray:
+    """RMS difference (dB) between the log-mel spectrograms (`log_mel_db`) of every note of a
+    `[n, n_samples]` and every note of b `[m, n_samples]` (cut to the shorter length).
+    Returns float64 [n, m]."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"a and b must be [n_notes, n_samples], got shapes {a.shape} and {b.shape}")
+    n_samples = min(a.shape[1], b.shape[1])
+    mel_a, mel_b = log_mel_db(a[:, :n_samples], sample_rate), log_mel_db(b[:, :n_samples], sample_rate)
+    return np.sqrt(((mel_a[:, None] - mel_b[None, :]) ** 2).mean(axis=(2, 3)))
+
+
+def classified_alike_rate(distances: np.ndarray) -> float:
+    """Share of GRU notes nearer to their own GAN note than to any other grid point's GAN note.
+
+    distances: float [n_pitches, n_points, n_points], [k, i, j] = distance (dB) from the GRU note of
+    point i to the GAN note of point j at pitch k; needs n_points >= 2. Ties count as misses."""
+    distances = np.asarray(distances, dtype=np.float64)
+    if distances.ndim != 3 or distances.shape[1] != distances.shape[2] or distances.shape[1] < 2:
+        raise ValueError(f"distances must be [n_pitches, n_points, n_points] with n_points >= 2, "
+                         f"got shape {distances.shape}")
+    own = np.diagonal(distances, axis1=1, axis2=2)
+    others = np.where(np.eye(distances.shape[1], dtype=bool), np.inf, distances).min(axis=2)
+    return float((own < others).mean())
+
+
+def default_grid_points(n_points: int, seed: int = 0) -> np.ndarray:
+    """Grid points (x, y) in [0, 1]^2: the four corners and the centre first, then uniform random
+    points from `seed`. Returns float64 [n_points, 2]."""
+    if n_points < 2:
+        raise ValueError(f"need at least 2 grid points to compare them, got {n_points}")
+    fixed = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]])
+    extra = np.random.default_rng(seed).uniform(0.0, 1.0, size=(max(0, n_points - len(fixed)), 2))
+    return np.concatenate([fixed, extra])[:n_points]
+
+
+def _check_inputs(grid_points, pitches, seconds: float, temperature: float) -> tuple[np.ndarray, list[int]]:
+    points = np.asarray(grid_points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 2:
+        raise ValueError(f"grid_points must be [n_points >= 2, 2] (x, y), got shape {points.shape}")
+    if not np.all(np.isfinite(points)) or np.any((points < 0) | (points > 1)):
+        raise ValueError(f"grid_points must lie in [0, 1]^2, got {points.tolist()}")
+    pitch_list = [int(p) for p in pitches]
+    if not pitch_list or any(p != q for p, q in zip(pitch_list, pitches)):
+        raise ValueError(f"pitches must be a non-empty list of integer MIDI numbers, got {list(pitches)}")
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return points, pitch_list
+
+
+def _summary(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    return {"mean": float(finite.mean()) if finite.size else None,
+            "median": float(np.median(finite)) if finite.size else None}
+
+
+def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0, temperature: float = 1.0,
+                           seed: int = 0, out_dir=None, progress: bool = True) -> dict:
+    """Compare the GRU (`model_dir/gru`) with the GAN (`model_dir/gan`...) at every grid point x pitch.
+
+    grid_points: [n_points, 2] (x, y) in [0, 1]; pitches: MIDI numbers; seconds: GRU note length (s),
+    compared with the GAN note over the shorter of the two; temperature: GRU sampling temperature;
+    seed: GRU sampling seed (per note: seed + note index). With `out_dir` the report is also written
+    to `out_dir/gru_eval.json`. Returns the report dict (distances in dB, accuracies in [0, 1],
+    cents errors per [pitch][point], null where unvoiced)."""
+    import torch
+    from tqdm import tqdm
+
+    from models.bank_source import TimbreRequest
+    from models.gan_bank import GanBankSource
+    from models.gru import load_gru
+    from models.gru_stream import stream_generate
+
+    points, pitch_list = _check_inputs(grid_points, pitches, seconds, temperature)
+    model_dir = Path(model_dir)
+    started = time.perf_counter()
+    gan = GanBankSource.from_dir(model_dir)
+    gru = load_gru(model_dir / "gru")
+    if gru.config.sample_rate != gan.sample_rate:
+        raise ValueError(f"{model_dir}: GRU rate {gru.config.sample_rate} Hz differs from the GAN's {gan.sample_rate} Hz")
+    n_points, n_pitches = len(points), len(pitch_list)
+    n_gru_samples = int(round(seconds * gan.sample_rate))
+    gan_notes = np.zeros((n_pitches, n_points, gan.n_samples), np.float32)
+    gru_notes = np.zeros((n_pitches, n_points, n_gru_samples), np.float32)
+    with torch.no_grad(), tqdm(total=n_points * (n_pitches + 1), desc="GRU vs GAN notes",
+                               disable=not progress) as bar:
+        for j, (x, y) in enumerate(points):
+            gan_notes[:, j] = gan.render_bank(TimbreRequest(kind="xy", x=float(x), y=float(y)), pitch_list)
+            bar.update()
+            for k, pitch in enumerate(pitch_list):
+                conditioning = np.tile(np.array([x, y, pitch], np.float32), (n_gru_samples, 1))
+                gru_notes[k, j] = stream_generate(gru, conditioning, temperature, seed=seed + k * n_points + j)
+                bar.update()
+
+    flat_pitches = np.repeat(pitch_list, n_points)
+    gan_accuracy, gan_cents = pitch_accuracy(gan_notes.reshape(-1, gan.n_samples), flat_pitches,
+                                             gan.sample_rate, TOLERANCE_CENTS)
+    gru_accuracy, gru_cents = pitch_accuracy(gru_notes.reshape(-1, n_gru_samples), flat_pitches,
+                                             gan.sample_rate, TOLERANCE_CENTS)
+    # [k, i, j]: GRU note of point i vs GAN note of point j; GAN vs GAN for the reference scale
+    gru_to_gan = np.stack([log_mel_distance_db(gru_notes[k], gan_notes[k], gan.sample_rate) for k in range(n_pitches)])
+    gan_to_gan = np.stack([log_mel_distance_db(gan_notes[k], gan_notes[k], gan.sample_rate) for k in range(n_pitches)])
+    upper = np.triu(np.ones((n_points, n_points), dtype=bool), k=1)
+    own = np.diagonal(gru_to_gan, axis1=1, axis2=2)
+
+    def per_note(cents: np.ndarray) -> list:
+        return [[None if not np.isfinite(c) else round(float(c), 1) for c in row] for row in cents.reshape(n_pitches, n_points)]
+
+    report = {
+        "model_dir": str(model_dir),
+        "grid_points": points.tolist(),
+        "pitches": pitch_list,
+        "seconds": seconds,
+        "temperature": temperature,
+        "seed": seed,
+        "tolerance_cents": TOLERANCE_CENTS,
+        "pitch_accuracy": {"gru": gru_accuracy, "gan": gan_accuracy},
+        "cents_error": {"gru": per_note(gru_cents), "gan": per_note(gan_cents)},
+        "gru_to_own_gan_db": {**_summary(own.ravel()), "per_note": np.round(own, 2).tolist()},
+        "gan_between_points_db": _summary(gan_to_gan[:, upper].ravel()),
+        "gru_to_other_gan_db": _summary(gru_to_gan[:, ~np.eye(n_points, dtype=bool)].ravel()),
+        "classified_alike": classified_alike_rate(gru_to_gan),
+        "chance_classified_alike": 1.0 / n_points,
+        "gru_rms": np.round(np.sqrt((gru_notes.astype(np.float64) ** 2).mean(axis=2)), 4).tolist(),
+        "seconds_taken": round(time.perf_counter() - started, 1),
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "gru_eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _parse_pitches(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--pitches must be comma-separated MIDI numbers, got {text!r}") from error
+
+
+def main(argv=None) -> int:
+    """Command line: evaluate and write `OUT/gru_eval.json`; prints the headline numbers as JSON."""
+    parser = argparse.ArgumentParser(prog="python3 -m training.gru_evaluation", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder holding gan/, features/, presets.json, gru/")
+    parser.add_argument("--out", required=True, help="output folder for gru_eval.json")
+    parser.add_argument("--points", type=int, default=5, help="grid points: corners, centre, then random (default 5)")
+    parser.add_argument("--pitches", type=_parse_pitches, default=[48, 60, 72], help="MIDI pitches (default 48,60,72)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="GRU note length (s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="GRU sampling temperature")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    report = evaluate_gru_agreement(args.model, default_grid_points(args.points, args.seed), args.pitches,
+                                    args.seconds, args.temperature, args.seed, out_dir=args.out)
+    headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
+                                             "gan_between_points_db", "gru_to_other_gan_db", "seconds_taken")}
+    headline["gru_to_own_gan_db"] = {key: report["gru_to_own_gan_db"][key] for key in ("mean", "median")}
+    print(json.dumps(headline, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
