@@ -236,12 +236,16 @@ class JackBackend(_Backend):
 
 
 def _jack_running() -> bool:
+    """True when a JACK server answers; libjack's own complaints while probing are silenced."""
     import jack
 
+    jack.set_error_function(lambda message: None)
     try:
         client = jack.Client("latentsynth-probe", no_start_server=True)
     except jack.JackOpenError:
         return False
+    finally:
+        jack.set_error_function()  # back to libjack's default (stderr)
     client.close()
     return True
 
