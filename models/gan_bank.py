@@ -31,6 +31,7 @@ Public API:
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +45,8 @@ MEL_ITERATIONS = 16
 """Projected-gradient iterations of the mel -> linear solve after the pseudo-inverse start."""
 PHASE_ITERATIONS = 16
 """Fast Griffin-Lim iterations after the PGHI start."""
+GENERATOR_CHUNK = 8
+"""Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 _INVERTERS: dict[tuple, object] = {}
 
 
@@ -65,6 +68,14 @@ HARMONIC_PRIOR_FLOOR = 0.05
 _SPARSE_FILTERBANKS: dict[tuple, tuple] = {}
 
 
+@functools.lru_cache(maxsize=512)
+def _cached_comb(f0_hz: float, n_fft: int, sample_rate: int) -> np.ndarray:
+    """`harmonic_comb` with the default floor, computed once per pitch (read-only float32 [n_bins])."""
+    comb = harmonic_comb(f0_hz, n_fft, sample_rate)
+    comb.flags.writeable = False
+    return comb
+
+
 def harmonic_comb(f0_hz: float, n_fft: int, sample_rate: int, floor: float = HARMONIC_PRIOR_FLOOR) -> np.ndarray:
     """Prior weights `float32 [n_fft // 2 + 1]` on the linear STFT axis: 1 + floor at the harmonics
     k * f0_hz (Gaussians of half a bin), `floor` between them."""
@@ -84,6 +95,7 @@ def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONI
     mel: float [batch, n_mels, n_frames] (magnitude); f0_hz: [batch] (Hz).
     Returns float32 [batch, n_fft // 2 + 1, n_frames]."""
     import scipy.sparse
+    import torch
 
     inverter = _mel_inverter(config)
     key = (config.sample_rate, config.n_fft, config.n_mels)
@@ -93,10 +105,11 @@ def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONI
     fb, fb_t, column_sums = _SPARSE_FILTERBANKS[key]
     mel = np.asarray(mel, dtype=np.float32)
     batch, n_mels, n_frames = mel.shape
-    comb = np.stack([harmonic_comb(float(f), config.n_fft, config.sample_rate) for f in np.atleast_1d(f0_hz)])
-    x = (np.maximum(np.einsum("fm,bmt->bft", inverter.inverse, mel), 0.0) + 1e-7) * comb[:, :, None]
-    y = mel.transpose(1, 0, 2).reshape(n_mels, -1)                # [n_mels, batch * n_frames]
-    x = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+    comb = np.stack([_cached_comb(float(f), config.n_fft, config.sample_rate) for f in np.atleast_1d(f0_hz)])
+    y = np.ascontiguousarray(mel.transpose(1, 0, 2)).reshape(n_mels, -1)  # [n_mels, batch * n_frames]
+    # torch's matmul, not NumPy's: OpenBLAS's own threads would keep spinning and slow the phase step
+    x = (torch.from_numpy(inverter.inverse) @ torch.from_numpy(y)).clamp_(min=0.0).numpy() + np.float32(1e-7)
+    x = (x.reshape(-1, batch, n_frames) * comb.T[:, :, None]).reshape(x.shape[0], -1)
     for _ in range(n_iter):
         x *= (fb_t @ (y / (fb @ x + 1e-12))) / column_sums[:, None]
     return x.reshape(-1, batch, n_frames).transpose(1, 0, 2).astype(np.float32)
@@ -271,9 +284,11 @@ class GanBankSource:
         if not np.all(np.isfinite(h)):
             raise ValueError("conditioning h holds NaN or infinite values")
         z = torch.randn(1, self.config.z_dim, generator=torch.Generator().manual_seed(int(seed)))
-        with torch.no_grad():
-            out = self.generator(z.expand(classes.size, -1), torch.from_numpy(classes), torch.from_numpy(h))
-        return out.numpy()
+        h, classes = torch.from_numpy(h), torch.from_numpy(classes)
+        with torch.inference_mode():
+            out = [self.generator(z.expand(len(part), -1), part, h[start:start + GENERATOR_CHUNK])
+                   for start, part in zip(range(0, len(classes), GENERATOR_CHUNK), classes.split(GENERATOR_CHUNK))]
+        return torch.cat(out).numpy()
 
     def render_conditioning(self, h: np.ndarray, pitches, seed: int = 0) -> np.ndarray:
         """Waveforms float32 [batch, n_samples] (peak 1.0) for conditionings h [batch, dim] at MIDI
