@@ -36,7 +36,6 @@ Numba kernels then never wait on each other's idle, spinning OpenMP threads.
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -294,7 +293,8 @@ def map_note_chunks(fn: Callable[..., np.ndarray], *batched: np.ndarray, n_threa
     """fn(*slices) over contiguous slices of the batch axis, results concatenated along it.
 
     Slices of `notes_per_chunk` notes (default: batch / n_threads) are shared among `n_threads`
-    threads (default os.cpu_count()), each running Numba kernels on one thread and scipy.fft with
+    threads (default `numba.get_num_threads()`, so a process that set it to 1 stays on one core),
+    each running Numba kernels on one thread and scipy.fft with
     one worker, so the slices use the cores without oversubscribing them; small slices keep an
     iterative method's working set in cache. batched: arrays sharing their first (batch) axis;
     fn returns an array whose first axis is its inputs' batch.
@@ -302,7 +302,7 @@ def map_note_chunks(fn: Callable[..., np.ndarray], *batched: np.ndarray, n_threa
     batch = len(batched[0])
     if any(len(a) != batch for a in batched):
         raise ValueError(f"batched arrays differ in batch size: {[len(a) for a in batched]}")
-    n_threads = min(n_threads or os.cpu_count() or 1, batch)
+    n_threads = min(n_threads or numba.get_num_threads(), batch)
     size = notes_per_chunk or -(-batch // n_threads)
     if size < 1:
         raise ValueError(f"notes_per_chunk must be >= 1, got {notes_per_chunk}")

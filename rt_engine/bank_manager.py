@@ -178,6 +178,9 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     try:
+        import numba
+
+        numba.set_num_threads(1)
         if model_dir is not None:
             import torch
 
