@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import random
 import re
 import shutil
@@ -19,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +25,8 @@ import numpy as np
 import pytest
 
 from rt_engine.osc_registry import REGISTRY
-from rt_engine.osc_server import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag
+from rt_engine.osc_server import IMMEDIATE, encode_bundle, encode_message, unix_to_timetag
+from tests.serve_process import ServeProcess
 from tests.test_patches import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -59,65 +58,19 @@ def cents(f_hz: float, ref_hz: float) -> float:
     return 1200.0 * math.log2(f_hz / ref_hz)
 
 
-class Server:
-    """`latentsynth serve` on a dummy JACK server; output lines are drained by a thread."""
+class Server(ServeProcess):
+    """`latentsynth serve` on a dummy JACK server, with its declared latency and MIDI line."""
 
     def __init__(self, jack_server):
         self.jack = jack_server
-        self.port = free_port()
+        port = free_port()
         env = dict(jack_server.env, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack", "--midi", "auto",
-             "--midi-api", "jack", "--osc-port", str(self.port), "--osc-host", "127.0.0.1"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.output: list[str] = []
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, args=(lines,), daemon=True).start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            if line.strip() == "ready":
-                break
-        else:
-            self.stop()
-            raise AssertionError("serve never printed 'ready':\n" + "".join(self.output))
-        if self.process.poll() is not None:
-            raise AssertionError("serve exited before 'ready':\n" + "".join(self.output))
+        super().__init__([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack", "--midi", "auto",
+                          "--midi-api", "jack", "--osc-port", str(port), "--osc-host", "127.0.0.1"],
+                         port, env, READY_TIMEOUT_S)
         audio = next(line for line in self.output if line.startswith("audio:"))
         self.declared_latency_s = float(re.search(r"latency added ([\d.]+) ms", audio).group(1)) / 1000
         self.midi_line = next(line.strip() for line in self.output if line.startswith("MIDI ports:"))
-
-    def _pump(self, lines: queue.Queue) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            lines.put(line)
-
-    def send(self, address: str, *args) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(encode_message(address, args), ("127.0.0.1", self.port))
-
-    def status(self, timeout_s: float = 3.0) -> dict:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.sendto(encode_message("/status"), ("127.0.0.1", self.port))
-            while True:
-                message = decode_packet(sock.recv(65536))
-                if message.address == "/status.reply":
-                    return dict(zip(message.args[0::2], message.args[1::2]))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="module")

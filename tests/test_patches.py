@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from rt_engine.osc_registry import REGISTRY, ServerHooks, dispatch
-from rt_engine.osc_server import OscServer, decode_packet, encode_message
+from rt_engine.osc_server import OscServer
+from tests.serve_process import ServeProcess
 from tests.test_osc_registry import RecordingEngine, Replies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,57 +60,17 @@ def serve_fake(port: int) -> None:
         server.stop()
 
 
-class ServerProcess:
-    """A server subprocess; `status()` asks it over UDP."""
+class ServerProcess(ServeProcess):
+    """The real `latentsynth serve --audio null`, or with LATENTSYNTH_TEST_SERVER=fake the
+    recording fake engine behind a real OscServer."""
 
     def __init__(self, port: int):
-        self.port = port
-        use_real = (REPO / "rt_engine" / "serve_command.py").exists() \
-            and os.environ.get("LATENTSYNTH_TEST_SERVER") != "fake"
-        self.fake = not use_real
-        cmd = ([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
-                "--osc-port", str(port)] if use_real else [sys.executable, "-m", "tests.test_patches", str(port)])
+        self.fake = os.environ.get("LATENTSYNTH_TEST_SERVER") == "fake"
+        cmd = ([sys.executable, "-m", "tests.test_patches", str(port)] if self.fake else
+               [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
+                "--osc-port", str(port)])
         env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env)
-        self.output: list[str] = []
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, args=(lines,), daemon=True).start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.process.poll() is not None:
-                    break
-                continue
-            if "ready" in line:
-                return
-        self.stop()
-        raise RuntimeError(f"server {' '.join(cmd)} never printed 'ready':\n" + "".join(self.output))
-
-    def _pump(self, lines: queue.Queue) -> None:
-        for line in self.process.stdout:
-            self.output.append(line)
-            lines.put(line)
-
-    def status(self) -> dict:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(3.0)
-            sock.sendto(encode_message("/status"), ("127.0.0.1", self.port))
-            while True:
-                message = decode_packet(sock.recv(65536))
-                if message.address == "/status.reply":
-                    return dict(zip(message.args[0::2], message.args[1::2]))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().__init__(cmd, port, env, READY_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
