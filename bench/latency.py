@@ -28,20 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _osc(address: str, *args) -> bytes:
-    from pythonosc.osc_message_builder import OscMessageBuilder
-
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
+from rt_engine.osc_server import encode_message  # noqa: E402
 
 
 def _osc_trials(capture, port: int, args) -> list[float]:
     """OSC note-on -> onset (frames, wall clock) per trial."""
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    note_on, panic = _osc("/note/on", 69.0, 100.0), _osc("/panic")
+    note_on, panic = encode_message("/note/on", (69.0, 100.0)), encode_message("/panic")
     latencies = []
     try:
         for _ in range(args.trials):

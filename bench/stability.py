@@ -25,29 +25,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _osc(address: str, *args) -> bytes:
-    from pythonosc.osc_message_builder import OscMessageBuilder
-
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
+from rt_engine.osc_server import decode_packet, encode_message  # noqa: E402
 
 
 def _status(sock: socket.socket, port: int) -> dict:
     """Ask /status and parse /status.reply's key/value pairs."""
-    from pythonosc.osc_message import OscMessage
-
-    sock.sendto(_osc("/status"), ("127.0.0.1", port))
+    sock.sendto(encode_message("/status"), ("127.0.0.1", port))
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         try:
-            message = OscMessage(sock.recv(65536))
+            message = decode_packet(sock.recv(65536))
         except socket.timeout:
             continue
         if message.address == "/status.reply":
-            values = list(message.params)
+            values = list(message.args)
             return dict(zip(values[0::2], values[1::2]))
     raise RuntimeError("no /status.reply")
 
@@ -105,13 +96,13 @@ def main() -> None:
             deadline = start
             while (now := time.perf_counter()) - start < args.seconds:
                 if now - start >= next_jump:
-                    message = _osc("/timbre/xy", float(rng.uniform()), float(rng.uniform()), 0.05)
+                    message = encode_message("/timbre/xy", (float(rng.uniform()), float(rng.uniform()), 0.05))
                     next_jump += 0.3
                 elif len(held) > 30 or (held and rng.uniform() < 0.5):
-                    message = _osc("/note/off", float(held.pop(int(rng.integers(len(held))))))
+                    message = encode_message("/note/off", (float(held.pop(int(rng.integers(len(held))))),))
                 else:
                     held.append(float(rng.integers(36, 96)))
-                    message = _osc("/note/on", held[-1], float(rng.integers(40, 127)))
+                    message = encode_message("/note/on", (held[-1], float(rng.integers(40, 127))))
                 sock.sendto(message, ("127.0.0.1", port))
                 sent += 1
                 deadline += period
