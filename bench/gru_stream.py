@@ -161,8 +161,9 @@ def multiply_add_rate(repeats: int) -> float:
 
 
 def multiply_adds_per_sample(weights) -> int:
-    """Multiply-adds of one step outside the control-rate terms: recurrent + upper inputs + output."""
-    return int(weights.w_ih.size + weights.w_hh.size + weights.w_out.size)
+    """Multiply-adds of one step outside the control-rate terms: recurrent + upper inputs + output
+    + the per-sample oscillator input."""
+    return int(weights.w_ih.size + weights.w_hh.size + weights.w_out.size + weights.osc_gate_w.size)
 
 
 def torch_step_loop_rtf(model, n_samples: int, repeats: int, sample_rate: int) -> dict:

@@ -5,7 +5,8 @@ conditioning (x, y, pitch):
 
     e_t = Embedding(prev_mu_t)                                  [embedding_size]
     c_t = tanh(W_c features(x_t, y_t, pitch_t) + b_c)           [conditioning_size]
-    h_t = GRU_stack([e_t, c_t], h_{t-1})                        n_layers x [hidden_size]
+    o_t = (sin k phi_t, cos k phi_t) for k = 1..K               [2K] (K = oscillator_harmonics)
+    h_t = GRU_stack([e_t, c_t, o_t], h_{t-1})                   n_layers x [hidden_size]
     logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
 
 `features` (`conditioning_features`): x and y as given (in [0, 1]), the MIDI pitch normalised as
@@ -13,9 +14,17 @@ conditioning (x, y, pitch):
 (sample_rate / f0_hz / period_scale_samples). Log-f0 is affine in the MIDI number, so a linear layer
 already sees it; the period is the non-linear pitch feature a sample-level model needs.
 
+The oscillator input o_t (K = 0 is the paper's plain model) is a sample-rate clock at the conditioned
+pitch: phi_t = phi_0 + sum_{s <= t} 2 pi f0(pitch_s) / sample_rate (radians), the phase of the fundamental
+of the sample being predicted. In training, phi_0 is measured from the target audio
+(`training.gru_dataset.window_phase`), so the clock is in phase with the note's fundamental; when
+playing, the clock starts at 0 and the GRU's output locks to it, so pitch and glides follow the
+parameter sample by sample (as an NSF/DDSP source signal does) instead of being inferred from the
+previous samples alone.
+
 The input layout is chosen for streaming (`models.gru_stream`): the first GRU layer's input matrix
 splits into an embedding part, folded into a [n_classes, 3 * hidden] lookup table, and a conditioning
-part evaluated at control rate.
+part evaluated at control rate; the oscillator part is a [3 * hidden, 2K] matrix applied per sample.
 
 Checkpoints: `save_gru(folder, model, metadata)` / `load_gru(folder)` through `models.checkpoint`
 (safetensors + JSON config `GruSynthConfig` + JSON metadata).
@@ -56,12 +65,18 @@ class GruSynthConfig:
     period_scale_samples: float = 100.0
     """Period feature = sample_rate / f0_hz / period_scale_samples."""
     sample_rate: int = 16000
+    oscillator_harmonics: int = 0
+    """K: sin/cos of k times the fundamental's phase, k = 1..K, enter the first layer every sample
+    (0 = the paper's RNN3 input: previous sample and conditioning only)."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GruSynthConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.oscillator_harmonics, int) or isinstance(self.oscillator_harmonics, bool) \
+                or self.oscillator_harmonics < 0:
+            raise ValueError(f"GruSynthConfig.oscillator_harmonics must be an integer >= 0, got {self.oscillator_harmonics!r}")
         if self.n_classes < 2:
             raise ValueError(f"GruSynthConfig.n_classes must be >= 2, got {self.n_classes}")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
@@ -74,8 +89,8 @@ class GruSynthConfig:
 
     @property
     def input_size(self) -> int:
-        """Input size of the first GRU layer: embedding + projected conditioning."""
-        return self.embedding_size + self.conditioning_size
+        """Input size of the first GRU layer: embedding + projected conditioning + oscillator (2K)."""
+        return self.embedding_size + self.conditioning_size + 2 * self.oscillator_harmonics
 
     @classmethod
     def preset(cls, name: str) -> "GruSynthConfig":
@@ -106,6 +121,26 @@ def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) ->
     return torch.stack(features, dim=-1)
 
 
+def oscillator_phase(pitch: torch.Tensor, sample_rate: int, start_phase: torch.Tensor | None = None) -> torch.Tensor:
+    """Phase (radians, wrapped to [0, 2 pi)) of a clock at MIDI `pitch` [batch, time], one value per
+    step: phi_t = start_phase + sum_{s <= t} 2 pi f0(pitch_s) / sample_rate, accumulated in float64.
+    start_phase: [batch] radians (default 0). Returns float32 [batch, time]."""
+    pitch = pitch.to(torch.float64)
+    increment = 2.0 * torch.pi * 440.0 * torch.exp2((pitch - 69.0) / 12.0) / float(sample_rate)
+    phase = torch.cumsum(increment, dim=-1)
+    if start_phase is not None:
+        phase = phase + start_phase.to(torch.float64)[:, None]
+    return torch.remainder(phase, 2.0 * torch.pi).to(torch.float32)
+
+
+def oscillator_features(phase: torch.Tensor, n_harmonics: int) -> torch.Tensor:
+    """(sin k phi, cos k phi) for k = 1..n_harmonics: phase [..., time] -> float32 [..., time, 2K]."""
+    parts = []
+    for k in range(1, n_harmonics + 1):
+        parts += [torch.sin(k * phase), torch.cos(k * phase)]
+    return torch.stack(parts, dim=-1)
+
+
 class GruSynth(nn.Module):
     """Sample-level GRU over 8-bit mu-law audio, conditioned per sample on (x, y, pitch)."""
 
@@ -127,20 +162,29 @@ class GruSynth(nn.Module):
         weight = self.output.weight
         return torch.zeros(self.config.n_layers, batch, self.config.hidden_size, dtype=weight.dtype, device=weight.device)
 
-    def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor,
-                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor, state: torch.Tensor | None = None,
+                phase: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass.
 
         prev_mu: int64 [batch, time] previous mu-law classes; conditioning: float32 [batch, time, 3]
-        (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros).
+        (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros); phase: float [batch, time]
+        oscillator phase (radians) of each predicted sample, or None = `oscillator_phase` from 0
+        (ignored when oscillator_harmonics = 0).
         Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]).
         """
         if prev_mu.dim() != 2 or conditioning.dim() != 3 or conditioning.shape[:2] != prev_mu.shape:
             raise ValueError(f"GruSynth.forward: prev_mu must be [batch, time] and conditioning [batch, time, 3], "
                              f"got {tuple(prev_mu.shape)} and {tuple(conditioning.shape)}")
-        embedded = self.embedding(prev_mu)
-        projected = torch.tanh(self.conditioning_projection(conditioning_features(conditioning, self.config)))
-        hidden, state = self.gru(torch.cat([embedded, projected], dim=-1), state)
+        inputs = [self.embedding(prev_mu),
+                  torch.tanh(self.conditioning_projection(conditioning_features(conditioning, self.config)))]
+        if self.config.oscillator_harmonics:
+            if phase is None:
+                phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)
+            elif phase.shape != prev_mu.shape:
+                raise ValueError(f"GruSynth.forward: phase must be [batch, time] {tuple(prev_mu.shape)}, "
+                                 f"got {tuple(phase.shape)}")
+            inputs.append(oscillator_features(phase.to(torch.float32), self.config.oscillator_harmonics))
+        hidden, state = self.gru(torch.cat(inputs, dim=-1), state)
         return self.output(hidden), state
 
     @torch.no_grad()
@@ -159,8 +203,9 @@ class GruSynth(nn.Module):
         previous = torch.full((batch, 1), mu_law_zero(self.config.n_classes) if first_mu is None else int(first_mu),
                               dtype=torch.int64)
         samples = torch.empty(batch, n_steps, dtype=torch.int64)
+        phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)
         for step in range(n_steps):
-            logits, state = self.forward(previous, conditioning[:, step:step + 1], state)
+            logits, state = self.forward(previous, conditioning[:, step:step + 1], state, phase[:, step:step + 1])
             logits = logits[:, 0]
             if temperature == 0:
                 previous = logits.argmax(dim=-1, keepdim=True)
@@ -171,13 +216,15 @@ class GruSynth(nn.Module):
         return samples, state
 
 
-def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor,
+                         phase: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy (nats) of predicting mu[:, 1:] from mu[:, :-1].
 
     mu: int64 [batch, time + 1] classes; conditioning: float32 [batch, time, 3] aligned with the targets
-    (the conditioning of step t goes with the prediction of mu[:, t + 1]).
+    (the conditioning of step t goes with the prediction of mu[:, t + 1]); phase: [batch, time] oscillator
+    phase of the targets (see `GruSynth.forward`).
     """
-    logits, _ = model(mu[:, :-1], conditioning)
+    logits, _ = model(mu[:, :-1], conditioning, phase=phase)
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu[:, 1:].reshape(-1))
 
 
@@ -201,5 +248,6 @@ def load_gru_metadata(folder: str | Path) -> dict:
 
 
 __all__ = ["GruSynthConfig", "GruSynth", "GRU_PRESETS", "CONDITIONING_NAMES", "conditioning_features",
+           "oscillator_phase", "oscillator_features",
            "teacher_forcing_loss", "save_gru", "load_gru", "load_gru_metadata",
            "CheckpointError"]

@@ -3,8 +3,11 @@
 The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
 - the previous sample's embedding times the first layer's input matrix is a lookup table
   `table` [n_classes, 3 * hidden] (the first layer's input bias folded in);
-- the conditioning's contribution to the first layer's gates, W_ih0[:, E:] tanh(W_c f + b_c), is
+- the conditioning's contribution to the first layer's gates, W_ih0[:, E:E+C] tanh(W_c f + b_c), is
   computed at control rate (every `control_interval` samples) and held in between;
+- the oscillator input (models with `oscillator_harmonics` K > 0) runs per sample: the phase in
+  `state.phase` advances by 2 pi f0(pitch_t) / sample_rate (float64) and W_ih0[:, E+C:] [3H, 2K]
+  times (sin k phi, cos k phi) is added to the first layer's input gates, so glides are exact;
 - the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
   stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
   2 MB L2) or as float32 (`compression="fp32"`, exact);
@@ -45,7 +48,8 @@ class GruStreamWeights(NamedTuple):
     table: np.ndarray           # float32 [Q, 3H]   embedding @ W_ih0[:, :E].T + b_ih0
     cond_proj_w: np.ndarray     # float32 [C, F]    conditioning projection
     cond_proj_b: np.ndarray     # float32 [C]
-    cond_gate_w: np.ndarray     # float32 [3H, C]   W_ih0[:, E:]
+    cond_gate_w: np.ndarray     # float32 [3H, C]   W_ih0[:, E:E+C]
+    osc_gate_w: np.ndarray      # float32 [3H, 2K]  W_ih0[:, E+C:] (oscillator sin/cos pairs; K may be 0)
     w_ih: np.ndarray            # int8|float32 [L-1, 3H, H]  upper layers' input matrices
     w_ih_scale: np.ndarray      # float32 [L-1, 3H]
     b_ih: np.ndarray            # float32 [L-1, 3H]
@@ -64,6 +68,7 @@ class GruStreamState(NamedTuple):
     hidden: np.ndarray          # float32 [L, H]
     cond_gates: np.ndarray      # float32 [3H]  held control-rate conditioning term
     counters: np.ndarray        # int64 [2]: previous mu class, samples left before the next control update
+    phase: np.ndarray           # float64 [1]: oscillator phase (radians, in [0, 2 pi))
     rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
     scratch: np.ndarray         # float32 [3, max(3H, Q)]: input gates, hidden gates, probabilities
     quantised: np.ndarray       # int16 [H]: integer-dot activations, or float32 [0]: float path
@@ -86,6 +91,7 @@ def stream_weights(model, compression: str = "int8") -> GruStreamWeights:
         raise ValueError(f"unknown GRU weight compression {compression!r}; choose one of {COMPRESSIONS}")
     config = model.config
     n_layers, embedding_size = config.n_layers, config.embedding_size
+    oscillator_start = embedding_size + config.conditioning_size
     tensors = {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()}
     w_ih0 = tensors["gru.weight_ih_l0"]
     table = tensors["embedding.weight"] @ w_ih0[:, :embedding_size].T + tensors["gru.bias_ih_l0"]
@@ -103,7 +109,8 @@ def stream_weights(model, compression: str = "int8") -> GruStreamWeights:
         table=np.ascontiguousarray(table, dtype=np.float32),
         cond_proj_w=np.ascontiguousarray(tensors["conditioning_projection.weight"]),
         cond_proj_b=np.ascontiguousarray(tensors["conditioning_projection.bias"]),
-        cond_gate_w=np.ascontiguousarray(w_ih0[:, embedding_size:]),
+        cond_gate_w=np.ascontiguousarray(w_ih0[:, embedding_size:oscillator_start]),
+        osc_gate_w=np.ascontiguousarray(w_ih0[:, oscillator_start:]),
         w_ih=w_ih, w_ih_scale=w_ih_scale, b_ih=np.ascontiguousarray(b_ih, dtype=np.float32),
         w_hh=w_hh, w_hh_scale=w_hh_scale,
         b_hh=np.ascontiguousarray(np.stack([tensors[f"gru.bias_hh_l{layer}"] for layer in range(n_layers)])),
@@ -142,7 +149,8 @@ def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = N
     counters = np.array([mu_law_zero(n_classes) if first_mu is None else int(first_mu), 0], dtype=np.int64)
     rng = np.array([(int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) % (1 << 64) or 1], dtype=np.uint64)
     return GruStreamState(hidden=np.zeros((n_layers, hidden_size), np.float32),
-                          cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters, rng=rng,
+                          cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters,
+                          phase=np.zeros(1, np.float64), rng=rng,
                           scratch=np.zeros((3, max(3 * hidden_size, n_classes)), np.float32),
                           quantised=np.zeros(hidden_size, np.int16) if use_integer_dot else np.zeros(0, np.float32))
 
@@ -380,6 +388,19 @@ def _refresh_conditioning(weights, state, x, y, pitch):
         gates[i] = acc
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _advance_oscillator(weights, state, pitch, oscillator):
+    """Advance state.phase by one sample at MIDI `pitch` (float64, wrapped to [0, 2 pi)) and write
+    (sin k phi, cos k phi), k = 1..K, into oscillator [2K]."""
+    two_pi = 2.0 * np.pi
+    phase = state.phase[0] + two_pi * 440.0 * 2.0 ** ((np.float64(pitch) - 69.0) / 12.0) / weights.features[3]
+    phase -= two_pi * np.floor(phase / two_pi)
+    state.phase[0] = phase
+    for k in range(oscillator.shape[0] // 2):
+        oscillator[2 * k] = np.sin((k + 1) * phase)
+        oscillator[2 * k + 1] = np.cos((k + 1) * phase)
+
+
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _step(weights, state, previous, x, y, pitch, control_interval, logits):
     """One sample: update the hidden state from class `previous` and write the next logits [Q]."""
@@ -394,6 +415,15 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
     hidden_gates = state.scratch[1]
     for i in range(3 * hidden_size):
         input_gates[i] = weights.table[previous, i] + state.cond_gates[i]
+    n_oscillator = weights.osc_gate_w.shape[1]
+    if n_oscillator > 0:
+        oscillator = state.scratch[2, :n_oscillator]
+        _advance_oscillator(weights, state, pitch, oscillator)
+        for i in range(3 * hidden_size):
+            acc = np.float32(0.0)
+            for j in range(n_oscillator):
+                acc += weights.osc_gate_w[i, j] * oscillator[j]
+            input_gates[i] += acc
     for layer in range(n_layers):
         if layer > 0:
             _matvec_any(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1], weights.b_ih[layer - 1],
@@ -486,6 +516,14 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
     hidden = state.hidden
     n_layers, hidden_size = hidden.shape
     input_gates = weights.table[previous] + state.cond_gates
+    n_harmonics = weights.osc_gate_w.shape[1] // 2
+    if n_harmonics:
+        phase = state.phase[0] + 2.0 * np.pi * 440.0 * 2.0 ** ((float(pitch) - 69.0) / 12.0) / weights.features[3]
+        phase -= 2.0 * np.pi * np.floor(phase / (2.0 * np.pi))
+        state.phase[0] = phase
+        harmonics = np.arange(1, n_harmonics + 1) * phase
+        oscillator = np.stack([np.sin(harmonics), np.cos(harmonics)], axis=1).reshape(-1).astype(np.float32)
+        input_gates = input_gates + weights.osc_gate_w @ oscillator
     for layer in range(n_layers):
         if layer > 0:
             input_gates = _matvec_reference(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1],

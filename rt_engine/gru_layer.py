@@ -345,8 +345,10 @@ class GruLayer:
             control[C_ENV] = min(control[C_ENV], 0.005 * self.model_rate_hz * control[C_ENV_DOWN])
 
     def _reset_voice(self) -> None:
-        """Fresh recurrent state (hidden, held conditioning, previous sample = silence); the RNG runs on."""
+        """Fresh recurrent state (hidden, held conditioning, oscillator phase, previous sample = silence);
+        the RNG runs on."""
         self._gru.hidden[:] = 0.0
+        self._gru.phase[0] = 0.0
         self._gru.cond_gates[:] = 0.0
         self._gru.counters[0] = mu_law_zero(self.weights.table.shape[0])
         self._gru.counters[1] = 0

@@ -143,3 +143,20 @@ def test_pitches_per_node_cycles_through_the_pitch_set_evenly(tmp_path):
     np.testing.assert_array_equal(dataset.conditioning[:, 2], pitch_assignment(4, config).reshape(-1))
     with pytest.raises(ValueError, match="pitches_per_node"):
         GruDatasetConfig(pitches=(40, 50), pitches_per_node=3)
+
+
+@pytest.mark.parametrize("pitch, n_samples", [(69.0, 257), (36.0, 129)], ids=["several-periods", "under-one-period"])
+def test_window_phase_recovers_the_fundamental_phase_of_a_sinusoid(pitch, n_samples):
+    from models.mu_law import mu_law_encode
+    from training.gru_dataset import window_phase
+
+    omega = 2 * np.pi * 440.0 * 2 ** ((pitch - 69.0) / 12) / SAMPLE_RATE
+    starts = np.array([0.0, 1.0, -2.5, 3.0])
+    n = np.arange(n_samples)
+    audio = 0.6 * np.cos(starts[:, None] + omega * n) + 0.2 * np.cos(2 * (starts[:, None] + omega * n) + 0.4)
+    phase = window_phase(mu_law_encode(audio), np.full(4, pitch), SAMPLE_RATE)
+    assert phase.shape == (4, n_samples - 1) and phase.dtype == np.float32
+    expected = starts[:, None] + omega * n[None, 1:]
+    error = np.angle(np.exp(1j * (phase - expected)))
+    assert np.abs(error).max() < 0.15  # mu-law quantisation and the 2nd harmonic's leakage
+    assert phase.min() >= 0 and phase.max() < 2 * np.pi

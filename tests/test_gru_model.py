@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError
-from models.gru import (GruSynth, GruSynthConfig, conditioning_features, load_gru, save_gru,
-                        teacher_forcing_loss)
+from models.gru import (GruSynth, GruSynthConfig, conditioning_features, load_gru, oscillator_features,
+                        oscillator_phase, save_gru, teacher_forcing_loss)
 
 torch.set_num_threads(1)
 TINY = GruSynthConfig(n_layers=2, hidden_size=16, embedding_size=8, conditioning_size=4)
@@ -100,3 +100,50 @@ def test_presets_select_smaller_variants_and_reject_unknown_names():
     assert GruSynthConfig.preset("3x256") == GruSynthConfig()
     with pytest.raises(ValueError, match="unknown GRU preset"):
         GruSynthConfig.preset("5x5")
+
+
+OSCILLATOR = GruSynthConfig(n_layers=2, hidden_size=16, embedding_size=8, conditioning_size=4, oscillator_harmonics=2)
+
+
+def test_oscillator_phase_is_the_running_sum_of_the_pitch_frequency():
+    pitch = torch.tensor([[69.0] * 5 + [81.0] * 3])
+    start = torch.tensor([0.5])
+    phase = oscillator_phase(pitch, 16000, start)[0].double()
+    increments = 2 * np.pi * np.array([440.0] * 5 + [880.0] * 3) / 16000
+    expected = np.mod(0.5 + np.cumsum(increments), 2 * np.pi)
+    np.testing.assert_allclose(phase.numpy(), expected, atol=1e-6)
+
+
+def test_oscillator_features_are_sin_and_cos_of_each_harmonic():
+    phase = torch.tensor([[0.3, 1.7]])
+    features = oscillator_features(phase, 2)
+    expected = torch.stack([torch.sin(phase), torch.cos(phase), torch.sin(2 * phase), torch.cos(2 * phase)], dim=-1)
+    torch.testing.assert_close(features, expected)
+
+
+def test_oscillator_model_chunked_with_carried_phase_equals_one_pass():
+    torch.manual_seed(1)
+    model = GruSynth(OSCILLATOR)
+    assert OSCILLATOR.input_size == 8 + 4 + 4
+    mu, conditioning = torch.randint(0, 256, (2, 40)), _conditioning(2, 40)
+    whole, _ = model(mu, conditioning)  # phase from 0 at the conditioned pitch
+    phase = oscillator_phase(conditioning[..., 2], OSCILLATOR.sample_rate)
+    state, parts = None, []
+    for start in range(0, 40, 13):
+        logits, state = model(mu[:, start:start + 13], conditioning[:, start:start + 13], state,
+                              phase[:, start:start + 13])
+        parts.append(logits)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_oscillator_phase_changes_the_prediction_and_a_wrong_shape_is_refused():
+    torch.manual_seed(2)
+    model = GruSynth(OSCILLATOR)
+    mu, conditioning = torch.randint(0, 256, (1, 10)), _conditioning(1, 10)
+    first, _ = model(mu, conditioning, phase=torch.zeros(1, 10))
+    second, _ = model(mu, conditioning, phase=torch.full((1, 10), 2.0))
+    assert not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="phase"):
+        model(mu, conditioning, phase=torch.zeros(1, 9))
+    with pytest.raises(ValueError, match="oscillator_harmonics"):
+        GruSynthConfig(oscillator_harmonics=-1)

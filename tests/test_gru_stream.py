@@ -13,7 +13,8 @@ torch.set_num_threads(1)
 # 18 hidden units: 54 gate rows, not a multiple of the kernel's 4-row blocks (exercises the tail).
 CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditioning_size=8),
            GruSynthConfig(n_layers=1, hidden_size=18, embedding_size=8, conditioning_size=4,
-                          use_period_feature=False)]
+                          use_period_feature=False),
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2)]
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float or int16 activations): max |logit error| <= 3% of the largest |logit|."""
 
@@ -62,8 +63,10 @@ def test_fp32_kernel_streaming_equals_the_torch_model_offline(config):
                                rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("config, integer_dot", [(CONFIGS[0], False), (CONFIGS[0], True), (CONFIGS[1], False)],
-                         ids=["64-float-activations", "64-int16-activations", "18-float-activations"])
+@pytest.mark.parametrize("config, integer_dot", [(CONFIGS[0], False), (CONFIGS[0], True), (CONFIGS[1], False),
+                                                 (CONFIGS[2], True)],
+                         ids=["64-float-activations", "64-int16-activations", "18-float-activations",
+                              "32-oscillator-int16-activations"])
 def test_int8_kernel_logits_stay_within_the_stated_tolerance(config, integer_dot):
     model = _model(config)
     weights = stream_weights(model, "int8")
@@ -83,9 +86,11 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
     np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("compression, integer_dot", [("fp32", False), ("int8", False), ("int8", True)])
-def test_kernel_equals_the_numpy_reference(compression, integer_dot):
-    weights = stream_weights(_model(CONFIGS[0]), compression)
+@pytest.mark.parametrize("config, compression, integer_dot", [
+    (CONFIGS[0], "fp32", False), (CONFIGS[0], "int8", False), (CONFIGS[0], "int8", True), (CONFIGS[2], "int8", False)],
+    ids=["fp32", "int8-float-activations", "int8-int16-activations", "oscillator-int8"])
+def test_kernel_equals_the_numpy_reference(config, compression, integer_dot):
+    weights = stream_weights(_model(config), compression)
     _skip_unless_possible(weights, integer_dot)
     prev_mu, conditioning = _inputs(60)
     expected = np.zeros((60, 256), np.float32)
@@ -104,10 +109,12 @@ def test_kernel_equals_the_numpy_reference(compression, integer_dot):
     np.testing.assert_array_equal(samples, reference_samples)
     np.testing.assert_allclose(state.hidden, reference_state.hidden, atol=1e-4)
     assert state.rng[0] == reference_state.rng[0] and np.array_equal(state.counters, reference_state.counters)
+    np.testing.assert_allclose(state.phase, reference_state.phase, rtol=1e-12)
 
 
-def test_chunked_generation_equals_one_call():
-    weights = stream_weights(_model(CONFIGS[0]), "int8")  # the default path for this machine
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["plain", "oscillator"])
+def test_chunked_generation_equals_one_call(config):
+    weights = stream_weights(_model(config), "int8")  # the default path for this machine
     _, conditioning = _inputs(200, seed=4)
     whole, chunked = np.zeros(200, np.int64), np.zeros(200, np.int64)
     gru_stream_sample(weights, new_state(weights, seed=9), conditioning, 16, 1.0, whole)
@@ -153,6 +160,17 @@ def test_unknown_compression_is_rejected_by_name():
 def test_integer_dot_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="integer_dot"):
         new_state(stream_weights(_model(CONFIGS[1]), "int8"), integer_dot=True)  # 18 hidden units
+
+
+def test_oscillator_phase_advances_by_the_pitch_of_every_sample():
+    weights = stream_weights(_model(CONFIGS[2]), "fp32")
+    pitches = np.linspace(48.0, 60.0, 300)  # a glide: the phase is the running sum of 2 pi f0 / rate
+    conditioning = np.stack([np.zeros(300), np.zeros(300), pitches], axis=-1).astype(np.float32)
+    state = new_state(weights)
+    gru_stream_logits(weights, state, np.zeros(300, np.int64), conditioning, 16, np.zeros((300, 256), np.float32))
+    f0_hz = 440.0 * 2.0 ** ((conditioning[:, 2].astype(np.float64) - 69.0) / 12.0)
+    expected = np.mod(np.sum(2 * np.pi * f0_hz / CONFIGS[2].sample_rate), 2 * np.pi)
+    assert abs(np.angle(np.exp(1j * (state.phase[0] - expected)))) < 1e-9
 
 
 def test_stream_generate_decodes_what_the_kernel_samples():

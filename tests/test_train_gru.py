@@ -157,9 +157,9 @@ def test_init_from_starts_from_the_given_weights_and_rejects_another_size(tmp_pa
 
     torch.set_num_threads(1)
     torch.manual_seed(7)
-    start = GruSynth(GruSynthConfig.preset("1x64"))
-    save_gru(tmp_path / "start", start)
     config = tiny_config(tmp_path, init_from=str(tmp_path / "start"), steps=1, learning_rate=1e-12, warmup_steps=1)
+    start = GruSynth(dataclasses.replace(GruSynthConfig.preset("1x64"), oscillator_harmonics=config.oscillator_harmonics))
+    save_gru(tmp_path / "start", start)
     train_gru(config, progress=False)
     trained = load_gru(tmp_path / "model").state_dict()
     for name, value in start.state_dict().items():

@@ -239,5 +239,30 @@ class GruDataset:
         return mu, conditioning
 
 
+def window_phase(mu: np.ndarray, pitch: np.ndarray, sample_rate: int, n_classes: int = 256,
+                 n_harmonics: int = 3) -> np.ndarray:
+    """Phase (radians, [0, 2 pi)) of each window's fundamental at its target samples, for the GRU's
+    oscillator input (`models.gru.GruSynth`).
+
+    mu: int [batch, window + 1] classes (a `sample_batch` window); pitch: MIDI [batch] (steady within
+    the window). Each decoded window x[n] is fitted by weighted least squares (Hann weights) with
+    sum_k a_k cos(k w n) + b_k sin(k w n), k = 1..n_harmonics, at the nominal w = 2 pi f0 / sample_rate.
+    Fitting the harmonics jointly keeps them from leaking into the fundamental when the window holds
+    about one period (low notes); phi_0 = atan2(-b_1, a_1) is the fundamental's phase at n = 0 and the
+    result is phi_0 + w n for n = 1..window. Returns float32 [batch, window]."""
+    from models.mu_law import mu_law_decode
+
+    x = mu_law_decode(np.asarray(mu), n_classes).astype(np.float64)
+    n = np.arange(x.shape[1], dtype=np.float64)
+    omega = 2.0 * np.pi * 440.0 * 2.0 ** ((np.asarray(pitch, np.float64) - 69.0) / 12.0) / float(sample_rate)
+    angles = omega[:, None, None] * np.arange(1, n_harmonics + 1)[None, :, None] * n[None, None, :]
+    basis = np.concatenate([np.cos(angles), np.sin(angles)], axis=1)  # [batch, 2K, samples]
+    weights = np.hanning(x.shape[1] + 2)[1:-1]
+    normal = np.einsum("bin,bjn->bij", basis * weights, basis) + 1e-6 * np.eye(2 * n_harmonics)
+    coefficients = np.linalg.solve(normal, np.einsum("bin,bn->bi", basis * weights, x)[..., None])[..., 0]
+    start = np.arctan2(-coefficients[:, n_harmonics], coefficients[:, 0])
+    return np.mod(start[:, None] + omega[:, None] * n[None, 1:], 2.0 * np.pi).astype(np.float32)
+
+
 def _class_dtype(n_classes: int):
     return np.uint8 if n_classes <= 256 else np.int16

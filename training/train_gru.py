@@ -43,6 +43,9 @@ class GruTrainConfig:
 
     model_size: str = "3x256"
     """A `GruSynthConfig.preset` name: 3x256 (the paper's), 2x256, 2x128, 1x64."""
+    oscillator_harmonics: int = 2
+    """K of the GRU's per-sample oscillator input (sin/cos of k x the fundamental's phase, k <= K);
+    0 trains the paper's plain RNN3 input (see models/gru.py)."""
     model_dir: str = "models/pretrained/default"
     grid_dir: str = ""
     """Timbre grid folder; empty = <model_dir>/grid."""
@@ -303,14 +306,28 @@ def _evaluate(model, dataset, clips: np.ndarray, config: GruTrainConfig, device:
 
     mu, conditioning = dataset.sample_batch(np.random.default_rng(12345), config.validation_batch, clips=clips)
     mu_t = torch.from_numpy(mu).to(device)
+    phase = _target_phase(model.config, dataset, mu, conditioning, device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        logits, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device))
+        logits, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device), phase=phase)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
         accuracy = (logits.argmax(-1) == mu_t[:, 1:]).float().mean()
     model.train(was_training)
     return float(loss), float(accuracy)
+
+
+def _target_phase(model_config, dataset, mu: np.ndarray, conditioning: np.ndarray, device: str):
+    """The oscillator phase of a batch's targets, measured from the audio (`window_phase`), as a
+    tensor [batch, window]; None for a model without the oscillator input."""
+    import torch
+
+    from training.gru_dataset import window_phase
+
+    if not model_config.oscillator_harmonics:
+        return None
+    phase = window_phase(mu, conditioning[:, 0, 2], dataset.sample_rate, dataset.n_classes)
+    return torch.from_numpy(phase).to(device)
 
 
 def _write_samples(model, config: GruTrainConfig, sample_rate: int, folder: Path, step: int) -> dict:
@@ -342,7 +359,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         torch.distributed.barrier()  # rank 0 renders the data set once
     if not context.is_main:
         dataset = prepare_dataset(config, progress=False)
-    model_config = dataclasses.replace(GruSynthConfig.preset(config.model_size), sample_rate=dataset.sample_rate)
+    model_config = dataclasses.replace(GruSynthConfig.preset(config.model_size), sample_rate=dataset.sample_rate,
+                                       oscillator_harmonics=config.oscillator_harmonics)
     model = GruSynth(model_config).to(context.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     run_dir = Path(config.run_dir)
@@ -370,7 +388,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         mu_t = torch.from_numpy(mu).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
-        logits, _ = wrapped(mu_t[:, :-1], torch.from_numpy(conditioning).to(context.device))
+        phase = _target_phase(model_config, dataset, mu, conditioning, context.device)
+        logits, _ = wrapped(mu_t[:, :-1], torch.from_numpy(conditioning).to(context.device), phase=phase)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
