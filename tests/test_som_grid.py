@@ -95,14 +95,61 @@ def test_directional_cv_ignores_anisotropy_but_sees_unevenness():
     assert grid_metrics(uneven)["max"] == pytest.approx(right_steps.max(), rel=1e-5)
 
 
-def test_an_even_mesh_is_a_fixed_point_of_the_som_update():
+@pytest.mark.parametrize("direction_scaled", [False, True])
+def test_an_even_mesh_is_a_fixed_point_of_the_som_update(direction_scaled):
     rng = np.random.default_rng(2)
     corners = rng.normal(size=(4, 3)).astype(np.float32)
     corners[3] = corners[1] + corners[2] - corners[0]  # a flat parallelogram: the bilinear mesh is affine
     mesh = bilinear_mesh(corners, 9)
     features = linear_features(mesh.reshape(-1, 3)).reshape(9, 9, -1)
-    updated = som_step(mesh, features, SomConfig(step_size=0.5, hold_edges=True))
-    np.testing.assert_allclose(updated, mesh, atol=1e-5)
+    config = SomConfig(step_size=0.5, distance_power=3.0, hold_edges=True, direction_scaled=direction_scaled)
+    np.testing.assert_allclose(som_step(mesh, features, config), mesh, atol=1e-5)
+
+
+def exponential_features(h: np.ndarray) -> np.ndarray:
+    """Sensitivity along x grows as e^(2x) (local rate 2 e^(2x)); y is linear. h: [n, 2] -> [n, 2]."""
+    return np.stack([np.exp(2.0 * h[:, 0]), h[:, 1]], axis=1)
+
+
+def test_a_held_edge_with_uneven_sensitivity_reaches_the_eq1_fixed_point():
+    size = 9
+    even_steps = np.diff(np.exp(2.0 * np.linspace(0, 1, size)))
+    spreads = []
+    for power in (1.0, 3.0):
+        # a simultaneous update of all nodes is stable for step sizes below 1 / (p + 1)
+        config = SomConfig(step_size=0.5 / (power + 1), distance_power=power, hold_edges=True)
+        nodes = bilinear_mesh(UNIT_CORNERS, size)
+        for _ in range(400):
+            nodes = som_step(nodes, exponential_features(nodes.reshape(-1, 2)).reshape(size, size, -1), config)
+        x = nodes[0, :, 0].astype(np.float64)  # the bottom edge, a 1-D line from corner A to corner B
+        np.testing.assert_allclose(nodes[0, :, 1], 0.0, atol=1e-7)
+        assert x[0] == 0.0 and x[-1] == 1.0 and np.all(np.diff(x) > 0)
+        distance = np.diff(np.exp(2.0 * x))
+        # Eq. 1 on a line: each inner node balances its two pulls, d_left^p * dx_left = d_right^p * dx_right
+        balance = distance ** power * np.diff(x)
+        np.testing.assert_allclose(balance, balance.mean(), rtol=1e-3)
+        spreads.append(distance.max() / distance.min())
+    # d ~ s^(1/(p+1)): evener than the even grid (spread e^1.75), and more so for the larger power
+    assert even_steps.max() / even_steps.min() > spreads[0] > spreads[1] > 1.0
+
+
+def diagonal_features(h: np.ndarray) -> np.ndarray:
+    """A map ~4x faster along the (1, 1) diagonal than along (1, -1), with a sharp border at x = 0.5.
+    h: [n, 2] -> [n, 2]."""
+    u = h[:, 0] + 0.5 * np.tanh((h[:, 0] - 0.5) / 0.08)
+    v = h[:, 1]
+    return np.stack([4.0 * (u + v), u - v], axis=1)
+
+
+def test_direction_scaled_weights_even_an_anisotropic_map_more_than_raw_weights():
+    results = {}
+    for scaled in (False, True):
+        config = SomConfig(n_iterations=40, step_size=0.5, distance_power=4.0, hold_edges=True, direction_scaled=scaled)
+        _, features, history = adapt_grid(UNIT_CORNERS, 11, diagonal_features, config, progress=False)
+        results[scaled] = metrics_report(history)
+        np.testing.assert_allclose(results[scaled]["after"]["cv"], grid_metrics(features)["cv"])
+    assert results[True]["after"]["cv"] < results[False]["after"]["cv"]
+    assert results[True]["cv_reduction"] >= 0.30
 
 
 def test_som_on_a_warped_map_evens_distances_and_keeps_corners_pinned_and_edges_on_lines():
@@ -282,6 +329,28 @@ def test_coarse_to_fine_keeps_corners_and_edges_and_beats_the_bilinear_mesh(tmp_
     assert report["before"]["cv"] == pytest.approx(grid_metrics(bilinear)["cv"])
     assert report["cv_reduction"] >= 0.30 and report["max_reduction"] > 0
     assert len(grid.metadata["coarse_history"]) == 16
+
+
+def test_train_grid_direction_scaled_option_reaches_the_som(tmp_path):
+    from training.train_grid import GridTrainConfig, train_grid
+
+    class DiagonalSource:
+        conditioning_dim = 2
+
+        def render_spectrogram(self, h, pitches, seed=0):
+            return diagonal_features(np.asarray(h))[:, :, None]
+
+    reports = {}
+    for scaled in (False, True):
+        config = GridTrainConfig(corners=("0,0", "1,0", "0,1", "1,1"), size=11, n_iterations=40, step_size=0.5,
+                                 distance_power=4.0, direction_scaled=scaled, spectrogram_pitches=(60,),
+                                 out=str(tmp_path / f"grid_{scaled}"), run_dir=str(tmp_path / f"run_{scaled}"))
+        reports[scaled] = train_grid(config, source=DiagonalSource(), progress=False)
+        _, _, history = adapt_grid(UNIT_CORNERS, 11, diagonal_features,
+                                   SomConfig(n_iterations=40, step_size=0.5, distance_power=4.0, direction_scaled=scaled),
+                                   progress=False)
+        assert reports[scaled]["after"]["cv"] == pytest.approx(metrics_report(history)["after"]["cv"], rel=1e-6)
+    assert reports[True]["after"]["cv"] < reports[False]["after"]["cv"]
 
 
 def test_resample_mesh_of_a_bilinear_mesh_is_the_finer_bilinear_mesh():

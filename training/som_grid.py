@@ -11,13 +11,21 @@ distance between the spectrograms G renders at the two nodes,
     g_ij += delta_ij * sum_{mn in N8(ij)} w_mn * (g_mn - g_ij),   w_mn = d(S_ij, S_mn)^p,
 
 so a node drifts towards the neighbour it sounds most different from, and large perceptual steps shrink
-(p = 1 is Eq. 1). The step is normalised per node, delta_ij = delta / sum_mn w_mn: each node moves a
+(p = 1 is Eq. 1). With `direction_scaled`, each distance is first divided by the mean distance of its
+neighbour direction over the grid (right/left, down/up and the two diagonals), w_mn = (d / mean_dir d)^p.
+On an anisotropic map (here G's map changes ~2.5x faster along one diagonal than the other) raw weights
+with p > 1 let the fastest direction's pulls swamp the others, so only that direction gets evened;
+scaled weights even every direction against its own scale, which is what `grid_metrics`' cv measures.
+A per-direction constant leaves 1-D lines (held edges) and maps even in every direction unchanged.
+The step is normalised per node, delta_ij = delta / sum_mn w_mn: each node moves a
 fraction delta of the way to the distance-weighted centroid of its neighbours. The fixed points are
-Eq. 1's, and the update stays stable however uneven the distances are (a global delta must be smaller
-than 1 / the largest weight sum, which stalls the rest of the grid).
+Eq. 1's, and the usable delta does not depend on how large or uneven the distances are (a global delta
+must be smaller than 1 / the largest weight sum, which stalls the rest of the grid).
 Corners are pinned; with `hold_edges` each edge is adapted as a 1-D map along the line between its two
 corners (pulled by its two on-line neighbours only), so it stays on that line. `adapt_grid` rejects a
-step that raises the coefficient of variation and halves the step size (a too-large step folds the mesh).
+step that raises the coefficient of variation and halves the step size (a too-large step folds the mesh:
+updating all nodes at once is stable along a line only for delta below about 1 / (p + 1), beyond it
+two nodes across a large gap both jump into it and collide).
 Eq. 1's fixed point evens distances only partly (in 1-D, d ~ s^(1/(p+1)) for a local sensitivity s);
 a larger `distance_power` p evens them more.
 
@@ -70,6 +78,9 @@ class SomConfig:
     """p: pull weight = distance^p. 1 is Eq. 1; larger evens distances more strongly."""
     hold_edges: bool = True
     """Keep edge nodes on the line between their corners (the paper's NSynth setting)."""
+    direction_scaled: bool = False
+    """Divide each neighbour distance by its direction's grid mean before the power (False: Eq. 1's
+    raw distances)."""
 
     def __post_init__(self):
         if self.n_iterations < 0:
@@ -239,7 +250,10 @@ def som_step(nodes: np.ndarray, features: np.ndarray, config: SomConfig) -> np.n
         cols = slice(max(0, -dc), size - max(0, dc))
         shifted_rows = slice(max(0, dr), size + min(0, dr))
         shifted_cols = slice(max(0, dc), size + min(0, dc))
-        weight = np.linalg.norm(f[rows, cols] - f[shifted_rows, shifted_cols], axis=-1) ** config.distance_power
+        distance = np.linalg.norm(f[rows, cols] - f[shifted_rows, shifted_cols], axis=-1)
+        if config.direction_scaled:  # opposite offsets see the same pairs, hence the same scale
+            distance = distance / max(float(distance.mean()), 1e-30)
+        weight = distance ** config.distance_power
         update[rows, cols] += weight[..., None] * (g[shifted_rows, shifted_cols] - g[rows, cols])
         weight_sum[rows, cols] += weight
     update *= (config.step_size / np.maximum(weight_sum, 1e-30))[..., None]

@@ -11,6 +11,9 @@ four presets.
 
 With `coarse_size` set (the default config: 11), a coarse mesh is adapted first, resampled to `size`
 and refined, which reaches a given evenness in far fewer renders than adapting the fine mesh alone.
+The default config uses direction-scaled weights with p = 8 (`training.som_grid`): on the shipped GAN
+the raw Eq. 1 weights even only the fastest-changing diagonal; `"direction_scaled": false,
+"distance_power": 1` is the paper's Eq. 1 as printed.
 
 Writes the grid (config.json + model.safetensors + metadata.json with before/after metrics) to
 `--out` (default `<model>/grid/`), plus `som_adaptation.png` (the paper's Fig. 2) and `metrics.json`
@@ -50,6 +53,8 @@ class GridTrainConfig:
     step_size: float = 0.2
     distance_power: float = 1.0
     hold_edges: bool = True
+    direction_scaled: bool = False
+    """Scale each neighbour distance by its direction's mean before the power (see `training.som_grid`)."""
     coarse_size: int = 0
     """> 1: first adapt a coarse_size x coarse_size mesh (cheap), resample it to `size` and refine:
     the large-scale moves, which spread slowly over a fine mesh, are done where they are cheap."""
@@ -206,7 +211,8 @@ def train_grid(config: GridTrainConfig, source=None, progress: bool = True) -> d
     corner_specs = tuple(config.corners) or default_corners(config.model_dir, source)
     corners = np.stack([resolve_corner(source, spec) for spec in corner_specs])
     som = SomConfig(n_iterations=config.n_iterations, step_size=config.step_size,
-                    distance_power=config.distance_power, hold_edges=config.hold_edges)
+                    distance_power=config.distance_power, hold_edges=config.hold_edges,
+                    direction_scaled=config.direction_scaled)
     render = spectrogram_features(source, tuple(config.spectrogram_pitches), config.seed, config.render_batch)
     initial_features = render(bilinear_mesh(corners, config.size).reshape(-1, corners.shape[1]))
     initial_features = initial_features.reshape(config.size, config.size, -1)
