@@ -169,6 +169,26 @@ def test_init_from_starts_from_the_given_weights_and_rejects_another_size(tmp_pa
         train_gru(dataclasses.replace(config, init_from=str(tmp_path / "other")), progress=False)
 
 
+def test_init_from_a_gru_without_the_oscillator_starts_with_zero_oscillator_columns(tmp_path, dataset_dir):
+    from models.gru import GruSynth, GruSynthConfig, save_gru
+
+    torch.set_num_threads(1)
+    torch.manual_seed(8)
+    config = tiny_config(tmp_path, init_from=str(tmp_path / "plain"), steps=1, learning_rate=1e-12, warmup_steps=1)
+    assert config.oscillator_harmonics > 0
+    plain = GruSynth(dataclasses.replace(GruSynthConfig.preset("1x64"), oscillator_harmonics=0)).eval()
+    save_gru(tmp_path / "plain", plain)
+    train_gru(config, progress=False)
+    warm = load_gru(tmp_path / "model")
+    n_plain = plain.config.input_size
+    weight = warm.state_dict()["gru.weight_ih_l0"]
+    torch.testing.assert_close(weight[:, :n_plain], plain.state_dict()["gru.weight_ih_l0"], rtol=1e-6, atol=1e-6)
+    assert weight[:, n_plain:].abs().max() < 1e-6  # the oscillator enters at zero
+    mu, conditioning = torch.randint(0, 256, (2, 30)), torch.tensor([0.2, 0.7, 60.0]).repeat(2, 30, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(warm(mu, conditioning)[0], plain(mu, conditioning)[0], rtol=1e-4, atol=1e-4)
+
+
 SHIPPED_GRU = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default" / "gru"
 
 

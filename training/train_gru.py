@@ -227,15 +227,27 @@ def _restore_optimizer(optimizer, tensors: dict) -> None:
 
 
 def _initialise_from(model, folder: Path) -> None:
-    """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s."""
-    from models.checkpoint import CheckpointError, load_config, load_state_into
-    from models.gru import GruSynthConfig
+    """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s, except that a
+    source with fewer oscillator harmonics is accepted: the oscillator input columns it lacks start at
+    zero, so the warm-started model computes exactly what the source did until training moves them."""
+    import torch
 
-    source_config = load_config(folder, GruSynthConfig)
-    if source_config != model.config:
+    from models.checkpoint import CheckpointError, load_config
+    from models.gru import load_gru
+
+    source_config = load_config(folder, type(model.config))
+    same_but_oscillator = dataclasses.replace(source_config, oscillator_harmonics=model.config.oscillator_harmonics)
+    if same_but_oscillator != model.config or source_config.oscillator_harmonics > model.config.oscillator_harmonics:
         raise CheckpointError(f"{folder}: init_from holds a {source_config.n_layers}x{source_config.hidden_size} "
                               f"GRU ({source_config}), the run trains {model.config}")
-    load_state_into(model, folder)
+    source = load_gru(folder).state_dict()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if name == "gru.weight_ih_l0":
+                value.zero_()
+                value[:, :source[name].shape[1]] = source[name]
+            else:
+                value.copy_(source[name])
 
 
 def save_training_state(folder: Path, model, optimizer, step: int, history: list, config: GruTrainConfig) -> None:
