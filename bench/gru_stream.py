@@ -15,6 +15,7 @@ weight storage (which compression is fastest here).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -202,6 +203,8 @@ def kernel_rtf(weights, n_samples: int, control_interval: int, temperature: floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="3x256", help="GRU size preset (default 3x256)")
+    parser.add_argument("--oscillator-harmonics", type=int, default=2,
+                        help="K of the per-sample oscillator input (default 2, as the shipped voice; 0 = plain RNN3)")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio seconds per timed kernel run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported")
     parser.add_argument("--torch-samples", type=int, default=1000, help="samples per torch baseline run")
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = GruSynthConfig.preset(args.preset)
+    config = dataclasses.replace(GruSynthConfig.preset(args.preset), oscillator_harmonics=args.oscillator_harmonics)
     model = GruSynth(config).eval()
     sample_rate = config.sample_rate
     n_samples = int(args.seconds * sample_rate)
@@ -256,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "gru_stream",
         "preset": args.preset,
+        "oscillator_harmonics": args.oscillator_harmonics,
         "sample_rate_hz": sample_rate,
         "cpu": _cpu_name(),
         "cores_used": 1,
