@@ -10,14 +10,18 @@ sub-sample interpolation) and compares it with the pitch parameter:
 - per step, the edge: the first cycle whose centred 3-cycle median pitch is nearer the new pitch
   than the old one (robust to the sampled output's cycle-to-cycle jitter);
 - during the glide: the cents error of every cycle against the parameter at the cycle's centre
-  (target: within 10 cents throughout).
+  (target: within 10 cents throughout), and of the mean period over 4 consecutive cycles (the wave
+  period as the paper reads it off its Fig. 3b, a few ms; cycle-to-cycle jitter is heard as
+  roughness, not as pitch);
+- the same trackers on the GAN's own steady notes at the same timbre point (`gan_reference`): the
+  cycle jitter of the audio the GRU was trained on, the floor the GRU is measured against.
 The cents errors from frame-wise YIN (librosa; robust to strong harmonics, 32 ms windows, too
 coarse for step timing) are reported beside the zero-crossing ones.
 Prints JSON, writes `bench/out/gru_response.png`; `--oracle` runs the same analysis on an ideal
 oscillator that follows the parameter at once (the tracker's own floor). With no trained model (default
 `models/pretrained/default/gru/`) there is nothing meaningful to measure: it says so and exits.
 
-    python3 bench/gru_response.py [--model DIR] [--temperature 1.0] [--seed 0] [--oracle]
+    python3 bench/gru_response.py [--model DIR] [--temperature 1.0] [--seed 0] [--oracle] [--no-gan-reference]
 """
 from __future__ import annotations
 
@@ -94,6 +98,39 @@ def step_responses_ms(starts, periods, pitch_track, changes, sample_rate, tolera
         settled = [k for k in candidates if k + confirm < within.shape[0] and within[k:k + confirm + 1].all()]
         responses[name] = float((starts[settled[0]] - change) / sample_rate * 1e3) if settled else None
     return responses
+
+
+def multi_cycle(starts: np.ndarray, n_cycles: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Mean period over `n_cycles` consecutive cycles: (centre times (samples) [m - n], periods
+    (samples) [m - n]) from cycle starts [m]."""
+    spans = starts[n_cycles:] - starts[:-n_cycles]
+    return (starts[n_cycles:] + starts[:-n_cycles]) / 2, spans / n_cycles
+
+
+def gan_reference(model_dir: Path, xy, pitches=(64.0, 76.0), seconds: float = 1.0, seed: int = 0) -> dict:
+    """Cycle jitter of the GAN's own notes (raw renders, as in the GRU's training set) at timbre point
+    xy: per steady pitch, the median |cents| of single-cycle and 4-cycle periods against the note's
+    median period (detune removed: this is jitter, not tuning)."""
+    from training.som_grid import load_grid
+    from training.train_grid import load_conditioning_source
+
+    source = load_conditioning_source(model_dir)
+    h = load_grid(model_dir / "grid").conditioning_at(*xy)
+    audio = source.render_conditioning(np.repeat(h[None], len(pitches), axis=0), np.array(pitches, dtype=int), seed=seed)
+    sample_rate = int(source.sample_rate)
+    report = {}
+    for note, pitch in zip(np.asarray(audio, dtype=np.float64), pitches):
+        body = note[int(0.1 * sample_rate): int(seconds * sample_rate * 0.8)]
+        starts, periods = cycles(body, sample_rate, lowpass_hz=1.5 * float(midi_to_hz(pitch)))  # below the 2nd harmonic
+        if periods.shape[0] < 10:
+            report[f"{pitch:g}"] = None
+            continue
+        _, periods_4 = multi_cycle(starts)
+        report[f"{pitch:g}"] = {
+            "cycle_median_abs_cents": float(np.median(np.abs(cents(np.median(periods) / periods, 1.0)))),
+            "cycles4_median_abs_cents": float(np.median(np.abs(cents(np.median(periods_4) / periods_4, 1.0)))),
+            "detune_cents": float(cents(sample_rate / np.median(periods), midi_to_hz(pitch)))}
+    return report
 
 
 def cents(f_hz: np.ndarray, reference_hz: np.ndarray) -> np.ndarray:
@@ -174,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--xy", type=float, nargs=2, default=(0.5, 0.5), help="timbre point")
     parser.add_argument("--oracle", action="store_true",
                         help="measure an ideal oscillator instead of the GRU (validates the tracker)")
+    parser.add_argument("--no-gan-reference", action="store_true",
+                        help="skip measuring the GAN's own notes (needs the model folder holding the GRU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gru_response.png")
     args = parser.parse_args(argv)
     if not args.oracle and not (args.model / "config.json").is_file():
@@ -207,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                       sample_rate),
                                **pitch_errors(starts[:-1] + periods / 2, sample_rate / periods, pitch_track,
                                               sample_rate, glide)}
+    centres_4, periods_4 = multi_cycle(starts)
+    report["zero_crossing_4_cycles"] = pitch_errors(centres_4, sample_rate / periods_4, pitch_track, sample_rate, glide)
     yin_times, yin_f0_hz = yin_track(audio, sample_rate)
     report["yin"] = {"window_ms": 512 / sample_rate * 1e3,
                      **pitch_errors(yin_times, yin_f0_hz, pitch_track, sample_rate, glide)}
+    model_dir = args.model.resolve().parent
+    if not args.oracle and not args.no_gan_reference and (model_dir / "grid" / "config.json").is_file():
+        report["gan_reference"] = gan_reference(model_dir, args.xy, seed=args.seed)
     plot(args.out, pitch_track, starts, periods, sample_rate)
     report["plot"] = str(args.out)
     print(json.dumps(report, indent=2))
