@@ -69,6 +69,10 @@ class EngineControl(Protocol):
     def gru_glide(self, seconds: float, at_frame: int | None = None) -> bool:
         """Portamento time of the monophonic GRU voice (seconds)."""
 
+    def gru_temperature(self, value: float, at_frame: int | None = None) -> bool:
+        """Sampling temperature of the GRU voice, 0..2 (0 = argmax: cleanest; 1 = the trained
+        distribution; higher = breathier), applied at `at_frame` sample-accurately."""
+
     def set_gain(self, layer: GainLayer, gain: float, at_frame: int | None = None) -> bool:
         """Linear gain of a layer; 0 skips rendering that layer."""
 

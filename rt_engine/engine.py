@@ -294,6 +294,11 @@ class Engine:
             self.stream_layer.set_glide(max(float(seconds), 0.0))
         return True
 
+    def gru_temperature(self, value: float, at_frame: int | None = None) -> bool:
+        if self.stream_layer is not None:
+            self.stream_layer.set_temperature(max(float(value), 0.0), self._layer_frame(at_frame))
+        return True
+
     def set_gain(self, layer: str, gain: float, at_frame: int | None = None) -> bool:
         if layer not in GAIN_LAYERS:
             raise ValueError(f"unknown gain layer {layer!r}; known: {', '.join(GAIN_LAYERS)}")

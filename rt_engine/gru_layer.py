@@ -18,7 +18,9 @@ Voice: last-note priority over held notes; a new note while one sounds glides ov
 time (`set_glide`), from silence it starts at once from a fresh recurrent state; `note_pitch` glides
 the sounding note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend
 is smoothed by a one-pole (5 ms); the amplitude envelope is a linear attack/release, so the output is
-exactly zero once released and the GRU stops running (idle costs only the resampler).
+exactly zero once released and the GRU stops running (idle costs only the resampler). The sampling
+temperature (`set_temperature`, 0 = argmax) steps at its event's sample, unsmoothed: a new
+temperature changes only how the next classes are drawn, so the step itself makes no click.
 """
 from __future__ import annotations
 
@@ -220,6 +222,13 @@ class GruLayer:
     def set_glide(self, seconds: float) -> None:
         self.glide_s = max(float(seconds), 0.0)
 
+    def set_temperature(self, temperature: float, at_frame: int | None = None) -> None:
+        """Sample from softmax(logits / temperature) from `at_frame` on (0 = argmax); a negative or
+        NaN temperature is a ValueError."""
+        if not float(temperature) >= 0.0:
+            raise ValueError(f"GruLayer: temperature must be >= 0, got {temperature}")
+        self._post((at_frame, "temperature", float(temperature)))
+
     def panic(self) -> None:
         self._post((None, "panic"))
 
@@ -228,10 +237,11 @@ class GruLayer:
 
     def snapshot(self) -> dict:
         """Smoothed parameters at the last rendered sample: pitch (MIDI, without bend), bend
-        (semitones), x, y, envelope (0..1), plus held notes and late events (for status/debugging)."""
+        (semitones), x, y, envelope (0..1), sampling temperature, plus held notes and late events
+        (for status/debugging)."""
         control = self._control
         return {"pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
-                "y": float(control[C_Y]), "envelope": float(control[C_ENV]),
+                "y": float(control[C_Y]), "envelope": float(control[C_ENV]), "temperature": self.temperature,
                 "held": [entry[0] for entry in self._held], "late_events": self.late_events,
                 "dropped_events": self.dropped_events,
                 "rendered_samples": self._next_sample}
@@ -338,6 +348,8 @@ class GruLayer:
             seconds = event[3] if event[3] > 0.0 else self.smooth_s
             self._glide(_GLIDES[1], event[1], seconds)
             self._glide(_GLIDES[2], event[2], seconds)
+        elif kind == "temperature":
+            self.temperature = event[1]
         elif kind == "panic":
             self._held = []
             self._pending = []

@@ -50,6 +50,9 @@ class StreamLayer(Protocol):
     def set_glide(self, seconds: float) -> None:
         """Portamento time between legato notes (`/gru/glide`)."""
 
+    def set_temperature(self, temperature: float, at_frame: int | None = None) -> None:
+        """Sampling temperature (>= 0, 0 = argmax) from `at_frame` on (`/gru/temperature`)."""
+
     def panic(self) -> None:
         """Silence at once (short fade) and reset the recurrent state."""
 

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rt_engine.control_api import EngineControl
-from rt_engine.osc_registry import MIDI_NOTE_ID_BASE
+from rt_engine.osc_registry import MAX_TEMPERATURE, MIDI_NOTE_ID_BASE
 
 DEFAULT_MAP_PATH = Path(__file__).with_name("midi_map_default.json")
 CC_ACTIONS = ("timbre_x", "timbre_y", "sustain", "all_sound_off", "all_notes_off", "reset_controllers",
-              "master_gain", "mix_sampler", "mix_gru", "gru_glide")
-"""What a CC can do. Gains map 0..127 to 0..1 (linear); gru_glide maps 0..127 to 0..1 s."""
+              "master_gain", "mix_sampler", "mix_gru", "gru_glide", "gru_temperature")
+"""What a CC can do. Gains map 0..127 to 0..1 (linear); gru_glide maps 0..127 to 0..1 s;
+gru_temperature maps 0..127 to 0..MAX_TEMPERATURE (2; 0 = argmax, 64 is about 1)."""
 RESERVED_CCS = (6, 38, 98, 99, 100, 101)
 """Data entry and (N)RPN selection: handled internally for RPN 0, not remappable."""
 BEND_CENTER = 8192
@@ -282,6 +283,8 @@ class MidiMapper:
             engine.reset_controllers(channel, at_frame=at_frame)
         elif action == "gru_glide":
             engine.gru_glide(value / 127.0, at_frame=at_frame)
+        elif action == "gru_temperature":
+            engine.gru_temperature(MAX_TEMPERATURE * value / 127.0, at_frame=at_frame)
         else:
             layer = {"master_gain": "master", "mix_sampler": "sampler", "mix_gru": "gru"}[action]
             engine.set_gain(layer, value / 127.0, at_frame=at_frame)

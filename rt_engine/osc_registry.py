@@ -41,6 +41,8 @@ MIDI_NOTE_ID_BASE = 1 << 30
 """MIDI input gives note `n` on channel `c` (0-based) the id MIDI_NOTE_ID_BASE + 128 * c + n."""
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 MAX_GLIDE_S = 60.0
+MAX_TEMPERATURE = 2.0
+"""Highest sampling temperature of the GRU voice (/gru/temperature)."""
 MAX_GAIN = 4.0
 MAX_POLYPHONY = 1024
 MAX_AHEAD_S = 60.0
@@ -248,6 +250,10 @@ def _gru_glide(engine, address, v, at_frame, reply, hooks):
     engine.gru_glide(v["seconds"], at_frame=at_frame)
 
 
+def _gru_temperature(engine, address, v, at_frame, reply, hooks):
+    engine.gru_temperature(v["temperature"], at_frame=at_frame)
+
+
 def _gain(layer: str) -> Handler:
     def handler(engine, address, v, at_frame, reply, hooks):
         engine.set_gain(layer, v["gain"], at_frame=at_frame)
@@ -352,6 +358,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("/gru/glide", (Form((ArgSpec("seconds", "float", "portamento between legato notes", "s",
                                          0.0, MAX_GLIDE_S, clamp=True),)),),
             "Portamento time of the monophonic GRU voice.", _gru_glide),
+    Command("/gru/temperature", (Form((ArgSpec(
+        "temperature", "float", "the GRU samples each 16 kHz sample from softmax(logits / temperature): "
+        "0 = argmax (cleanest, steadiest pitch), 1 = the trained distribution, higher = breathier",
+        "", 0.0, MAX_TEMPERATURE),)),),
+            "Sampling temperature of the monophonic GRU voice, applied at its sample (no smoothing). "
+            "The start value is the model's `sampling_temperature` (metadata.json) or 1, or "
+            "`--gru-temperature`.", _gru_temperature),
     _gain_command("/mix/sampler", "sampler", "the sampler (GAN bank) layer"),
     _gain_command("/mix/gru", "gru", "the GRU voice layer"),
     _gain_command("/master/gain", "master", "the master output (before the limiter)"),

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=float, default=2.0, help="seconds rendered after the last event")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
+    from rt_engine.serve_command import add_gru_temperature_argument
+
+    add_gru_temperature_argument(parser)
 
 
 def read_score(path: str | Path) -> list[tuple[float, str, list]]:
@@ -104,9 +107,11 @@ def default_model_dir() -> str | None:
 
 
 def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,
-           polyphony: int, tail_s: float, progress: bool = True, gru: str = "auto") -> dict:
+           polyphony: int, tail_s: float, progress: bool = True, gru: str = "auto",
+           gru_temperature: float | None = None) -> dict:
     """Render events [(t s, kind, payload)] (kind "midi" with bytes or "osc" with
-    (address, args)) to `out_path`; returns a summary dict."""
+    (address, args)) to `out_path`; returns a summary dict. `gru_temperature` overrides the GRU
+    checkpoint's start sampling temperature (`serve_command.gru_temperature`)."""
     import time
 
     import numpy as np
@@ -120,9 +125,9 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     from rt_engine.serve_command import load_stream_layer
 
     started = time.perf_counter()
+    layer = load_stream_layer(model_dir, gru, threaded=False, temperature=gru_temperature)
     banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events),
                         render_ahead=False, exact_delay_s=0.0)
-    layer = load_stream_layer(model_dir, gru, threaded=False)
     engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony, stream_layer=layer)
     failures = []
 
@@ -192,7 +197,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     model_dir = args.model or default_model_dir()
     print(f"render: bank source {'model ' + model_dir if model_dir else 'procedural'}", flush=True)
-    summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
-                     args.tail, gru=args.gru)
+    try:
+        summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
+                         args.tail, gru=args.gru, gru_temperature=args.gru_temperature)
+    except ValueError as error:
+        print(f"latentsynth render: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0

@@ -34,20 +34,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polyphony", type=int, default=64, help="sampler voices (settable live)")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
+    add_gru_temperature_argument(parser)
+
+
+def add_gru_temperature_argument(parser: argparse.ArgumentParser) -> None:
+    """`--gru-temperature T` (0..2), shared by serve and render."""
+    parser.add_argument("--gru-temperature", type=float, default=None, metavar="T",
+                        help="sampling temperature of the GRU voice at start, 0..2 (0 = argmax; "
+                             "default: the model's metadata.json `sampling_temperature`, else 1); "
+                             "live: /gru/temperature")
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True):
+def _checked_temperature(value, source: str) -> float:
+    from rt_engine.osc_registry import MAX_TEMPERATURE
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"{source} must be a number in [0, {MAX_TEMPERATURE:g}], got {value!r}")
+    return float(value)
+
+
+def gru_temperature(gru_dir: str | Path, override: float | None = None) -> float:
+    """Start temperature of the GRU voice in checkpoint folder `gru_dir`: `override`
+    (`--gru-temperature`) when given, else metadata.json's optional "sampling_temperature", else 1.0.
+    A value outside [0, 2] is a ValueError naming the option or the file."""
+    from models.gru import load_gru_metadata
+
+    if override is not None:
+        return _checked_temperature(override, "--gru-temperature")
+    path = Path(gru_dir) / "metadata.json"
+    metadata = load_gru_metadata(gru_dir)
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
+    return _checked_temperature(metadata.get("sampling_temperature", 1.0), f"{path}: sampling_temperature")
+
+
+def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
+                      temperature: float | None = None):
     """The model's GRU voice when `model_dir/gru` holds one (and `choice` is auto), else None.
-    `threaded=False` for offline rendering: the caller drives `render_available()`."""
+    `threaded=False` for offline rendering: the caller drives `render_available()`. `temperature`
+    overrides the checkpoint's default sampling temperature (see `gru_temperature`); it is checked
+    even when there is no GRU, so a bad option never passes silently."""
+    if temperature is not None:
+        _checked_temperature(temperature, "--gru-temperature")
     if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
         return None
     from rt_engine.gru_layer import GruLayer
 
-    return GruLayer.from_dir(Path(model_dir) / "gru", threaded=threaded)
+    gru_dir = Path(model_dir) / "gru"
+    return GruLayer.from_dir(gru_dir, threaded=threaded, temperature=gru_temperature(gru_dir, temperature))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     started = False
     try:
         banks = BankManager(model_dir, backend.sample_rate)
-        layer = load_stream_layer(model_dir, args.gru)
+        layer = load_stream_layer(model_dir, args.gru, temperature=args.gru_temperature)
         engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),
                         n_voices=args.polyphony, stream_layer=layer)
         recorder = Recorder(args.record, backend.sample_rate) if args.record else None
@@ -88,7 +126,8 @@ def main(args: argparse.Namespace) -> int:
              f"latency added {engine.latency_s * 1000:.2f} ms (one block of scheduling "
              f"{backend.block / backend.sample_rate * 1000:.2f} ms + output "
              f"{backend.output_latency_s * 1000:.2f} ms)")
-        _say(f"GRU voice: {'on, render-ahead %.1f ms' % (layer.latency_frames / backend.sample_rate * 1000) if layer else 'off'}")
+        _say(f"GRU voice: on, render-ahead {layer.latency_frames / backend.sample_rate * 1000:.1f} ms, "
+             f"temperature {layer.temperature:g}" if layer else "GRU voice: off")
         _say(f"MIDI ports: {', '.join(midi_ports) if midi_ports else 'none'}")
         osc = OscServer(engine, port=args.osc_port, host=args.osc_host, reply_port=args.reply_port)
         osc.start()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.gru import GruSynth, GruSynthConfig, save_gru
-from models.gru_stream import stream_weights
+from models.gru_stream import copy_state, stream_weights
 from rt_engine.gru_layer import N_CONTROL, GruLayer, control_block, control_block_reference
 
 RATE = 48000
@@ -177,3 +177,81 @@ def test_a_full_event_queue_counts_and_drops_instead_of_blocking():
     for _ in range(EVENT_CAPACITY + 5):
         layer.pitch_bend(0.5)
     assert layer.dropped_events == 5
+
+
+def test_a_temperature_event_switches_to_the_argmax_chain_at_its_sample(monkeypatch):
+    import rt_engine.gru_layer as gru_layer_module
+    from models.gru_stream import gru_stream_sample, new_state
+
+    layer, ring, positions = _layer(temperature=1.0)
+    segments = []
+
+    def recording_kernel(weights, state, conditioning, control_interval, temperature, out_mu):
+        gru_stream_sample(weights, state, conditioning, control_interval, temperature, out_mu)
+        if state is layer._gru:
+            segments.append((np.full(out_mu.shape[0], temperature), conditioning.copy(), out_mu.copy()))
+
+    monkeypatch.setattr(gru_layer_module, "gru_stream_sample", recording_kernel)
+    delay = layer._resampler.delay_input_samples
+    switch, n_samples = 1001, 2000  # model samples; frame = 3 * (sample + resampler delay) at 16 -> 48 kHz
+    layer.note_on(60.0, 100.0, at_frame=3 * delay)
+    layer.set_temperature(0.0, at_frame=3 * (switch + delay))
+    _consume(layer, ring, positions, 3 * n_samples)
+    temperatures, conditioning, mu = (np.concatenate(parts)[:n_samples] for parts in zip(*segments))
+    assert layer.late_events == 0 and layer.snapshot()["temperature"] == 0.0
+    np.testing.assert_array_equal(temperatures, np.where(np.arange(n_samples) < switch, 1.0, 0.0))
+    np.testing.assert_array_equal(conditioning, np.tile(np.float32([0.5, 0.5, 60.0]), (n_samples, 1)))
+
+    weights, interval = layer.weights, layer.control_interval
+    state = new_state(weights, seed=0)
+    expected = np.zeros(n_samples, np.int64)
+    gru_stream_sample(weights, state, conditioning[:switch], interval, 1.0, expected[:switch])
+    sampled_on = copy_state(state)
+    gru_stream_sample(weights, state, conditioning[switch:], interval, 0.0, expected[switch:])
+    np.testing.assert_array_equal(mu, expected)
+    # the oracle can tell the temperatures apart: sampling on (or argmax from the start) differs
+    kept = np.zeros(n_samples - switch, np.int64)
+    gru_stream_sample(weights, sampled_on, conditioning[switch:], interval, 1.0, kept)
+    argmax_from_start = np.zeros(switch, np.int64)
+    gru_stream_sample(weights, new_state(weights), conditioning[:switch], interval, 0.0, argmax_from_start)
+    assert (kept != mu[switch:]).mean() > 0.5 and (argmax_from_start != mu[:switch]).mean() > 0.5
+
+
+def test_a_negative_or_nan_temperature_is_rejected():
+    layer = GruLayer(_weights(), 16000, threaded=False)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            layer.set_temperature(bad)
+
+
+class _TemperatureLayer:
+    """The part of a StreamLayer the engine's GRU temperature path uses, recording the calls."""
+
+    latency_frames = 512
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, sample_rate, ring, positions):
+        pass
+
+    def stop(self):
+        pass
+
+    def is_active(self):
+        return False
+
+    def set_temperature(self, temperature, at_frame=None):
+        self.calls.append((temperature, at_frame))
+
+
+def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
+    from rt_engine.bank_manager import StaticBanks
+    from rt_engine.engine import Engine
+
+    rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
+    layer = _TemperatureLayer()
+    engine = Engine(StaticBanks(rows, [60], 16000, RATE), RATE, max_block=256, stream_layer=layer)
+    assert engine.gru_temperature(0.25, at_frame=1000) and engine.gru_temperature(2.0)
+    assert layer.calls == [(0.25, 1000 + 512), (2.0, engine.frame + engine.block + 512)]
+    engine.close()

@@ -137,6 +137,16 @@ def test_channel_filter_and_custom_cc_actions():
     assert m.engine.named("gru_glide")[0]["seconds"] == 1.0
 
 
+def test_gru_temperature_cc_maps_0_to_127_linearly_onto_0_to_2_with_its_frame():
+    m = mapper({"cc": {"21": "gru_temperature"}})
+    for value in (0, 1, 64, 127):
+        assert m.handle(mido.Message("control_change", channel=0, control=21, value=value).bytes(),
+                        at_frame=100 + value)
+    calls = m.engine.named("gru_temperature")
+    assert [call["value"] for call in calls] == pytest.approx([0.0, 2 / 127, 128 / 127, 2.0], abs=1e-12)
+    assert [call["at_frame"] for call in calls] == [100, 101, 164, 227]
+
+
 @pytest.mark.parametrize("data", [[], [0x90, 60], [0x90, 200, 1], [0xF8], [0xC0, 1, 2], [0x40, 1, 2]])
 def test_malformed_or_system_messages_are_ignored(data):
     m = mapper()

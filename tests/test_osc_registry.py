@@ -92,6 +92,9 @@ class RecordingEngine:
     def gru_glide(self, seconds, at_frame=None):
         return self._record("gru_glide", seconds=seconds, at_frame=at_frame)
 
+    def gru_temperature(self, value, at_frame=None):
+        return self._record("gru_temperature", value=value, at_frame=at_frame)
+
     def set_gain(self, layer, gain, at_frame=None):
         return self._record("set_gain", layer=layer, gain=gain, at_frame=at_frame)
 
@@ -148,6 +151,8 @@ VALID_EXAMPLES = [
     ("/timbre/xy", (1, 0, 2), "timbre_xy", {"x": 1.0, "y": 0.0, "glide_s": 2.0}),
     ("/timbre/preset", ("dark",), "timbre_preset", {"name": "dark"}),
     ("/gru/glide", (0.1,), "gru_glide", {"seconds": 0.1}),
+    ("/gru/temperature", (0.7,), "gru_temperature", {"value": 0.7}),
+    ("/gru/temperature", (0,), "gru_temperature", {"value": 0.0}),
     ("/mix/sampler", (0.5,), "set_gain", {"layer": "sampler", "gain": 0.5}),
     ("/mix/gru", (0,), "set_gain", {"layer": "gru", "gain": 0.0}),
     ("/master/gain", (1.5,), "set_gain", {"layer": "master", "gain": 1.5}),
@@ -234,6 +239,20 @@ def test_out_of_range_number_is_clamped_or_fails_as_the_spec_says(address, form,
         else:
             assert not ok and engine.calls == []
             assert spec.name in replies.fails()[0][1] and "out of range" in replies.fails()[0][1]
+
+
+@pytest.mark.parametrize("bad", [-0.01, 2.01, 3])
+def test_gru_temperature_outside_0_to_2_fails_naming_the_range(bad):
+    ok, engine, replies = run("/gru/temperature", bad, at_frame=480)
+    assert not ok and engine.calls == []
+    assert replies.sent == [("/fail", ["/gru/temperature", f"temperature {float(bad)} out of range [0, 2]"])]
+
+
+def test_gru_temperature_bounds_are_accepted_and_timed():
+    for value in (0.0, 2):
+        ok, engine, replies = run("/gru/temperature", value, at_frame=960)
+        assert ok and replies.sent == []
+        assert engine.named("gru_temperature") == [{"value": float(value), "at_frame": 960}]
 
 
 def test_pd_style_float_ids_are_accepted_when_integral_and_rejected_otherwise():
