@@ -94,7 +94,9 @@ def test_tiny_config_trains_checkpoints_and_exports(tmp_path, dataset_dir):
     model = load_gru(tmp_path / "model")
     assert model.config.n_layers == 1 and model.config.hidden_size == 64
     assert (tmp_path / "model" / "metadata.json").is_file()
-    assert json.loads((tmp_path / "model" / "metadata.json").read_text())["step"] == config.steps
+    metadata = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert metadata["step"] == config.steps
+    assert metadata["sampling_temperature"] == config.sample_temperature  # what serve starts the voice with
 
 
 def test_loss_falls_on_a_learnable_set(tmp_path, dataset_dir):

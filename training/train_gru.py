@@ -77,6 +77,8 @@ class GruTrainConfig:
                             (0.5, 0.5, 48.0), (0.5, 0.5, 72.0))
     """(x, y, MIDI pitch) of the free-running sample renders and the pitch check."""
     sample_temperature: float = 1.0
+    """Temperature of the sample renders and the exported model's default `sampling_temperature`
+    (what `serve`/`render` start the GRU voice with)."""
     max_minutes: float = 0.0
     """Stop, checkpoint and export after this much training time (0: run all `steps`)."""
     threads: int = 0
@@ -446,7 +448,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         })
         out = Path(config.out) if config.out else Path(config.model_dir) / "gru"
         save_gru(out, model, {**report, "history": history, "train_config": dataclasses.asdict(config),
-                              "conditioning": ["x", "y", "pitch"]})
+                              "conditioning": ["x", "y", "pitch"],
+                              "sampling_temperature": config.sample_temperature})
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     cleanup_distributed(context)
     return report
