@@ -172,6 +172,16 @@ def mesh_coordinates(nodes: np.ndarray, corners: np.ndarray, n_iterations: int =
     return np.stack([x, y], axis=-1).astype(np.float32)
 
 
+def neighbour_slices(size: int):
+    """For each of the 8 neighbour offsets (dr, dc): ((dr, dc), node index, neighbour index), where
+    the two index pairs of slices select, on a [size, size, ...] grid, every node that has that
+    neighbour and the neighbour itself, aligned."""
+    for dr, dc in NEIGHBOUR_OFFSETS:
+        node = (slice(max(0, -dr), size - max(0, dr)), slice(max(0, -dc), size - max(0, dc)))
+        neighbour = (slice(max(0, dr), size + min(0, dr)), slice(max(0, dc), size + min(0, dc)))
+        yield (dr, dc), node, neighbour
+
+
 def pair_distances(features: np.ndarray) -> list[np.ndarray]:
     """L2 distances between neighbouring nodes' features, one array per direction that visits every
     8-neighbour pair once: right, down, down-right, down-left (row step, column step = (0, 1), (1, 0),
@@ -223,14 +233,10 @@ def node_mean_distance(features: np.ndarray) -> np.ndarray:
     size = f.shape[0]
     total = np.zeros((size, size))
     count = np.zeros((size, size))
-    for dr, dc in NEIGHBOUR_OFFSETS:
-        rows = slice(max(0, -dr), size - max(0, dr))
-        cols = slice(max(0, -dc), size - max(0, dc))
-        shifted_rows = slice(max(0, dr), size + min(0, dr))
-        shifted_cols = slice(max(0, dc), size + min(0, dc))
+    for (dr, dc), node, neighbour in neighbour_slices(size):
         step = np.hypot(dr, dc)
-        total[rows, cols] += np.linalg.norm(f[rows, cols] - f[shifted_rows, shifted_cols], axis=-1) / step
-        count[rows, cols] += 1
+        total[node] += np.linalg.norm(f[node] - f[neighbour], axis=-1) / step
+        count[node] += 1
     return total / count
 
 
@@ -245,17 +251,13 @@ def som_step(nodes: np.ndarray, features: np.ndarray, config: SomConfig) -> np.n
     size = g.shape[0]
     update = np.zeros_like(g)
     weight_sum = np.zeros((size, size))
-    for dr, dc in NEIGHBOUR_OFFSETS:
-        rows = slice(max(0, -dr), size - max(0, dr))
-        cols = slice(max(0, -dc), size - max(0, dc))
-        shifted_rows = slice(max(0, dr), size + min(0, dr))
-        shifted_cols = slice(max(0, dc), size + min(0, dc))
-        distance = np.linalg.norm(f[rows, cols] - f[shifted_rows, shifted_cols], axis=-1)
+    for _, node, neighbour in neighbour_slices(size):
+        distance = np.linalg.norm(f[node] - f[neighbour], axis=-1)
         if config.direction_scaled:  # opposite offsets see the same pairs, hence the same scale
             distance = distance / max(float(distance.mean()), 1e-30)
         weight = distance ** config.distance_power
-        update[rows, cols] += weight[..., None] * (g[shifted_rows, shifted_cols] - g[rows, cols])
-        weight_sum[rows, cols] += weight
+        update[node] += weight[..., None] * (g[neighbour] - g[node])
+        weight_sum[node] += weight
     update *= (config.step_size / np.maximum(weight_sum, 1e-30))[..., None]
     if config.hold_edges:  # each edge is a 1-D SOM along its line: pulled by its two on-line neighbours
         for edge in ((0, slice(None)), (-1, slice(None)), (slice(None), 0), (slice(None), -1)):
