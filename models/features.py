@@ -7,7 +7,7 @@ Slaney mel filters (librosa's default) over an STFT of n_fft 1024, hop 256, Hann
 at 16 kHz: a 1 s note is `[n_mels=128, n_frames=63]`.
 
 Public API:
-    SPECTRAL_FIELDS                       names of the representation fields every config carries
+    SpectralConfig, SPECTRAL_FIELDS       the representation fields every model config starts with
     mel_filterbank(config) -> [n_mels, n_fft // 2 + 1]                       numpy, Slaney
     log_mel(audio, config) -> [batch, n_mels, n_frames]                      torch, normalised
     denormalise_log_mel(x, config) -> [batch, n_mels, n_frames]              natural-log magnitude
@@ -20,6 +20,7 @@ Public API:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,13 +29,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-SPECTRAL_FIELDS = ("sample_rate", "n_samples", "n_fft", "hop_length", "n_mels", "log_floor",
-                   "norm_center", "norm_scale", "min_pitch", "n_pitches")
+def n_frames_of(config) -> int:
+    """STFT frames of one note for any config with the spectral fields (centred STFT)."""
+    return 1 + config.n_samples // config.hop_length
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
-    """Feature extractor f (conv encoder -> h), instrument classifier C_i, pitch classifier C_p."""
+class SpectralConfig:
+    """The representation every model config carries first (f and G must agree on it): audio
+    (sample_rate Hz, n_samples per note), STFT (n_fft, hop_length samples), n_mels, the log floor
+    and normalisation of the log-mel, and the pitch range (min_pitch MIDI, n_pitches)."""
 
     sample_rate: int = 16_000
     n_samples: int = 16_000
@@ -46,6 +50,20 @@ class FeatureConfig:
     norm_scale: float = 4.5
     min_pitch: int = 21
     n_pitches: int = 88
+
+    @property
+    def n_frames(self) -> int:
+        """STFT frames of a note (centred): 1 + n_samples // hop_length."""
+        return n_frames_of(self)
+
+
+SPECTRAL_FIELDS = tuple(field.name for field in dataclasses.fields(SpectralConfig))
+
+
+@dataclass(frozen=True)
+class FeatureConfig(SpectralConfig):
+    """Feature extractor f (conv encoder -> h), instrument classifier C_i, pitch classifier C_p."""
+
     h_dim: int = 64
     channels: tuple = (16, 32, 64, 64)
     classifier_hidden: int = 128
@@ -58,16 +76,6 @@ class FeatureConfig:
             raise ValueError(f"invalid spectral settings in {self}")
         if self.h_dim <= 0 or self.n_instruments <= 1 or not self.channels:
             raise ValueError(f"invalid feature model sizes in {self}")
-
-    @property
-    def n_frames(self) -> int:
-        """STFT frames of a note (centred): 1 + n_samples // hop_length."""
-        return 1 + self.n_samples // self.hop_length
-
-
-def n_frames_of(config) -> int:
-    """STFT frames of one note for any config with the spectral fields (centred STFT)."""
-    return 1 + config.n_samples // config.hop_length
 
 
 def mel_filterbank(config) -> np.ndarray:

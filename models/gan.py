@@ -24,24 +24,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.features import harmonic_template, n_frames_of
+from models.features import SpectralConfig, harmonic_template
 
 
 @dataclass(frozen=True)
-class GanConfig:
-    """Sizes of G and D. `channels` run from G's lowest resolution to its highest (D mirrors them);
-    n_mels must be divisible by 2 ** len(channels)."""
+class GanConfig(SpectralConfig):
+    """Sizes of G and D (after the shared representation fields). `channels` run from G's lowest
+    resolution to its highest (D mirrors them); n_mels must be divisible by 2 ** len(channels)."""
 
-    sample_rate: int = 16_000
-    n_samples: int = 16_000
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 128
-    log_floor: float = 1e-4
-    norm_center: float = -4.5
-    norm_scale: float = 4.5
-    min_pitch: int = 21
-    n_pitches: int = 88
     h_dim: int = 64
     z_dim: int = 32
     pitch_embedding_dim: int = 64
@@ -56,11 +46,6 @@ class GanConfig:
             raise ValueError(f"n_mels={self.n_mels} must be divisible by 2**{n_up} (len(channels) - 1)")
         if len(self.discriminator_channels) != len(self.channels):
             raise ValueError("discriminator_channels must have as many entries as channels")
-
-    @property
-    def n_frames(self) -> int:
-        """Frames of one note (centred STFT)."""
-        return n_frames_of(self)
 
     @property
     def base_shape(self) -> tuple[int, int]:
