@@ -365,11 +365,17 @@ def sample_from_logits(logits, temperature, rng, probabilities):
     return best
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _f0_hz(pitch):
+    """Fundamental (Hz, float64) of MIDI `pitch` (equal temperament, A4 = 440 Hz)."""
+    return 440.0 * 2.0 ** ((np.float64(pitch) - 69.0) / 12.0)
+
+
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _refresh_conditioning(weights, state, x, y, pitch):
     """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
     params = weights.features
-    f0_hz = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
+    f0_hz = _f0_hz(pitch)
     period = params[3] / f0_hz / params[4]
     projected = state.scratch[2]
     n_cond = weights.cond_proj_w.shape[0]
@@ -393,7 +399,7 @@ def _advance_oscillator(weights, state, pitch, oscillator):
     """Advance state.phase by one sample at MIDI `pitch` (float64, wrapped to [0, 2 pi)) and write
     (sin k phi, cos k phi), k = 1..K, into oscillator [2K]."""
     two_pi = 2.0 * np.pi
-    phase = state.phase[0] + two_pi * 440.0 * 2.0 ** ((np.float64(pitch) - 69.0) / 12.0) / weights.features[3]
+    phase = state.phase[0] + two_pi * _f0_hz(pitch) / weights.features[3]
     phase -= two_pi * np.floor(phase / two_pi)
     state.phase[0] = phase
     for k in range(oscillator.shape[0] // 2):
