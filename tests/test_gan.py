@@ -44,6 +44,17 @@ def test_discriminator_scores_each_note_and_projects_h():
     assert not torch.allclose(logits, shifted)
 
 
+def test_fresh_discriminator_logits_depend_on_its_input():
+    """At full size (six blocks) PyTorch's default init left the logits almost constant in x
+    (spread 1e-4 over random inputs), so D could not learn; the He init gives ~0.07."""
+    config = GanConfig()
+    torch.manual_seed(0)
+    x = 0.5 * torch.randn(32, config.n_mels, config.n_frames)
+    with torch.no_grad():
+        logits = Discriminator(config)(x, torch.full((32,), 40), torch.zeros(32, config.h_dim))
+    assert logits.std() > 0.01
+
+
 class _LinearCritic(nn.Module):
     """D(x) = <w, x>: its input gradient is w everywhere, so R1 = ||w||^2."""
 

@@ -80,6 +80,17 @@ def test_gan_training_checkpoints_resumes_and_exports_a_playable_model(trained):
     assert bank.shape == (2, N_SAMPLES) and np.all(np.isfinite(bank))
 
 
+def test_discriminator_warms_up_before_the_generator_feels_it(trained):
+    tmp_path, _ = trained
+    run = tmp_path / "gan_warmup"
+    train_gan(_tiny_config(tmp_path, "gan_tiny.json", steps=6, log_every=1, sample_every=100,
+                           adversarial_start_step=4, discriminator_warmup_steps=2), run)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "d_loss" in r] == [3, 4, 5, 6]
+    assert [r["step"] for r in records if "g_adversarial" in r] == [5, 6]
+    assert all(0.0 <= r["d_accuracy"] <= 1.0 for r in records if "d_loss" in r)
+
+
 def test_knn_returns_the_nearest_rows_including_self():
     import torch
 
