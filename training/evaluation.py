@@ -1,17 +1,22 @@
 """Evaluation metrics of a GAN model folder: pitch accuracy (pyin; with the renderer's harmonic-prior
 mel inversion, and without it for comparison), one-shot reconstruction of
 held-out timbres against the nearest training preset, interpolation pitch accuracy, and the 88-key
-spectrogram sheet (GANStrument Fig. 3).
+spectrogram sheet (GANStrument Fig. 3). Two figures of how real the generated timbres are: their
+spread (how distinct the held-out timbres' notes are from each other, generated vs real) and their
+temporal detail (frame-to-frame change; a regression-blurred note has less than the real one).
 
 Public API:
     estimate_f0_hz(audio, sample_rate, expected_hz) -> float (Hz; nan when unvoiced)
     pitch_accuracy(audio [n, n_samples], pitches [n], sample_rate, tolerance_cents=50) -> (accuracy, cents [n])
     log_mel_distance_db(a, b, config) -> float64 [n] (dB)      RMS log-mel difference per note
+    timbre_spread_db(notes_by_timbre, config) -> float (dB)    mean distance between timbres, same pitch
+    temporal_detail_db(audio, config) -> float64 [n] (dB)      mean frame-to-frame log-mel change
     evaluate_model(model_dir, data_dir, out_dir, ...) -> dict   writes eval.json and PNGs
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -65,6 +70,40 @@ def log_mel_distance_db(a: np.ndarray, b: np.ndarray, config) -> np.ndarray:
     return np.sqrt(((db(a) - db(b)) ** 2).mean(axis=(1, 2)))
 
 
+def timbre_spread_db(notes_by_timbre: dict, config) -> float:
+    """Mean log-mel distance (dB) between the notes of different timbres at the same pitch.
+    `notes_by_timbre`: {timbre: {midi_pitch: audio [n_samples]}}; pitches that fewer than two
+    timbres have are skipped. nan when no pair exists."""
+    timbres = list(notes_by_timbre)
+    left, right = [], []
+    for a_index, a in enumerate(timbres):
+        for b in timbres[a_index + 1:]:
+            for pitch in sorted(set(notes_by_timbre[a]) & set(notes_by_timbre[b])):
+                left.append(notes_by_timbre[a][pitch])
+                right.append(notes_by_timbre[b][pitch])
+    if not left:
+        return float("nan")
+    return float(log_mel_distance_db(np.stack(left), np.stack(right), config).mean())
+
+
+def temporal_detail_db(audio: np.ndarray, config) -> np.ndarray:
+    """Mean absolute frame-to-frame change (dB) of the log-mel of each note `[n, n_samples]`,
+    over the bins within 60 dB of the note's peak and the frames whose window lies inside the note
+    (the centred STFT's first and last n_fft / (2 hop) frames reach into the padding). Returns float64 [n]."""
+    import torch
+
+    from models.features import denormalise_log_mel, log_mel
+
+    with torch.no_grad():
+        nepers = denormalise_log_mel(log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32)), config), config)
+    edge = math.ceil(config.n_fft / (2 * config.hop_length))
+    decibels = 20.0 / np.log(10.0) * nepers.numpy().astype(np.float64)[:, :, edge:-edge]
+    audible = decibels > decibels.max(axis=(1, 2), keepdims=True) - 60.0
+    change = np.abs(np.diff(decibels, axis=2))
+    both = audible[:, :, 1:] & audible[:, :, :-1]
+    return (change * both).sum(axis=(1, 2)) / np.maximum(both.sum(axis=(1, 2)), 1)
+
+
 def _held_out_instruments(store, n_timbres: int) -> list[str]:
     names = sorted({store.instrument[n] for n in store.indices("valid")})
     if not names:
@@ -100,6 +139,7 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
     lookup = {(store.instrument[n], int(store.pitch[n])): n for n in range(store.n_notes)}
     per_timbre, generated_correct, real_correct, plain_correct = [], [], [], []
     instance_db, preset_db, instance_f, preset_f = [], [], [], []
+    generated_by_timbre, real_by_timbre, generated_detail, real_detail = {}, {}, [], []
     for instrument in tqdm(_held_out_instruments(store, n_timbres), desc="eval timbres", disable=not progress):
         reference = _reference_note(store, instrument)
         h = source.features_of_audio(np.asarray(store.audio[reference])[None])[0]
@@ -114,6 +154,10 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
         real_accuracy, _ = pitch_accuracy(real, available, source.sample_rate)
         real_correct.append(real_accuracy)
         rows = [pitches.index(p) for p in available]
+        generated_by_timbre[instrument] = dict(zip(available, audio[rows]))
+        real_by_timbre[instrument] = dict(zip(available, real))
+        generated_detail.extend(temporal_detail_db(audio[rows], config))
+        real_detail.extend(temporal_detail_db(real, config))
         preset_audio = source.render_conditioning(np.repeat(preset_h[nearest][None], len(available), 0), available,
                                                   seed=seed)
         instance_db.append(float(log_mel_distance_db(audio[rows], real, config).mean()))
@@ -150,6 +194,9 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
                            "log_mel_db_nearest_preset": float(np.mean(preset_db)),
                            "f_mse_instance": float(np.mean(instance_f)),
                            "f_mse_nearest_preset": float(np.mean(preset_f))},
+        "timbre_spread_db": {"generated": timbre_spread_db(generated_by_timbre, config),
+                             "real": timbre_spread_db(real_by_timbre, config)},
+        "temporal_detail_db": {"generated": float(np.mean(generated_detail)), "real": float(np.mean(real_detail))},
         "per_timbre": per_timbre, "interpolation": interpolation,
         "eval_seconds": round(time.monotonic() - started, 1),
     }
