@@ -46,6 +46,7 @@ def jack_server():
 
 def test_an_osc_note_sounds_at_440_hz_within_the_declared_latency(jack_server):
     from rt_engine.audio_backends import JackCapture
+    from rt_engine.bank_tuning import measure_detune_cents
 
     port = _free_port()
     serve = subprocess.Popen(
@@ -69,8 +70,13 @@ def test_an_osc_note_sounds_at_440_hz_within_the_declared_latency(jack_server):
         assert latency_s < 2 * PERIOD / RATE + 0.1
         start = onset - capture.first_frame + RATE // 10
         note = capture.buffer[0, start:start + RATE // 2]
-        spectrum = np.abs(np.fft.rfft(note * np.hanning(note.size)))
-        assert abs(np.argmax(spectrum) * RATE / note.size - 440.0) < 3.0
+        # the engine's own harmonic-sum pitch measure: the A4 bank note, resampled 16 -> 48 kHz and
+        # played through JACK, is in tune (a rate mismatch would be hundreds of cents off: NaN here).
+        # The strongest spectral peak is not a pitch: the shipped GAN's A4 at the grid centre has its
+        # 2nd harmonic as strong as the fundamental, and its lowest partial sits ~12 cents above
+        # the pitch of its harmonic series.
+        detune_cents = measure_detune_cents(note[None], [69], RATE)[0]
+        assert abs(detune_cents) < 10.0, detune_cents
     finally:
         if capture is not None:
             capture.close()
