@@ -208,7 +208,7 @@ def train_gan(config_path, out_dir, resume: bool = False) -> dict:
         has_target = target >= 0
         p, h, x_real = pitch_class[j].to(device), h_all[i].to(device), x_all[j].to(device)
         x_target = x_all[target[has_target]].to(device)
-        adversarial = step >= settings.adversarial_start_step
+        generator_adversarial = step >= settings.adversarial_start_step
         train_discriminator = step >= settings.adversarial_start_step - settings.discriminator_warmup_steps
         z = torch.randn(settings.batch_size, config.z_dim, generator=rng).to(device)
         fake = generator(z, p, h)
@@ -218,7 +218,7 @@ def train_gan(config_path, out_dir, resume: bool = False) -> dict:
         loss_g = settings.lambda_reconstruction * reconstruction
         logs["l1_reconstruction"] = float(reconstruction.detach())
         n_adv = settings.adversarial_batch_size or settings.batch_size
-        if adversarial:
+        if generator_adversarial:
             g_adv = F.softplus(-discriminator(fake[:n_adv], p[:n_adv], h[:n_adv])).mean()
             loss_g = loss_g + settings.lambda_adversarial * g_adv
             logs["g_adversarial"] = float(g_adv.detach())
