@@ -359,7 +359,21 @@ class JackCapture:
         self.client.set_process_callback(self._process)
         self.client.activate()
         for source, port in zip(sources, self._ports):
-            self.client.connect(source, port)
+            self._connect(source, port)
+
+    def _connect(self, source: str, port, attempts: int = 10, pause_s: float = 0.2) -> None:
+        """Connect `source` to our `port`, retrying: a busy dummy server has refused a connection
+        right after the engine said ready (JackErrorCode -1 once in a full test run)."""
+        import jack
+
+        for attempt in range(attempts):
+            try:
+                self.client.connect(source, port)
+                return
+            except jack.JackError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(pause_s)
 
     def _process(self, frames: int) -> None:
         frame = self.client.last_frame_time
