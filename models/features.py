@@ -29,10 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-def n_frames_of(config) -> int:
-    """STFT frames of one note for any config with the spectral fields (centred STFT)."""
-    return 1 + config.n_samples // config.hop_length
-
 
 @dataclass(frozen=True)
 class SpectralConfig:
@@ -54,7 +50,7 @@ class SpectralConfig:
     @property
     def n_frames(self) -> int:
         """STFT frames of a note (centred): 1 + n_samples // hop_length."""
-        return n_frames_of(self)
+        return 1 + self.n_samples // self.hop_length
 
 
 SPECTRAL_FIELDS = tuple(field.name for field in dataclasses.fields(SpectralConfig))

@@ -54,20 +54,28 @@ def pitch_accuracy(audio: np.ndarray, pitches, sample_rate: int, tolerance_cents
     return float(correct.mean()) if len(pitches) else float("nan"), cents
 
 
-def log_mel_distance_db(a: np.ndarray, b: np.ndarray, config) -> np.ndarray:
-    """RMS difference (dB) between the log-mel spectrograms of notes a and b, both `[n, n_samples]`
-    (magnitudes floored at -80 dB below each note's peak). Returns float64 [n]."""
+def _model_log_mel_db(audio: np.ndarray, config) -> np.ndarray:
+    """The model representation's log-mel of notes `[n, n_samples]` in dB, float64
+    `[n, n_mels, n_frames]` (un-normalised; silence sits at the log floor). Not
+    `gru_evaluation.log_mel_db`, which is the core STFT's, relative to each note's peak."""
     import torch
 
     from models.features import denormalise_log_mel, log_mel
 
-    def db(audio):
-        with torch.no_grad():
-            nepers = denormalise_log_mel(log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32)), config), config)
-        decibels = 20.0 / np.log(10.0) * nepers.numpy().astype(np.float64)
+    with torch.no_grad():
+        nepers = denormalise_log_mel(log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32)), config), config)
+    return 20.0 / np.log(10.0) * nepers.numpy().astype(np.float64)
+
+
+def log_mel_distance_db(a: np.ndarray, b: np.ndarray, config) -> np.ndarray:
+    """RMS difference (dB) between the log-mel spectrograms of notes a and b, both `[n, n_samples]`
+    (magnitudes floored at -80 dB below each note's peak). Returns float64 [n]."""
+
+    def floored(audio):
+        decibels = _model_log_mel_db(audio, config)
         return np.maximum(decibels, decibels.max(axis=(1, 2), keepdims=True) - 80.0)
 
-    return np.sqrt(((db(a) - db(b)) ** 2).mean(axis=(1, 2)))
+    return np.sqrt(((floored(a) - floored(b)) ** 2).mean(axis=(1, 2)))
 
 
 def timbre_spread_db(notes_by_timbre: dict, config) -> float:
@@ -90,14 +98,8 @@ def temporal_detail_db(audio: np.ndarray, config) -> np.ndarray:
     """Mean absolute frame-to-frame change (dB) of the log-mel of each note `[n, n_samples]`,
     over the bins within 60 dB of the note's peak and the frames whose window lies inside the note
     (the centred STFT's first and last n_fft / (2 hop) frames reach into the padding). Returns float64 [n]."""
-    import torch
-
-    from models.features import denormalise_log_mel, log_mel
-
-    with torch.no_grad():
-        nepers = denormalise_log_mel(log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32)), config), config)
     edge = math.ceil(config.n_fft / (2 * config.hop_length))
-    decibels = 20.0 / np.log(10.0) * nepers.numpy().astype(np.float64)[:, :, edge:-edge]
+    decibels = _model_log_mel_db(audio, config)[:, :, edge:-edge]
     audible = decibels > decibels.max(axis=(1, 2), keepdims=True) - 60.0
     change = np.abs(np.diff(decibels, axis=2))
     both = audible[:, :, 1:] & audible[:, :, :-1]
