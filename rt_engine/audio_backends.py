@@ -228,7 +228,7 @@ class JackBackend(_Backend):
         if self._connect:
             playback = self._client.get_ports(is_physical=True, is_input=True, is_audio=True)
             for port, target in zip(self._ports, playback):
-                self._client.connect(port, target)
+                connect_ports(self._client, port, target)
 
     def _stop(self) -> None:
         self._client.deactivate()
@@ -278,6 +278,22 @@ def open_backend(spec: str, block: int = 256, sample_rate: int | None = None):
     warnings.warn(f"no audio device or JACK server found: running without output (--audio null); "
                   f"options: --audio {AUDIO_CHOICES}", stacklevel=2)
     return NullBackend(sample_rate or 48_000, block)
+
+
+def connect_ports(client, source, destination, attempts: int = 10, pause_s: float = 0.2) -> None:
+    """`client.connect(source, destination)` (JACK ports or names), retried: a busy dummy server has
+    refused a connection right after the engine said ready (JackErrorCode -1, once in a full test
+    run). The last refusal is raised."""
+    import jack
+
+    for attempt in range(attempts):
+        try:
+            client.connect(source, destination)
+            return
+        except jack.JackError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 class DummyJackServer:
@@ -359,21 +375,7 @@ class JackCapture:
         self.client.set_process_callback(self._process)
         self.client.activate()
         for source, port in zip(sources, self._ports):
-            self._connect(source, port)
-
-    def _connect(self, source: str, port, attempts: int = 10, pause_s: float = 0.2) -> None:
-        """Connect `source` to our `port`, retrying: a busy dummy server has refused a connection
-        right after the engine said ready (JackErrorCode -1 once in a full test run)."""
-        import jack
-
-        for attempt in range(attempts):
-            try:
-                self.client.connect(source, port)
-                return
-            except jack.JackError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(pause_s)
+            connect_ports(self.client, source, port)
 
     def _process(self, frames: int) -> None:
         frame = self.client.last_frame_time
@@ -443,7 +445,7 @@ class JackMidiSender:
 
     def connect_to(self, short_name: str) -> None:
         """Connect the output port to the MIDI input port called `short_name`."""
-        self.client.connect(self.port, self.virtual_input(short_name))
+        connect_ports(self.client, self.port, self.virtual_input(short_name))
 
     def send(self, message: bytes, offset: int = 0, timeout_s: float = 2.0) -> int:
         self._written.clear()
