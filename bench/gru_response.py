@@ -111,7 +111,7 @@ def gan_reference(model_dir: Path, xy, pitches=(64.0, 76.0), seconds: float = 1.
     """Cycle jitter of the GAN's own notes (raw renders, as in the GRU's training set) at timbre point
     xy: per steady pitch, the median |cents| of single-cycle and 4-cycle periods against the note's
     median period (detune removed: this is jitter, not tuning)."""
-    from training.som_grid import load_grid
+    from models.timbre_grid import load_grid
     from training.train_grid import load_conditioning_source
 
     source = load_conditioning_source(model_dir)

@@ -29,6 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checkpoint import load_config, load_state_into
+from models.spectral import mel_filterbank as core_mel_filterbank
+
 
 @dataclass(frozen=True)
 class SpectralConfig:
@@ -77,8 +80,6 @@ class FeatureConfig(SpectralConfig):
 def mel_filterbank(config) -> np.ndarray:
     """Slaney-normalised mel filterbank `float32 [n_mels, n_fft // 2 + 1]` (librosa's default),
     from 0 Hz to sample_rate / 2 (Hz), from the spectral core."""
-    from models.spectral import mel_filterbank as core_mel_filterbank
-
     return core_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels)
 
 
@@ -205,8 +206,6 @@ class FeatureModel(nn.Module):
 def load_feature_extractor(folder) -> FeatureExtractor:
     """The trained f from a checkpoint folder (config.json holds a FeatureConfig; the weights of
     the whole FeatureModel), in eval mode. Bad files raise CheckpointError naming them."""
-    from models.checkpoint import load_config, load_state_into
-
     config = load_config(folder, FeatureConfig)
     model = FeatureModel(config)
     load_state_into(model, folder)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checkpoint import load_config, load_state_into
 from models.features import SpectralConfig, harmonic_template
 
 
@@ -181,8 +182,6 @@ def r1_penalty(discriminator: Discriminator, x_real: torch.Tensor, pitch_classes
 def load_generator(folder) -> Generator:
     """G from a checkpoint folder (config.json holds a GanConfig), eval mode; bad files raise
     CheckpointError naming them."""
-    from models.checkpoint import load_config, load_state_into
-
     config = load_config(folder, GanConfig)
     generator = Generator(config)
     load_state_into(generator, folder)

@@ -4,7 +4,7 @@ A model folder holds
     gan/           GanConfig + generator weights (safetensors) + metadata
     features/      FeatureConfig + feature model weights: f turns a one-shot WAV into h
     presets.json   {"presets": {name: h [h_dim]}, "programs": {name: GM program}, "corners": [a, b, c, d]}
-    grid/          (optional) a SOM timbre grid from training.som_grid; else `xy` is bilinear
+    grid/          (optional) a SOM timbre grid (`models.timbre_grid`); else `xy` is bilinear
                    between the four corner presets: a at (0, 0), b at (1, 0), c at (0, 1), d at (1, 1)
 
 Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
@@ -27,7 +27,6 @@ Public API:
     log_mel_to_audio(log_mel_x [batch, n_mels, n_frames], config, pitches=None) -> float32 [batch, n_samples]
     mel_to_linear_harmonic(mel [batch, n_mels, n_frames], f0_hz [batch], config) -> [batch, n_bins, n_frames]
     harmonic_comb(f0_hz, n_fft, sample_rate) -> float32 [n_bins]
-    load_one_shot(path, sample_rate, n_samples) -> float32 [n_samples] (preprocessed like the data)
 """
 from __future__ import annotations
 
@@ -37,9 +36,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse
+import torch
 
 from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError
+from models.features import denormalise_log_mel, load_feature_extractor, log_mel, mel_filterbank
+from models.gan import load_generator
+from models.mel_inversion import MelInverter
+from models.one_shot import load_one_shot
+from models.phase_reconstruction import griffin_lim
+from models.timbre_grid import load_grid
 
 MEL_ITERATIONS = 16
 """Projected-gradient iterations of the mel -> linear solve after the pseudo-inverse start."""
@@ -52,9 +59,6 @@ _INVERTERS: dict[tuple, object] = {}
 
 def _mel_inverter(config):
     """The core's MelInverter for this config's filterbank, built once per process."""
-    from models.features import mel_filterbank
-    from models.mel_inversion import MelInverter
-
     key = (config.sample_rate, config.n_fft, config.n_mels)
     if key not in _INVERTERS:
         _INVERTERS[key] = MelInverter(mel_filterbank(config))
@@ -94,9 +98,6 @@ def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONI
     x <- x * F^T(mel / F x) / F^T 1 (they keep x >= 0 and its harmonic support while fitting the mel).
     mel: float [batch, n_mels, n_frames] (magnitude); f0_hz: [batch] (Hz).
     Returns float32 [batch, n_fft // 2 + 1, n_frames]."""
-    import scipy.sparse
-    import torch
-
     inverter = _mel_inverter(config)
     key = (config.sample_rate, config.n_fft, config.n_mels)
     if key not in _SPARSE_FILTERBANKS:
@@ -122,9 +123,6 @@ def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations
     With `pitches` (MIDI, [batch]) the mel -> linear step uses the harmonic prior of each note's
     known pitch (`mel_to_linear_harmonic`); without, GANStrument's pseudo-inverse + projected
     gradient (`models.mel_inversion.MelInverter`). Phase: PGHI, then Fast Griffin-Lim."""
-    from models.features import denormalise_log_mel
-    from models.phase_reconstruction import griffin_lim
-
     mel = np.exp(denormalise_log_mel(np.asarray(log_mel_x, dtype=np.float32), config))
     floor = np.float32(config.log_floor)
     mel = np.where(mel <= floor * 1.0001, 0.0, mel).astype(np.float32)  # the floor means silence
@@ -156,34 +154,6 @@ def bilinear_conditioning(corners: np.ndarray, x: float, y: float) -> np.ndarray
     return interpolate_conditioning(corners, weights)
 
 
-def load_one_shot(path: str | Path, sample_rate: int, n_samples: int) -> np.ndarray:
-    """A one-shot sound file -> float32 [n_samples] at `sample_rate` (Hz): mono, resampled, leading
-    silence (below -60 dB of the peak) trimmed, cut or zero-padded, then the training data's
-    preprocessing (peak normalisation, exponential fade-out)."""
-    import soundfile
-    from scipy.signal import resample_poly
-
-    from training.sf2_render import preprocess_note
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"timbre audio file not found: {path}")
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises several types for bad files
-        raise ValueError(f"cannot read audio file {path}: {error}") from error
-    mono = audio.mean(axis=1)
-    if mono.size == 0 or not np.all(np.isfinite(mono)) or np.abs(mono).max() <= 0:
-        raise ValueError(f"audio file {path} is empty, silent or holds non-finite samples")
-    if rate != sample_rate:
-        divisor = np.gcd(int(rate), int(sample_rate))
-        mono = resample_poly(mono, sample_rate // divisor, int(rate) // divisor).astype(np.float32)
-    start = int(np.argmax(np.abs(mono) > 1e-3 * np.abs(mono).max()))
-    mono = mono[start:start + n_samples]
-    mono = np.pad(mono, (0, n_samples - mono.size))
-    return preprocess_note(mono, sample_rate, fade_seconds=0.1, decay=5.0)
-
-
 class GanBankSource:
     """Banks of one-shot notes rendered by the GAN. Build with `from_dir`."""
 
@@ -203,9 +173,6 @@ class GanBankSource:
     def from_dir(cls, model_dir: str | Path) -> "GanBankSource":
         """Load gan/, features/, presets.json (and grid/ when present) from `model_dir`.
         Missing or bad files raise CheckpointError naming the file."""
-        from models.features import load_feature_extractor
-        from models.gan import load_generator
-
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise CheckpointError(f"model folder not found: {model_dir}")
@@ -217,8 +184,6 @@ class GanBankSource:
         presets, corners = _load_presets(model_dir / "presets.json", generator.config.h_dim)
         grid = None
         if (model_dir / "grid").is_dir():
-            from training.som_grid import load_grid
-
             grid = load_grid(model_dir / "grid")
             if grid.conditioning_dim != generator.config.h_dim:
                 raise CheckpointError(f"{model_dir / 'grid'}: conditioning_dim {grid.conditioning_dim} does not "
@@ -231,10 +196,6 @@ class GanBankSource:
 
     def features_of_audio(self, audio: np.ndarray) -> np.ndarray:
         """h = f(x) of notes `[batch, n_samples]` (preprocessed like the data): float32 [batch, dim]."""
-        import torch
-
-        from models.features import log_mel
-
         with torch.no_grad():
             return self.extractor(log_mel(torch.from_numpy(np.array(audio, dtype=np.float32)), self.config)).numpy()
 
@@ -269,13 +230,9 @@ class GanBankSource:
     def render_spectrogram(self, h: np.ndarray, pitches, seed: int = 0) -> np.ndarray:
         """G's output for conditionings `h` [batch, dim] at MIDI `pitches` [batch], one z from
         `seed` shared by the batch: natural-log mel magnitude float32 [batch, n_mels, n_frames]."""
-        from models.features import denormalise_log_mel
-
         return denormalise_log_mel(self._generate(h, pitches, seed), self.config).astype(np.float32)
 
     def _generate(self, h: np.ndarray, pitches, seed: int) -> np.ndarray:
-        import torch
-
         h = np.asarray(h, dtype=np.float32)
         classes = self._pitch_classes(pitches)
         if h.ndim != 2 or h.shape != (classes.size, self.conditioning_dim):

@@ -37,7 +37,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from models.mu_law import mu_law_zero
+from models.mu_law import mu_law_decode, mu_law_zero
 
 COMPRESSIONS = ("int8", "fp32")
 
@@ -166,8 +166,6 @@ def stream_generate(model, conditioning: np.ndarray, temperature: float = 1.0, s
 
     model: a torch `GruSynth`; conditioning float [n, 3] (x, y, MIDI pitch) per sample.
     Returns the decoded audio float32 [n] in [-1, 1]."""
-    from models.mu_law import mu_law_decode
-
     weights = stream_weights(model, compression)
     mu = np.zeros(conditioning.shape[0], np.int64)
     gru_stream_sample(weights, new_state(weights, seed=seed), np.ascontiguousarray(conditioning, np.float32),

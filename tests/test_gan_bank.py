@@ -16,9 +16,9 @@ from models.gan_bank import (
     bilinear_conditioning,
     harmonic_comb,
     interpolate_conditioning,
-    load_one_shot,
     mel_to_linear_harmonic,
 )
+from models.one_shot import load_one_shot
 from models.spectral import stft
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
@@ -158,7 +158,7 @@ def test_shipped_default_model_renders_notes_at_the_requested_pitch():
 
 
 def test_xy_timbres_read_the_som_grid_when_the_model_has_one(tmp_path):
-    from training.som_grid import GridConfig, TimbreGrid
+    from models.timbre_grid import GridConfig, TimbreGrid
 
     folder = make_tiny_model(tmp_path / "m")
     nodes = np.arange(3 * 3 * H_DIM, dtype=np.float32).reshape(3, 3, H_DIM)

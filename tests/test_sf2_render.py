@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.one_shot import exponential_fade
 from training.note_dataset import NoteStore
 from training.sf2_render import (
     RenderConfig,
-    exponential_fade,
     gm_family,
     open_soundfont,
     preprocess_note,

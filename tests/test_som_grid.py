@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from models.checkpoint import CheckpointError
+from models.timbre_grid import GridConfig, TimbreGrid, load_grid
 from training.som_grid import (
-    GridConfig,
     SomConfig,
-    TimbreGrid,
     adapt_grid,
     bilinear_mesh,
     bilinear_points,
     grid_metrics,
-    load_grid,
     mesh_coordinates,
     metrics_report,
     node_mean_distance,

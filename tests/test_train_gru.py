@@ -11,7 +11,8 @@ import torch
 
 from models.gru import load_gru
 from training.gru_dataset import GruDatasetConfig, build_gru_dataset
-from training.som_grid import GridConfig, TimbreGrid, bilinear_mesh
+from models.timbre_grid import GridConfig, TimbreGrid
+from training.som_grid import bilinear_mesh
 from training.train_gru import (
     DEFAULT_CONFIG,
     estimate_f0_hz,

@@ -10,8 +10,7 @@ Public API:
     gm_family(program) -> int            GM instrument family (groups of 8 programs), 0..15
     GM_FAMILY_NAMES                      the 16 family names
     GM_PROGRAM_NAMES                     the 128 program names (snake_case)
-    preprocess_note(audio, ...) -> audio peak-normalise + exponential fade-out, [n_samples]
-    exponential_fade(n_samples, ...)     the fade-out gain curve, [n_samples]
+    preprocess_note(audio, ...) -> audio peak-normalise + exponential fade-out (`models.one_shot`)
     render_program_notes(synth, sfid, program, pitches, velocity, n_samples) -> [n, n_samples]
     render_soundfonts(config, out_dir)   render all fonts into a note store (see note_dataset)
 """
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from models.one_shot import preprocess_note
 
 GM_FAMILY_NAMES = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
@@ -91,27 +92,6 @@ def gm_family(program: int) -> int:
     if not 0 <= program <= 127:
         raise ValueError(f"GM program must be in 0..127, got {program}")
     return program // 8
-
-
-def exponential_fade(n_samples: int, sample_rate: int, fade_seconds: float, decay: float) -> np.ndarray:
-    """Gain curve `float32 [n_samples]`: 1 until the last `fade_seconds` (s), then exp(-decay * t)
-    with t going 0 -> 1 over the fade, ending at exp(-decay)."""
-    gain = np.ones(n_samples, dtype=np.float32)
-    n_fade = min(n_samples, int(round(fade_seconds * sample_rate)))
-    if n_fade > 0:
-        ramp = np.arange(1, n_fade + 1, dtype=np.float32) / n_fade
-        gain[n_samples - n_fade:] = np.exp(-decay * ramp)
-    return gain
-
-
-def preprocess_note(audio: np.ndarray, sample_rate: int, fade_seconds: float, decay: float) -> np.ndarray:
-    """GANStrument preprocessing of one note `[n_samples]`: divide by the peak (so peak = 1.0),
-    then apply the exponential fade-out. Returns float32 `[n_samples]`."""
-    peak = float(np.max(np.abs(audio)))
-    if peak <= 0.0:
-        raise ValueError("cannot normalise a silent note")
-    faded = (audio / peak).astype(np.float32) * exponential_fade(audio.shape[-1], sample_rate, fade_seconds, decay)
-    return faded
 
 
 def open_soundfont(path: str | Path, sample_rate: int):

@@ -203,8 +203,9 @@ def spectrogram_features(source, pitches: tuple, seed: int, batch: int):
 def train_grid(config: GridTrainConfig, source=None, progress: bool = True) -> dict:
     """Resolve the corners, adapt the grid, save it with metrics and the Fig. 2 PNG.
     `source` defaults to `load_conditioning_source(config.model_dir)`. Returns the metrics report."""
-    from training.som_grid import (GridConfig, SomConfig, TimbreGrid, adapt_grid, bilinear_mesh, grid_metrics,
-                                   metrics_report, plot_adaptation, resample_mesh)
+    from models.timbre_grid import GridConfig, TimbreGrid
+    from training.som_grid import (SomConfig, adapt_grid, bilinear_mesh, grid_metrics, metrics_report,
+                                   plot_adaptation, resample_mesh)
 
     started = time.time()
     source = source if source is not None else load_conditioning_source(config.model_dir)

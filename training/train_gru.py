@@ -185,7 +185,7 @@ def render_samples(model, config: GruTrainConfig, sample_rate: int, seed: int) -
 def prepare_dataset(config: GruTrainConfig, progress: bool = True):
     """Open `config.dataset_dir`, rendering it first from the grid and the GAN if it does not exist."""
     from training.gru_dataset import GruDataset, GruDatasetConfig, build_gru_dataset
-    from training.som_grid import load_grid
+    from models.timbre_grid import load_grid
     from training.train_grid import load_conditioning_source
 
     folder = Path(config.dataset_dir)
