@@ -54,7 +54,7 @@ def _osc_trials(capture, port: int, args) -> list[float]:
 
 def _midi_trials(capture, server_name: str, args) -> list[float]:
     """JACK MIDI note-on at a random frame of a cycle -> onset (frames, JACK frame time) per trial."""
-    from rt_engine.audio_backends import JackMidiSender
+    from tests.support.jack_harness import JackMidiSender
 
     sender = JackMidiSender(server_name, client_name="latentsynth-bench-midi")
     sender.connect_to("latentsynth")
@@ -89,7 +89,7 @@ def _summary(frames: np.ndarray, period: int, rate: int) -> dict:
 
 
 def main() -> None:
-    from rt_engine.audio_backends import DummyJackServer, JackCapture
+    from tests.support.jack_harness import DummyJackServer, JackCapture
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=60)

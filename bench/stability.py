@@ -61,7 +61,7 @@ def _minimal_client_xruns(server_name: str, seconds: float) -> int:
 
 
 def main() -> None:
-    from rt_engine.audio_backends import DummyJackServer
+    from tests.support.jack_harness import DummyJackServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="length of the loaded run (s)")

@@ -13,6 +13,11 @@ exists: `open_backend(spec, block, sample_rate)` returns a backend whose `sample
 and `output_latency_s` are known; `backend.start(engine)` starts calling the engine.
 An optional `Recorder` taps the output (`--record out.wav`): the callback copies each block into
 a preallocated ring, a writer thread drains it to the file, off the audio thread.
+
+The JACK and PortAudio backends run the native callback (`rt_engine.native_audio`: machine code
+calling the block kernel, no Python and no GIL per block) and fall back to a Python callback
+around `Engine.process` where it cannot load, or with a recorder; `backend.callback` ("native" or
+"python") and `callback_note` (why the fallback) say which one runs.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import time
 import warnings
 
 import numpy as np
+
+from rt_engine import native_audio
 
 AUDIO_CHOICES = "auto|DEVICE|jack|null"
 
@@ -98,6 +105,8 @@ class _Backend:
     def __init__(self):
         self.engine = None
         self.recorder: Recorder | None = None
+        self.callback = "python"
+        self.callback_note = ""
 
     def _render(self, n_frames: int) -> np.ndarray:
         out = self.engine.process(n_frames)
@@ -113,6 +122,25 @@ class _Backend:
         engine.output_latency_s = self.output_latency_s
         engine.block = self.block
         self._start()
+        engine.audio_callback = self.callback
+
+    def _native_block(self, wanted: bool):
+        """The engine's native table when the native callback can run here, else None with the
+        reason in `callback_note`."""
+        reason = ("the native callback is off" if not wanted else
+                  "a recorder needs the Python callback" if self.recorder is not None else
+                  native_audio.native_available())
+        if reason is None:
+            try:
+                return native_audio.NativeBlock(self.engine)
+            except ValueError as error:
+                reason = str(error)
+        self.callback_note = reason
+        return None
+
+    def _adopt_native(self, block) -> None:
+        self.callback, self.callback_note = "native", ""
+        self.engine.native_block = block
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -166,9 +194,10 @@ class NullBackend(_Backend):
 
 
 class SoundDeviceBackend(_Backend):
-    """PortAudio output stream through sounddevice."""
+    """PortAudio output stream: the native callback on a stream opened through ctypes
+    (`native_audio.PortAudioStream`), else sounddevice's stream with a Python callback."""
 
-    def __init__(self, device, block: int, sample_rate: int | None):
+    def __init__(self, device, block: int, sample_rate: int | None, native: bool = True):
         import sounddevice
 
         super().__init__()
@@ -176,6 +205,9 @@ class SoundDeviceBackend(_Backend):
         self.name = f"portaudio:{info['name']}"
         self.sample_rate = int(sample_rate or info["default_samplerate"])
         self.block = int(block)
+        self._device_index, self._latency_s = int(info["index"]), float(info["default_low_output_latency"])
+        self._want_native = native
+        self._native_stream: native_audio.PortAudioStream | None = None
         self._stream = sounddevice.OutputStream(
             samplerate=self.sample_rate, blocksize=self.block, device=device, channels=2,
             dtype="float32", latency="low", callback=self._callback)
@@ -187,20 +219,38 @@ class SoundDeviceBackend(_Backend):
         outdata[:] = self._render(frames).T
 
     def _start(self) -> None:
+        block = self._native_block(self._want_native)
+        if block is not None:
+            self._stream.close()  # the device is reopened with the native callback
+            try:
+                self._native_stream = native_audio.PortAudioStream(
+                    self._device_index, self.sample_rate, self.block, self._latency_s, block)
+            except OSError as error:
+                raise RuntimeError(f"PortAudio refused the native stream: {error}") from error
+            self._adopt_native(block)
+            self._native_stream.start()
+            return
         self._stream.start()
 
     def _stop(self) -> None:
+        if self._native_stream is not None:
+            self._native_stream.close()
+            return
         self._stream.stop()
         self._stream.close()
 
 
 class JackBackend(_Backend):
-    """JACK client `client_name` with ports out_1/out_2; the server sets rate and block."""
+    """JACK client `client_name` with ports out_1/out_2; the server sets rate and block. The
+    process callback is the native one (registered with libjack through ctypes) unless
+    `native` is False or it cannot load; xruns arrive on JACK's notification thread."""
 
-    def __init__(self, client_name: str = "latentsynth", connect: bool = True):
+    def __init__(self, client_name: str = "latentsynth", connect: bool = True,
+                 native: bool = True):
         import jack
 
         super().__init__()
+        self._want_native = native
         try:
             self._client = jack.Client(client_name, no_start_server=True)
         except jack.JackOpenError as error:
@@ -210,7 +260,6 @@ class JackBackend(_Backend):
         self.block = int(self._client.blocksize)
         self.output_latency_s = self.block / self.sample_rate  # one period of playback buffering
         self._ports = [self._client.outports.register(f"out_{k}") for k in (1, 2)]
-        self._client.set_process_callback(self._process)
         self._client.set_xrun_callback(self._xrun)
         self._connect = connect
 
@@ -224,6 +273,21 @@ class JackBackend(_Backend):
             self.engine.xruns += 1
 
     def _start(self) -> None:
+        import jack
+
+        block = self._native_block(self._want_native)
+        if block is not None:
+            def address(pointer) -> int:
+                return int(jack._ffi.cast("uintptr_t", pointer))
+
+            try:
+                native_audio.register_jack_process(address(self._client._ptr), block,
+                                                   [address(port._ptr) for port in self._ports])
+                self._adopt_native(block)
+            except OSError as error:
+                self.callback_note = str(error)
+        if self.callback != "native":
+            self._client.set_process_callback(self._process)
         self._client.activate()
         if self._connect:
             playback = self._client.get_ports(is_physical=True, is_input=True, is_audio=True)
@@ -250,29 +314,30 @@ def _jack_running() -> bool:
     return True
 
 
-def open_backend(spec: str, block: int = 256, sample_rate: int | None = None):
+def open_backend(spec: str, block: int = 256, sample_rate: int | None = None, native: bool = True):
     """Open the backend named by `--audio` (see module docstring). `block` (frames) and
-    `sample_rate` (Hz) are requests; JACK imposes its own."""
+    `sample_rate` (Hz) are requests; JACK imposes its own. `native`: use the native callback
+    where it loads (JACK, PortAudio)."""
     if not 16 <= block <= 8192:
         raise ValueError(f"--block must be 16..8192 frames, got {block}")
     if spec == "null":
         return NullBackend(sample_rate or 48_000, block)
     if spec == "jack":
-        return JackBackend()
+        return JackBackend(native=native)
     if spec != "auto":
         device = int(spec) if spec.isdigit() else spec
         try:
-            return SoundDeviceBackend(device, block, sample_rate)
+            return SoundDeviceBackend(device, block, sample_rate, native)
         except (ValueError, OSError) as error:
             raise ValueError(f"audio device {spec!r} not usable: {error}; "
                              f"choose one of `latentsynth devices` or {AUDIO_CHOICES}") from error
     try:
-        return SoundDeviceBackend(None, block, sample_rate)
+        return SoundDeviceBackend(None, block, sample_rate, native)
     except Exception:  # PortAudio raises several types when there is no usable default device
         pass
     try:
         if _jack_running():
-            return JackBackend()
+            return JackBackend(native=native)
     except Exception:  # no JACK library or server: fall through to null
         pass
     warnings.warn(f"no audio device or JACK server found: running without output (--audio null); "
@@ -294,166 +359,3 @@ def connect_ports(client, source, destination, attempts: int = 10, pause_s: floa
             if attempt == attempts - 1:
                 raise
             time.sleep(pause_s)
-
-
-class DummyJackServer:
-    """A private `jackd -d dummy` server (for tests and benchmarks): unique `name`, reached by
-    clients through the environment `env` (JACK_DEFAULT_SERVER). Use as a context manager."""
-
-    def __init__(self, name: str, sample_rate: int = 48_000, period: int = 256,
-                 start_timeout_s: float = 15.0):
-        import os
-
-        self.name, self.sample_rate, self.period = name, sample_rate, period
-        self.env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
-        try:  # real-time scheduling where the system allows it (as JACK normally runs) ...
-            self._start(["--realtime"], start_timeout_s)
-            self.realtime = True
-        except RuntimeError:  # ... else without
-            self._start(["--no-realtime"], start_timeout_s)
-            self.realtime = False
-
-    def _start(self, options: list[str], timeout_s: float) -> None:
-        import subprocess
-        import tempfile
-
-        # jackd logs every xrun to stderr: a file, never an undrained pipe (a full pipe blocks jackd)
-        self._log = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            ["jackd", *options, "-d", "dummy", "-r", str(self.sample_rate), "-p", str(self.period)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
-        deadline = time.monotonic() + timeout_s
-        while not self._reachable():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self._log.seek(0)
-                error = self._log.read().decode(errors="replace")[-500:] if self._process.poll() is not None else ""
-                self.close()
-                raise RuntimeError(f"jackd dummy server {self.name!r} did not start: {error}")
-            time.sleep(0.1)
-
-    def _reachable(self) -> bool:
-        import jack
-
-        try:
-            client = jack.Client("latentsynth-probe", no_start_server=True, servername=self.name)
-        except jack.JackOpenError:
-            return False
-        client.close()
-        return True
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5.0)
-            except Exception:  # subprocess.TimeoutExpired: kill it instead
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class JackCapture:
-    """A JACK client recording `sources` (output port names) into a preallocated buffer indexed
-    by JACK frame time, with the wall-clock time (`time.perf_counter`) at which each cycle's
-    callback ran, so onsets can be compared with frame-time or wall-clock stamps."""
-
-    def __init__(self, server_name: str, sources: list[str], seconds: float = 30.0):
-        import jack
-
-        self.client = jack.Client("latentsynth-capture", no_start_server=True, servername=server_name)
-        self.sample_rate = int(self.client.samplerate)
-        self.buffer = np.zeros((len(sources), int(seconds * self.sample_rate)), dtype=np.float32)
-        self.first_frame = -1
-        self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
-        self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-        for source, port in zip(sources, self._ports):
-            connect_ports(self.client, source, port)
-
-    def _process(self, frames: int) -> None:
-        frame = self.client.last_frame_time
-        if self.first_frame < 0:
-            self.first_frame = frame
-        start = frame - self.first_frame
-        if start + frames <= self.buffer.shape[1]:
-            self.cycle_start_s[start // frames] = time.perf_counter()
-            for k, port in enumerate(self._ports):
-                self.buffer[k, start:start + frames] = port.get_array()
-
-    def now(self) -> int:
-        """Current JACK frame time (frames)."""
-        return int(self.client.frame_time)
-
-    def onset_after(self, frame: int, threshold: float = 1e-3) -> int:
-        """First frame time >= `frame` where channel 0 exceeds `threshold`, or -1."""
-        start = max(frame - self.first_frame, 0)
-        hits = np.nonzero(np.abs(self.buffer[0, start:]) > threshold)[0]
-        return self.first_frame + start + int(hits[0]) if hits.size else -1
-
-    def wall_time_of(self, frame: int) -> float:
-        """Wall-clock time (perf_counter s) at which the cycle holding `frame` was processed,
-        plus the frame's offset in it."""
-        index = frame - self.first_frame
-        block = int(self.client.blocksize)
-        return float(self.cycle_start_s[index // block]) + (index % block) / self.sample_rate
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
-class JackMidiSender:
-    """A JACK client with one MIDI output port, for tests and benchmarks: `send(message, offset)`
-    writes the message in the next process cycle at `offset` frames into it and returns the JACK
-    frame time it was written at."""
-
-    def __init__(self, server_name: str, client_name: str = "latentsynth-midi-sender"):
-        import jack
-
-        self.client = jack.Client(client_name, no_start_server=True, servername=server_name)
-        self.port = self.client.midi_outports.register("out")
-        self._pending: tuple[bytes, int] | None = None
-        self._written = threading.Event()
-        self.written_frame = -1
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        self.port.clear_buffer()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            message, offset = pending
-            self.port.write_midi_event(offset, message)
-            self.written_frame = self.client.last_frame_time + offset
-            self._written.set()
-
-    def virtual_input(self, short_name: str) -> str:
-        """Full name of the JACK MIDI input port called `short_name` (rtmidi names its client
-        after the port's owner, so JACK may have suffixed the client name: latentsynth-01)."""
-        names = [port.name for port in self.client.get_ports(is_midi=True, is_input=True)
-                 if port.shortname == short_name]
-        if len(names) != 1:
-            raise LookupError(f"expected one JACK MIDI input {short_name!r}, found {names}")
-        return names[0]
-
-    def connect_to(self, short_name: str) -> None:
-        """Connect the output port to the MIDI input port called `short_name`."""
-        connect_ports(self.client, self.port, self.virtual_input(short_name))
-
-    def send(self, message: bytes, offset: int = 0, timeout_s: float = 2.0) -> int:
-        self._written.clear()
-        self._pending = (bytes(message), int(offset))
-        if not self._written.wait(timeout_s):
-            raise TimeoutError("the JACK MIDI sender's process callback did not run")
-        return self.written_frame
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()

@@ -60,7 +60,9 @@ class Engine:
         self.banks = banks
         self.queue = CommandQueue(queue_capacity)
         self.output_latency_s = 0.0
-        self.xruns = 0
+        self._xruns = np.zeros(1, dtype=np.int64)  # counted by the backend (native or Python)
+        self.audio_callback = "none"  # which callback renders: "native" or "python" (backend)
+        self.native_block = None      # rt_engine.native_audio.NativeBlock when a native one does
         self.block = self.max_block
         self._pending = np.zeros(PENDING_CAPACITY, dtype=COMMAND_DTYPE)
         self._due = np.zeros(PENDING_CAPACITY, dtype=np.int64)
@@ -157,19 +159,30 @@ class Engine:
             clock[0] = epoch
         else:
             clock[0] += 0.01 * (epoch - clock[0])
-        voices, voice_w, w_step = self._voice_arrays
-        banks = self.banks
-        vk.render_block(self._out, n_frames, self.queue.records, self.queue.positions,
-                        self._pending, voices, voice_w, w_step, self._channels, self._params,
-                        self._counters, banks.slots, banks.row_ready, banks.row_pitch,
-                        banks.banks, self._sinc, self._gru_ring, self._gru_pos, self._mix,
-                        self._bend_curve, self._work, self._due)
+        vk.render_block(self._out, n_frames, *self.kernel_state())
         self.block = n_frames
         load = (time.perf_counter() - start) * self.sample_rate / n_frames
         self._cpu[0] += 0.05 * (load - self._cpu[0])
         if load > self._cpu[1]:
             self._cpu[1] = load
         return self._out[:, :n_frames]
+
+    def kernel_state(self) -> tuple:
+        """The arrays `render_block` takes after (out, n_frames), in its order."""
+        voices, voice_w, w_step = self._voice_arrays
+        banks = self.banks
+        return (self.queue.records, self.queue.positions, self._pending, voices, voice_w, w_step,
+                self._channels, self._params, self._counters, banks.slots, banks.row_ready,
+                banks.row_pitch, banks.banks, self._sinc, self._gru_ring, self._gru_pos, self._mix,
+                self._bend_curve, self._work, self._due)
+
+    @property
+    def xruns(self) -> int:
+        return int(self._xruns[0])
+
+    @xruns.setter
+    def xruns(self, value: int) -> None:
+        self._xruns[0] = value
 
     # ---- EngineControl: time ------------------------------------------------------------
     @property
@@ -307,6 +320,10 @@ class Engine:
     def set_polyphony(self, n_voices: int) -> None:
         staged = self._allocate_voices(int(n_voices))  # stage 1: allocate here, off the audio thread
         self._retired_voices = None                    # stage 4: drop what the callback swapped out
+        if self.native_block is not None:              # stage 2-3 in the native table
+            self.native_block.stage_voices(staged)
+            self._retired_voices, self._voice_arrays = self._voice_arrays, staged
+            return
         self._staged_voices = staged                   # stage 2-3: the callback adopts and swaps
 
     def panic(self) -> None:
@@ -334,6 +351,7 @@ class Engine:
             "cpu": round(float(self._cpu[0]), 4),
             "cpu_peak": round(cpu_peak, 4),  # since the previous status()
             "xruns": int(self.xruns),
+            "audio_callback": self.audio_callback,
             "sample_rate": self.sample_rate,
             "block": int(self.block),
             "latency_s": round(self.latency_s, 6),

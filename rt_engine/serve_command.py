@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"))
     parser.add_argument("--midi-map", default=None, help="MIDI map JSON file (default: the shipped map)")
     parser.add_argument("--block", type=int, default=256, help="block size (frames); JACK sets its own")
+    parser.add_argument("--audio-callback", default="native", choices=("native", "python"),
+                        help="native: the block kernel runs from a C callback, no GIL (falls back "
+                             "to python where it cannot load); python: a Python callback")
     parser.add_argument("--sample-rate", type=int, default=None,
                         help="device rate (Hz) for PortAudio/null; JACK sets its own")
     parser.add_argument("--model", default=None,
@@ -99,7 +102,8 @@ def main(args: argparse.Namespace) -> int:
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)
     try:
-        backend = open_backend(args.audio, args.block, args.sample_rate)
+        backend = open_backend(args.audio, args.block, args.sample_rate,
+                               native=args.audio_callback == "native")
     except (ValueError, RuntimeError) as error:
         print(f"latentsynth serve: {error}", file=sys.stderr)
         return 2
@@ -122,7 +126,9 @@ def main(args: argparse.Namespace) -> int:
         midi_ports = midi.start() if args.midi != "none" else []
         backend.start(engine, recorder)
         started = True
-        _say(f"audio: {backend.name}, {backend.sample_rate} Hz, block {backend.block} frames; "
+        note = f" ({backend.callback_note})" if backend.callback_note else ""
+        _say(f"audio: {backend.name}, {backend.sample_rate} Hz, block {backend.block} frames, "
+             f"{backend.callback} callback{note}; "
              f"latency added {engine.latency_s * 1000:.2f} ms (one block of scheduling "
              f"{backend.block / backend.sample_rate * 1000:.2f} ms + output "
              f"{backend.output_latency_s * 1000:.2f} ms)")

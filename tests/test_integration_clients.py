@@ -77,7 +77,7 @@ class Server(ServeProcess):
 def server():
     if shutil.which("jackd") is None:
         pytest.skip("jackd is not installed (apt-get install jackd2)")
-    from rt_engine.audio_backends import DummyJackServer
+    from tests.support.jack_harness import DummyJackServer
 
     with DummyJackServer(f"latentsynth-clients-{os.getpid()}", RATE, PERIOD) as jack_server:
         serve = Server(jack_server)
@@ -91,7 +91,7 @@ def server():
 
 @pytest.fixture()
 def capture(server):
-    from rt_engine.audio_backends import JackCapture
+    from tests.support.jack_harness import JackCapture
 
     recorder = JackCapture(server.jack.name, ["latentsynth:out_1", "latentsynth:out_2"], seconds=60.0)
     time.sleep(0.2)
@@ -165,7 +165,7 @@ def test_a_supercollider_note_on_64_sounds_at_329_hz_within_the_declared_latency
 
 def test_a_jack_midi_note_on_72_through_the_virtual_port_sounds_at_523_hz(server, capture):
     assert server.midi_line == "MIDI ports: latentsynth", server.midi_line
-    from rt_engine.audio_backends import JackMidiSender
+    from tests.support.jack_harness import JackMidiSender
 
     sender = JackMidiSender(server.jack.name)
     try:

@@ -38,14 +38,14 @@ def _wait_for_line(process, needle, timeout_s):
 def jack_server():
     if shutil.which("jackd") is None:
         pytest.skip("jackd is not installed (apt-get install jackd2)")
-    from rt_engine.audio_backends import DummyJackServer
+    from tests.support.jack_harness import DummyJackServer
 
     with DummyJackServer(f"latentsynth-test-{os.getpid()}", RATE, PERIOD) as server:
         yield server
 
 
 def test_an_osc_note_sounds_at_440_hz_within_the_declared_latency(jack_server):
-    from rt_engine.audio_backends import JackCapture
+    from tests.support.jack_harness import JackCapture
     from rt_engine.bank_tuning import measure_detune_cents
 
     port = _free_port()

@@ -1,0 +1,167 @@
+"""JACK test harness (tests and benchmarks, never the product): a private dummy server, a
+capture client that records ports against JACK frame time and wall-clock time, and a JACK MIDI
+sender."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+
+import jack
+import numpy as np
+
+from rt_engine.audio_backends import connect_ports
+
+
+class DummyJackServer:
+    """A private `jackd -d dummy` server (for tests and benchmarks): unique `name`, reached by
+    clients through the environment `env` (JACK_DEFAULT_SERVER). Use as a context manager."""
+
+    def __init__(self, name: str, sample_rate: int = 48_000, period: int = 256,
+                 start_timeout_s: float = 15.0):
+        self.name, self.sample_rate, self.period = name, sample_rate, period
+        self.env = dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_AUDIO_RESERVATION="1")
+        try:  # real-time scheduling where the system allows it (as JACK normally runs) ...
+            self._start(["--realtime"], start_timeout_s)
+            self.realtime = True
+        except RuntimeError:  # ... else without
+            self._start(["--no-realtime"], start_timeout_s)
+            self.realtime = False
+
+    def _start(self, options: list[str], timeout_s: float) -> None:
+        # jackd logs every xrun to stderr: a file, never an undrained pipe (a full pipe blocks jackd)
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            ["jackd", *options, "-d", "dummy", "-r", str(self.sample_rate), "-p", str(self.period)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
+        deadline = time.monotonic() + timeout_s
+        while not self._reachable():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self._log.seek(0)
+                error = self._log.read().decode(errors="replace")[-500:] if self._process.poll() is not None else ""
+                self.close()
+                raise RuntimeError(f"jackd dummy server {self.name!r} did not start: {error}")
+            time.sleep(0.1)
+
+    def _reachable(self) -> bool:
+        try:
+            client = jack.Client("latentsynth-probe", no_start_server=True, servername=self.name)
+        except jack.JackOpenError:
+            return False
+        client.close()
+        return True
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5.0)
+            except Exception:  # subprocess.TimeoutExpired: kill it instead
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class JackCapture:
+    """A JACK client recording `sources` (output port names) into a preallocated buffer indexed
+    by JACK frame time, with the wall-clock time (`time.perf_counter`) at which each cycle's
+    callback ran, so onsets can be compared with frame-time or wall-clock stamps."""
+
+    def __init__(self, server_name: str, sources: list[str], seconds: float = 30.0):
+        self.client = jack.Client("latentsynth-capture", no_start_server=True, servername=server_name)
+        self.sample_rate = int(self.client.samplerate)
+        self.buffer = np.zeros((len(sources), int(seconds * self.sample_rate)), dtype=np.float32)
+        self.first_frame = -1
+        self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
+        self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+        for source, port in zip(sources, self._ports):
+            connect_ports(self.client, source, port)
+
+    def _process(self, frames: int) -> None:
+        frame = self.client.last_frame_time
+        if self.first_frame < 0:
+            self.first_frame = frame
+        start = frame - self.first_frame
+        if start + frames <= self.buffer.shape[1]:
+            self.cycle_start_s[start // frames] = time.perf_counter()
+            for k, port in enumerate(self._ports):
+                self.buffer[k, start:start + frames] = port.get_array()
+
+    def now(self) -> int:
+        """Current JACK frame time (frames)."""
+        return int(self.client.frame_time)
+
+    def onset_after(self, frame: int, threshold: float = 1e-3) -> int:
+        """First frame time >= `frame` where channel 0 exceeds `threshold`, or -1."""
+        start = max(frame - self.first_frame, 0)
+        hits = np.nonzero(np.abs(self.buffer[0, start:]) > threshold)[0]
+        return self.first_frame + start + int(hits[0]) if hits.size else -1
+
+    def wall_time_of(self, frame: int) -> float:
+        """Wall-clock time (perf_counter s) at which the cycle holding `frame` was processed,
+        plus the frame's offset in it."""
+        index = frame - self.first_frame
+        block = int(self.client.blocksize)
+        return float(self.cycle_start_s[index // block]) + (index % block) / self.sample_rate
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class JackMidiSender:
+    """A JACK client with one MIDI output port, for tests and benchmarks: `send(message, offset)`
+    writes the message in the next process cycle at `offset` frames into it and returns the JACK
+    frame time it was written at."""
+
+    def __init__(self, server_name: str, client_name: str = "latentsynth-midi-sender"):
+        self.client = jack.Client(client_name, no_start_server=True, servername=server_name)
+        self.port = self.client.midi_outports.register("out")
+        self._pending: tuple[bytes, int] | None = None
+        self._written = threading.Event()
+        self.written_frame = -1
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        self.port.clear_buffer()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            message, offset = pending
+            self.port.write_midi_event(offset, message)
+            self.written_frame = self.client.last_frame_time + offset
+            self._written.set()
+
+    def virtual_input(self, short_name: str) -> str:
+        """Full name of the JACK MIDI input port called `short_name` (rtmidi names its client
+        after the port's owner, so JACK may have suffixed the client name: latentsynth-01)."""
+        names = [port.name for port in self.client.get_ports(is_midi=True, is_input=True)
+                 if port.shortname == short_name]
+        if len(names) != 1:
+            raise LookupError(f"expected one JACK MIDI input {short_name!r}, found {names}")
+        return names[0]
+
+    def connect_to(self, short_name: str) -> None:
+        """Connect the output port to the MIDI input port called `short_name`."""
+        connect_ports(self.client, self.port, self.virtual_input(short_name))
+
+    def send(self, message: bytes, offset: int = 0, timeout_s: float = 2.0) -> int:
+        self._written.clear()
+        self._pending = (bytes(message), int(offset))
+        if not self._written.wait(timeout_s):
+            raise TimeoutError("the JACK MIDI sender's process callback did not run")
+        return self.written_frame
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
