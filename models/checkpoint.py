@@ -24,7 +24,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(folder: str | Path, config: Any, tensors: dict, metadata: dict | None = None) -> Path:
     """Write `config` (a dataclass instance), `tensors` (name -> torch.Tensor) and `metadata` to
     `folder`, atomically per file (write to a temporary name, then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # heavy: torch only when saving (training)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,8 @@ def load_config(folder: str | Path, config_class: type[ConfigT]) -> ConfigT:
 
 def load_tensors(folder: str | Path) -> dict:
     """Load `folder/model.safetensors` as name -> torch.Tensor (CPU)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # with the torch loader below
+    from safetensors.torch import load_file  # heavy: torch tensors only for torch models
 
     path = Path(folder) / "model.safetensors"
     if not path.is_file():

@@ -67,7 +67,7 @@ def mu_law_decode_table(n_classes: int = 256) -> np.ndarray:
 
 def mu_law_encode_torch(x, n_classes: int = 256):
     """Torch twin of `mu_law_encode`. x: float tensor [...] -> int64 tensor [...]."""
-    import torch
+    import torch  # heavy: only the torch twins need it
 
     mu = _check_n_classes(n_classes)
     x = torch.clamp(x.to(torch.float64), -1.0, 1.0)
@@ -77,7 +77,7 @@ def mu_law_encode_torch(x, n_classes: int = 256):
 
 def mu_law_decode_torch(q, n_classes: int = 256):
     """Torch twin of `mu_law_decode`. q: int tensor [...] -> float32 tensor [...]."""
-    import torch
+    import torch  # heavy: only the torch twins need it
 
     mu = _check_n_classes(n_classes)
     if q.numel() and (int(q.min()) < 0 or int(q.max()) > mu):

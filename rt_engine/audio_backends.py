@@ -37,7 +37,7 @@ class Recorder:
     callback with float32 [2, n]; a full ring counts dropped frames instead of blocking."""
 
     def __init__(self, path: str, sample_rate: int, capacity_frames: int = 1 << 18):
-        import soundfile
+        import soundfile  # loaded only when recording
 
         self.path = path
         self._file = soundfile.SoundFile(path, "w", samplerate=sample_rate, channels=2,
@@ -87,7 +87,7 @@ class Recorder:
 
 def _try_realtime_priority(priority: int = 40) -> bool:
     """Best effort: SCHED_FIFO for the calling thread (Linux, given the right); False if not."""
-    import os
+    import os  # only for the realtime-priority call
 
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
@@ -198,7 +198,7 @@ class SoundDeviceBackend(_Backend):
     (`native_audio.PortAudioStream`), else sounddevice's stream with a Python callback."""
 
     def __init__(self, device, block: int, sample_rate: int | None, native: bool = True):
-        import sounddevice
+        import sounddevice  # optional: loaded only for a PortAudio device
 
         super().__init__()
         info = sounddevice.query_devices(device, kind="output")
@@ -247,7 +247,7 @@ class JackBackend(_Backend):
 
     def __init__(self, client_name: str = "latentsynth", connect: bool = True,
                  native: bool = True):
-        import jack
+        import jack  # optional: loaded only for the JACK backend
 
         super().__init__()
         self._want_native = native
@@ -273,7 +273,7 @@ class JackBackend(_Backend):
             self.engine.xruns += 1
 
     def _start(self) -> None:
-        import jack
+        import jack  # optional: loaded only for the JACK backend
 
         block = self._native_block(self._want_native)
         if block is not None:
@@ -301,7 +301,7 @@ class JackBackend(_Backend):
 
 def _jack_running() -> bool:
     """True when a JACK server answers; libjack's own complaints while probing are silenced."""
-    import jack
+    import jack  # optional: loaded only for the JACK backend
 
     jack.set_error_function(lambda message: None)
     try:
@@ -349,7 +349,7 @@ def connect_ports(client, source, destination, attempts: int = 10, pause_s: floa
     """`client.connect(source, destination)` (JACK ports or names), retried: a busy dummy server has
     refused a connection right after the engine said ready (JackErrorCode -1, once in a full test
     run). The last refusal is raised."""
-    import jack
+    import jack  # optional: loaded only for the JACK backend
 
     for attempt in range(attempts):
         try:

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from models.timbre_sources import default_model_dir
+
 TIMBRE_REST_S = 0.15
 """A timbre point held at least this long (score time) gets its exact bank before rendering on;
 shorter stops (sweeps) play from the grid neighbours."""
@@ -56,7 +58,7 @@ def read_score(path: str | Path) -> list[tuple[float, str, list]]:
 
 def read_midi(path: str | Path) -> list[tuple[float, bytes]]:
     """Channel messages of a MIDI file as (t seconds, raw bytes), tempo map applied."""
-    import mido
+    import mido  # loaded only when a MIDI file is read
 
     try:
         midi = mido.MidiFile(str(path))
@@ -96,14 +98,6 @@ def played_pitches(events) -> list[int]:
             except (TypeError, ValueError):
                 continue  # dispatch answers the bad message with /fail
     return sorted(pitches) or [60]
-
-
-def default_model_dir() -> str | None:
-    """`models/pretrained/default` when it holds a model, else None (procedural source)."""
-    folder = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "default"
-    if (folder / "gan" / "config.json").is_file() or (folder / "manifest.json").is_file():
-        return str(folder)
-    return None
 
 
 def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,

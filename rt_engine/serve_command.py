@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from models.timbre_sources import default_model_dir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", default="auto",
@@ -97,7 +99,6 @@ def main(args: argparse.Namespace) -> int:
     from rt_engine.engine import Engine
     from rt_engine.midi_input import MidiInput
     from rt_engine.osc_server import OscServer
-    from rt_engine.render_command import default_model_dir
 
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)

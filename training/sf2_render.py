@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from models.one_shot import preprocess_note
+from training.sf2_check import check_pdta, vet_soundfont
 
 GM_FAMILY_NAMES = (
     "piano", "chromatic_percussion", "organ", "guitar", "bass", "strings", "ensemble", "brass",
@@ -96,12 +97,14 @@ def gm_family(program: int) -> int:
 
 def open_soundfont(path: str | Path, sample_rate: int):
     """A tinysoundfont `Synth` at `sample_rate` (Hz) with the font at `path` loaded: (synth, sfid).
-    A missing or unreadable font raises FileNotFoundError/ValueError naming the file."""
+    A missing or unreadable font raises FileNotFoundError/ValueError naming the file; the font is
+    vetted first (`training.sf2_check.vet_soundfont`), so a hostile one cannot crash the caller."""
     import tinysoundfont
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"soundfont not found: {path}")
+    vet_soundfont(path)
     synth = tinysoundfont.Synth(samplerate=sample_rate)
     try:
         sfid = synth.sfload(str(path))
@@ -136,9 +139,10 @@ def render_soundfonts(config: RenderConfig, out_dir: str | Path, progress: bool 
 
     from training.note_dataset import NoteStoreWriter
 
-    for path in config.sf2_paths:  # fail before any work on a missing font
+    for path in config.sf2_paths:  # fail before any work on a missing or broken font
         if not Path(path).is_file():
             raise FileNotFoundError(f"soundfont not found: {path}")
+        check_pdta(path)
     n_samples = config.n_samples
     held_out = set(config.validation_programs)
     total = len(config.sf2_paths) * len(config.programs) * len(config.velocities)
