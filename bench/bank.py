@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.timbre_sources import DEFAULT_MODEL_DIR  # noqa: E402 (after the checkout joins sys.path)
+
 
 def _median_ms(function, repeats: int) -> float:
     times = []
@@ -51,7 +53,7 @@ def _one_shot_wav(folder: Path, sample_rate: int) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"))
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compare-representations", metavar="DATA", default=None,

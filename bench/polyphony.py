@@ -32,7 +32,8 @@ SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 
 def engine_seconds(n_voices: int, seconds: float) -> float:
     """Wall time (s) to render `seconds` of audio with `n_voices` held notes."""
-    from models.bank_source import ProceduralBankSource, TimbreRequest
+    from models.bank_source import TimbreRequest
+    from models.procedural_source import ProceduralBankSource
     from rt_engine.bank_manager import StaticBanks
     from rt_engine.engine import Engine
 

@@ -1,4 +1,5 @@
-"""`GanBankSource`: per-pitch one-shot banks from the trained GAN, behind `models.bank_source.BankSource`.
+"""`GanBankSource`: per-pitch one-shot banks from the trained GAN, behind `models.bank_source.BankSource`
+(registered as "gan" in `models.timbre_sources`).
 
 A model folder holds
     gan/           GanConfig + generator weights (safetensors) + metadata
@@ -19,6 +20,7 @@ Public API:
         .sample_rate, .n_samples, .conditioning_dim, .preset_names()
         .render_bank(timbre, pitches) -> float32 [n, n_samples]
         .conditioning_for(timbre) -> float32 [conditioning_dim]
+        .render_pitches(h [conditioning_dim], pitches) -> float32 [n, n_samples]
         .render_conditioning(h [batch, dim], pitches int [batch], seed) -> float32 [batch, n_samples]
         .render_spectrogram(h, pitches, seed) -> float32 [batch, n_mels, n_frames] (natural-log mel magnitude)
         .features_of_audio(audio [batch, n_samples]) -> float32 [batch, dim]
@@ -46,6 +48,7 @@ from models.gan import load_generator
 from models.mel_inversion import MelInverter
 from models.one_shot import load_one_shot
 from models.phase_reconstruction import griffin_lim
+from models.pitch import midi_to_hz
 from models.timbre_grid import load_grid
 
 MEL_ITERATIONS = 16
@@ -129,7 +132,7 @@ def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations
     if pitches is None:
         linear = _mel_inverter(config).invert(mel, n_iter=mel_iterations)
     else:
-        f0_hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64) - 69.0) / 12.0)
+        f0_hz = midi_to_hz(pitches)
         linear = mel_to_linear_harmonic(mel, f0_hz, config)
     audio = griffin_lim(linear, config.n_samples, n_iter=phase_iterations, init="pghi", hop_length=config.hop_length)
     peak = np.abs(audio).max(axis=1, keepdims=True)
@@ -252,10 +255,18 @@ class GanBankSource:
         pitches [batch]."""
         return log_mel_to_audio(self._generate(h, pitches, seed), self.config, pitches=pitches)
 
+    def render_pitches(self, h: np.ndarray, pitches: Sequence[int]) -> np.ndarray:
+        """One conditioning h [dim] at MIDI `pitches`: float32 [len(pitches), n_samples]."""
+        return self.render_conditioning(np.repeat(np.asarray(h)[None], len(pitches), axis=0), list(pitches))
+
     def render_bank(self, timbre: TimbreRequest, pitches: Sequence[int]) -> np.ndarray:
         """One timbre at MIDI `pitches`: float32 [len(pitches), n_samples], rows in the order asked."""
-        h = self.conditioning_for(timbre)
-        return self.render_conditioning(np.repeat(h[None], len(pitches), axis=0), list(pitches))
+        return self.render_pitches(self.conditioning_for(timbre), pitches)
+
+
+def load_source(model_dir: Path) -> GanBankSource:
+    """The registry's entry point (`models.timbre_sources`)."""
+    return GanBankSource.from_dir(model_dir)
 
 
 def _load_presets(path: Path, h_dim: int) -> tuple[dict[str, np.ndarray], list[str]]:

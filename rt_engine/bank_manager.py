@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 from typing import Callable, Sequence
 
+import numba
 import numpy as np
+from scipy.signal import resample_poly
 
 from rt_engine import voice_kernel as vk
-from models.bank_source import KEYBOARD_PITCHES, TimbreRequest, load_bank_source
+from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
+from models.timbre_sources import load_bank_source
 from rt_engine.bank_tuning import measure_detune_cents, retune
 
 DEFAULT_GRID_N = 5
@@ -72,8 +78,6 @@ def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
     and bake the sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and
     continuing at `loop_start` is seamless (the end of the loop is crossfaded into the audio
     that precedes `loop_start`, and the tail repeats the loop's start)."""
-    from scipy.signal import resample_poly
-
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2 or rows.shape[1] != layout.n_source_samples:
         raise ValueError(f"bank rows must be [n, {layout.n_source_samples}], got {rows.shape}")
@@ -155,8 +159,6 @@ class StaticBanks:
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
     """Attach to the manager's block without registering it with the resource tracker (the
     manager, which created it, unlinks it; Python < 3.13 has no `track=False`)."""
-    from multiprocessing import resource_tracker
-
     register = resource_tracker.register
     resource_tracker.register = lambda *args, **kwargs: None
     try:
@@ -168,9 +170,6 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
 def _worker_main(model_dir: str | None, requests, results) -> None:
     """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
     first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
-    import os
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
     os.nice(10)  # background work: the audio threads must win every contest for a core
     # One compute thread: a second torch/OpenMP thread fights the audio process for the other
@@ -178,11 +177,9 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     try:
-        import numba
-
         numba.set_num_threads(1)
         if model_dir is not None:
-            import torch
+            import torch  # heavy: the worker sets torch's threads before its source loads it
 
             torch.set_num_threads(1)
         source = load_bank_source(model_dir)
@@ -208,7 +205,7 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
                 if message[0] == "render":
                     _, job_id, slot, request, rows, priority = message
                     jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
-                                    "priority": priority}
+                                    "priority": priority, "conditioning": None}
                 elif message[0] == "cancel":
                     jobs.pop(message[1], None)
                     results.put(("cancelled", message[1]))
@@ -223,7 +220,9 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
             chunk, job["rows"] = job["rows"][:CHUNK_ROWS], job["rows"][CHUNK_ROWS:]
             try:
                 pitches = [int(round(row_pitch[r])) for r in chunk]
-                notes = source.render_bank(job["request"], pitches)
+                if job["conditioning"] is None:  # once per request: file reads and f run here
+                    job["conditioning"] = source.conditioning_for(job["request"])
+                notes = source.render_pitches(job["conditioning"], pitches)
                 notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
                 banks[job["slot"], chunk] = prepare_rows(notes, layout)
             except Exception as error:  # a bad timbre (file, preset) fails its job only
@@ -359,8 +358,6 @@ class BankManager:
                       on_fail: Callable[[str], None]) -> None:
         """Derive a timbre from a sound file in the worker; `on_done(point)` when playable,
         `on_fail(reason)` for a missing or unreadable file."""
-        from pathlib import Path
-
         if not Path(path).is_file():
             on_fail(f"file not found: {path}")
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+from scipy.signal import resample_poly
 
 SEARCH_CENTS = 100.0
 """How far from the nominal pitch the fundamental is looked for (cents)."""
@@ -48,8 +49,6 @@ def retune(notes: np.ndarray, detune_cents: np.ndarray, min_cents: float = 1.0) 
     """Resample each note [n, n_samples] so that its measured detune (cents) becomes 0; notes
     with NaN or |detune| < `min_cents` are returned unchanged. Length is kept (zero-padded or
     cut at the end). Polyphase windowed-sinc resampling by the nearest rational ratio."""
-    from scipy.signal import resample_poly
-
     notes = np.asarray(notes, dtype=np.float32)
     out = notes.copy()
     for row, cents in enumerate(detune_cents):

@@ -3,6 +3,7 @@ ports, and MIDI input ports, with the names `serve --audio/--midi` accepts."""
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def list_devices() -> dict:
     (no server), "midi": [input port names], "errors": [...]}."""
     result = {"audio": [], "jack": None, "midi": [], "errors": []}
     try:
-        import sounddevice
+        import sounddevice  # optional: each backend is probed only if installed
 
         for index, info in enumerate(sounddevice.query_devices()):
             if info["max_output_channels"] > 0:
@@ -24,7 +25,7 @@ def list_devices() -> dict:
     except Exception as error:  # PortAudio missing or failing: report, keep listing the rest
         result["errors"].append(f"PortAudio: {error}")
     try:
-        import jack
+        import jack  # optional: each backend is probed only if installed
 
         client = jack.Client("latentsynth-devices", no_start_server=True)
         result["jack"] = [port.name for port in client.get_ports(is_audio=True, is_input=True)]
@@ -32,7 +33,7 @@ def list_devices() -> dict:
     except Exception as error:  # no server is the common case
         result["errors"].append(f"JACK: {error}")
     try:
-        import mido
+        import mido  # optional: each backend is probed only if installed
 
         result["midi"] = list(mido.get_input_names())
     except Exception as error:  # no ALSA sequencer in containers
@@ -43,8 +44,6 @@ def list_devices() -> dict:
 def main(args: argparse.Namespace) -> int:
     devices = list_devices()
     if args.json:
-        import json
-
         print(json.dumps(devices))
         return 0
     print("Audio outputs (--audio NAME or INDEX):")

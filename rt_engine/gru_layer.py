@@ -138,7 +138,7 @@ class GruLayer:
     @classmethod
     def from_dir(cls, folder: str | Path, compression: str = "int8", **options) -> "GruLayer":
         """Load a GRU checkpoint folder (`models.gru.save_gru`) as a layer; int8 or fp32 weights."""
-        from models.gru import load_gru
+        from models.gru import load_gru  # heavy: torch, only to load a checkpoint
         from models.gru_stream import stream_weights
 
         model = load_gru(folder)

@@ -53,7 +53,7 @@ class MidiInput:
         if self.ports == "none":
             return []
         try:
-            import rtmidi
+            import rtmidi  # optional: MIDI input only when a port is asked for
         except ImportError as error:
             warnings.warn(f"MIDI input disabled: python-rtmidi is not importable ({error})", stacklevel=2)
             return []

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=float, default=2.0, help="seconds rendered after the last event")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
-    from rt_engine.serve_command import add_gru_temperature_argument
+    from rt_engine.serve_command import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     add_gru_temperature_argument(parser)
 
@@ -106,7 +106,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     """Render events [(t s, kind, payload)] (kind "midi" with bytes or "osc" with
     (address, args)) to `out_path`; returns a summary dict. `gru_temperature` overrides the GRU
     checkpoint's start sampling temperature (`serve_command.gru_temperature`)."""
-    import time
+    import time  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     import numpy as np
     import soundfile

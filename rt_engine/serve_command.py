@@ -55,7 +55,7 @@ def _say(text: str) -> None:
 
 
 def _checked_temperature(value, source: str) -> float:
-    from rt_engine.osc_registry import MAX_TEMPERATURE
+    from rt_engine.osc_registry import MAX_TEMPERATURE  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= MAX_TEMPERATURE:
         raise ValueError(f"{source} must be a number in [0, {MAX_TEMPERATURE:g}], got {value!r}")
@@ -66,7 +66,7 @@ def gru_temperature(gru_dir: str | Path, override: float | None = None) -> float
     """Start temperature of the GRU voice in checkpoint folder `gru_dir`: `override`
     (`--gru-temperature`) when given, else metadata.json's optional "sampling_temperature", else 1.0.
     A value outside [0, 2] is a ValueError naming the option or the file."""
-    from models.gru import load_gru_metadata
+    from models.gru import load_gru_metadata  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     if override is not None:
         return _checked_temperature(override, "--gru-temperature")
@@ -87,14 +87,14 @@ def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
         _checked_temperature(temperature, "--gru-temperature")
     if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
         return None
-    from rt_engine.gru_layer import GruLayer
+    from rt_engine.gru_layer import GruLayer  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     gru_dir = Path(model_dir) / "gru"
     return GruLayer.from_dir(gru_dir, threaded=threaded, temperature=gru_temperature(gru_dir, temperature))
 
 
 def main(args: argparse.Namespace) -> int:
-    from rt_engine.audio_backends import Recorder, open_backend
+    from rt_engine.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
     from rt_engine.bank_manager import BankManager
     from rt_engine.engine import Engine
     from rt_engine.midi_input import MidiInput

@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from models.bank_source import ProceduralBankSource, TimbreRequest
+from models.bank_source import TimbreRequest
+from models.procedural_source import ProceduralBankSource
 from rt_engine import voice_kernel as vk
 from rt_engine.bank_manager import BankLayout, BankManager, grid_nodes_around, prepare_rows
 

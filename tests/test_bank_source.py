@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from models.bank_source import (ProceduralBankSource, TimbreRequest, load_bank_source)
+from models.bank_source import TimbreRequest
+from models.procedural_source import ProceduralBankSource
+from models.timbre_sources import load_bank_source
 
 
 def _peak_hz(note, sample_rate):
@@ -45,5 +47,5 @@ def test_loading_a_missing_model_folder_names_it(tmp_path):
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="no GAN"):
+    with pytest.raises(ValueError, match="no manifest.json"):
         load_bank_source(tmp_path)

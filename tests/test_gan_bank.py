@@ -7,7 +7,7 @@ import pytest
 import soundfile
 import torch
 
-from models.bank_source import TimbreRequest, load_bank_source
+from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError, save_checkpoint
 from models.features import FeatureConfig, FeatureModel
 from models.gan import GanConfig, Generator
@@ -20,6 +20,7 @@ from models.gan_bank import (
 )
 from models.one_shot import load_one_shot
 from models.spectral import stft
+from models.timbre_sources import load_bank_source
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
 H_DIM = 8

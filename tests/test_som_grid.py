@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.checkpoint import CheckpointError
+from models.procedural_source import ProceduralBankSource
 from models.timbre_grid import GridConfig, TimbreGrid, load_grid
 from training.som_grid import (
     SomConfig,
@@ -252,13 +253,13 @@ def test_plot_adaptation_writes_a_png(tmp_path):
 
 
 def test_train_grid_on_the_procedural_source_writes_grid_metrics_and_figure(tmp_path):
-    from training.train_grid import DEFAULT_CONFIG, GridTrainConfig, ProceduralConditioningSource, load_train_config, train_grid
+    from training.train_grid import DEFAULT_CONFIG, GridTrainConfig, load_train_config, train_grid
 
     config = load_train_config(DEFAULT_CONFIG.parent / "grid_tiny.json", {"corners": ["sine", "saw", "organ", "0.5,0.1"], "size": 4, "n_iterations": 2,
                                       "spectrogram_pitches": [60], "out": str(tmp_path / "grid"),
                                       "run_dir": str(tmp_path / "run")})
     assert isinstance(config, GridTrainConfig)
-    report = train_grid(config, source=ProceduralConditioningSource(n_samples=2048), progress=False)
+    report = train_grid(config, source=ProceduralBankSource(n_samples=2048), progress=False)
     grid = load_grid(tmp_path / "grid")
     assert grid.config.corner_labels == ("sine", "saw", "organ", "0.5,0.1")
     np.testing.assert_allclose(grid.conditioning_at(0, 0), [0.0, 0.0])      # sine's (x, y)
@@ -272,9 +273,9 @@ def test_train_grid_on_the_procedural_source_writes_grid_metrics_and_figure(tmp_
 
 
 def test_resolve_corner_names_bad_specs(tmp_path):
-    from training.train_grid import ProceduralConditioningSource, resolve_corner
+    from training.train_grid import resolve_corner
 
-    source = ProceduralConditioningSource(n_samples=256)
+    source = ProceduralBankSource(n_samples=256)
     with pytest.raises(KeyError, match="nosuch"):
         resolve_corner(source, "nosuch")
     with pytest.raises(ValueError, match="3 values"):

@@ -12,7 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
+from models.timbre_sources import DEFAULT_MODEL_DIR
+
 _XY = re.compile(r"^\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 

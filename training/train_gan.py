@@ -281,7 +281,8 @@ def _check_same_representation(config, feature_config, features_path: Path) -> N
 
 
 def export_model(model_dir: Path, config, ema, features_path: Path, presets: dict, metadata: dict) -> None:
-    """Write a complete model folder (gan/ = EMA generator, features/ copied, presets.json),
+    """Write a complete model folder (gan/ = EMA generator, features/ copied, presets.json,
+    manifest.json naming the "gan" timbre source),
     replacing the previous export only once the new one is fully written."""
     from models.checkpoint import save_checkpoint
 
@@ -291,6 +292,7 @@ def export_model(model_dir: Path, config, ema, features_path: Path, presets: dic
     save_checkpoint(temporary / "gan", config, ema.state_dict(), metadata)
     shutil.copytree(features_path, temporary / "features")
     (temporary / "presets.json").write_text(json.dumps(presets))
+    (temporary / "manifest.json").write_text(json.dumps({"bank_source": "gan"}))
     if model_dir.exists():
         shutil.rmtree(model_dir)
     temporary.rename(model_dir)

@@ -20,7 +20,7 @@ Writes the grid (config.json + model.safetensors + metadata.json with before/aft
 there and in the run folder. The adaptation is short and restarts from scratch (`--resume` is ignored).
 
 The conditioning space comes from the GAN (`models.gan_bank.GanBankSource`) when `<model>/gan/`
-exists, else from `ProceduralConditioningSource` (h = (x, y) of the procedural additive source), so
+exists, else from `ProceduralBankSource` (h = (x, y) of the procedural additive source), so
 the pipeline runs, and is tested, without a trained GAN.
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from models.procedural_source import ProceduralBankSource
+from models.timbre_sources import load_bank_source, source_name
 from training.config_files import build_dataclass, read_config_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "grid_default.json"
@@ -79,60 +81,14 @@ class GridTrainConfig:
             raise ValueError("spectrogram_pitches must name at least one MIDI pitch")
 
 
-class ProceduralConditioningSource:
-    """The procedural additive source seen as a conditioning space h = (x, y) in [0, 1]^2, with the
-    GanBankSource calls the grid and the GRU dataset use."""
-
-    conditioning_dim = 2
-
-    def __init__(self, n_samples: int = 16_000):
-        from models.bank_source import ProceduralBankSource
-
-        self._bank = ProceduralBankSource(n_samples)
-        self.sample_rate = self._bank.sample_rate
-        self.n_samples = n_samples
-
-    def preset_names(self) -> list[str]:
-        return self._bank.preset_names()
-
-    def conditioning_for(self, timbre) -> np.ndarray:
-        """float32 [2] for a preset / audio / xy `TimbreRequest`."""
-        from models.bank_source import PROCEDURAL_PRESETS, _xy_from_audio
-
-        if timbre.kind == "preset":
-            if timbre.name not in PROCEDURAL_PRESETS:
-                raise KeyError(f"unknown preset {timbre.name!r}; known: {', '.join(PROCEDURAL_PRESETS)}")
-            return np.array(PROCEDURAL_PRESETS[timbre.name], dtype=np.float32)
-        if timbre.kind == "audio":
-            return np.array(_xy_from_audio(timbre.path), dtype=np.float32)
-        return np.array([timbre.x, timbre.y], dtype=np.float32)
-
-    def render_conditioning(self, h: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
-        """h float [batch, 2], MIDI pitches int [batch] -> float32 [batch, n_samples] (seed unused:
-        the source is deterministic)."""
-        from models.bank_source import TimbreRequest
-
-        h = np.asarray(h, dtype=np.float64)
-        return np.concatenate([
-            self._bank.render_bank(TimbreRequest(kind="xy", x=float(row[0]), y=float(row[1])), [int(pitch)])
-            for row, pitch in zip(h, pitches)
-        ]) if len(h) else np.zeros((0, self.n_samples), dtype=np.float32)
-
-    def render_spectrogram(self, h: np.ndarray, pitches: np.ndarray, seed: int = 0) -> np.ndarray:
-        """Log-magnitude spectrograms of `render_conditioning`: float32 [batch, n_bins, n_frames]."""
-        from models.spectral import log_magnitude, stft
-
-        return log_magnitude(np.abs(stft(self.render_conditioning(h, pitches, seed)))).astype(np.float32)
-
-
 def load_conditioning_source(model_dir: str | Path):
-    """The GAN of `model_dir` when `model_dir/gan/config.json` exists, else the procedural source."""
-    model_dir = Path(model_dir)
-    if (model_dir / "gan" / "config.json").is_file():
-        from models.gan_bank import GanBankSource
-
-        return GanBankSource.from_dir(model_dir)
-    return ProceduralConditioningSource()
+    """The timbre source of `model_dir` (`models.timbre_sources`) when it holds a model, else the
+    procedural source seen as the conditioning space h = (x, y)."""
+    try:
+        source_name(model_dir)
+    except (FileNotFoundError, ValueError):
+        return ProceduralBankSource()
+    return load_bank_source(model_dir)
 
 
 def resolve_corner(source, spec: str) -> np.ndarray:
