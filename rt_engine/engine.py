@@ -6,8 +6,10 @@ ring (`rt_engine.commands`) or hand timbre requests to the bank manager. The aud
 `nogil` kernel `rt_engine.voice_kernel.render_block`.
 
 Staged allocation (SuperCollider's Stage1-4): `set_polyphony` allocates the new voice arrays on
-the calling (control) thread, the callback adopts them (a copy without allocation) and swaps the
-reference, and the old arrays are dropped later off the audio thread.
+the calling (control) thread and publishes them in `_staged_voices`, which only control writes;
+the callback adopts a staged set that is not already its own (a copy without allocation) and swaps
+the reference, and the old arrays are dropped later off the audio thread. A change staged while the
+callback adopts the previous one is adopted at the next block.
 
 Latency the engine adds (reported by `status()["latency_s"]`): one block of scheduling (an
 undated command waits for the next block start) plus the backend's declared output latency. The
@@ -146,13 +148,12 @@ class Engine:
         if not 0 < n_frames <= self.max_block:
             raise ValueError(f"block of {n_frames} frames outside 1..{self.max_block} (max_block)")
         start = time.perf_counter()
-        staged = self._staged_voices
-        if staged is not None:
+        staged = self._staged_voices  # the callback only reads it: a change staged while
+        if staged is not None and staged is not self._voice_arrays:  # adopting is never lost
             vk.adopt_voices(self._voice_arrays[0], self._voice_arrays[1], staged[0], staged[1],
                             self._params[vk.P_FADE_FRAMES])
             self._retired_voices = self._voice_arrays
             self._voice_arrays = staged
-            self._staged_voices = None
         clock = self._clock
         epoch = time.time() - self._counters[Counter.FRAME] / self.sample_rate
         if not epoch >= clock[0]:  # earliest observation wins; callbacks only ever run late

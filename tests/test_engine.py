@@ -222,6 +222,21 @@ def test_polyphony_changes_live_and_keeps_sounding_voices():
         engine.set_polyphony(0)
 
 
+def test_a_polyphony_change_staged_while_the_callback_adopts_is_not_lost(monkeypatch):
+    engine = _engine(n_voices=8)
+    adopt = vk.adopt_voices
+
+    def adopt_while_control_stages_again(*args):
+        adopt(*args)
+        if engine.polyphony == 8:  # the control thread runs while the kernel holds no GIL
+            engine.set_polyphony(5)
+
+    monkeypatch.setattr(vk, "adopt_voices", adopt_while_control_stages_again)
+    engine.set_polyphony(4)
+    _render(engine, 768)
+    assert engine.polyphony == 5
+
+
 def test_panic_silences_and_drops_scheduled_notes():
     engine = _engine()
     engine.note_on(69, 100)
