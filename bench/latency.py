@@ -1,17 +1,22 @@
-"""OSC -> audio and MIDI -> audio onset latency of `latentsynth serve --audio jack` through a
-private dummy JACK server. Prints JSON; writes bench/out/latency.png.
+"""Note-on -> onset latency of `latentsynth serve --audio jack` beside a bare baseline synth on the
+same private dummy JACK server, in the same run. Prints JSON; writes bench/out/latency.png.
 
-A capture client in the same JACK graph records the server's output and the wall-clock time of
-each cycle. OSC: each trial sends `/note/on 69 100` over UDP, finds the first non-zero frame, and
-measures from the send to the cycle that rendered it (plus the frame's offset in the block);
-then it `/panic`s and waits for silence. MIDI: a JACK MIDI output port of the bench connects to
-the server's virtual MIDI input `latentsynth`; each trial writes a note-on at a random frame of a
-cycle and measures from that frame to the first non-zero output frame (JACK frame time, no wall
-clock); then CC120 (all sound off). Both are measured inside the graph, so they exclude the
-device's playback buffer: the target is at most one block + 1 ms on top of it (an undated command
-waits for the next block start). The baseline in the same run is the block period itself.
+The baseline (`tests.support.baseline_synth`: a Python JACK client whose UDP thread sets a flag)
+is the floor on this machine under its current load: block quantisation, the UDP hop and a
+Python callback's exposure to the scheduler. Each trial sends the same note-on to the engine and
+to the baseline (OSC over UDP, in alternating order; JACK MIDI from one port connected to both),
+and a capture client in the graph finds both onsets. OSC latency runs from the send (wall
+clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI latency from the
+event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
 
-Usage: python bench/latency.py [--trials 60] [--midi-trials 60] [--period 256] [--rate 48000]
+Phases: the baseline alone (the xrun reference), then for each engine configuration (GRU voice
+off/on, native or Python audio callback) the timbre still and a new random `/timbre/xy` every
+1.5 s. Every engine figure is also given as a difference from the baseline's in the same phase.
+xruns are the graph's (JACK tells every client), per minute.
+
+Usage: python bench/latency.py [--trials 12] [--runs 1] [--gru off,on] [--callbacks native]
+       [--period 128] [--no-midi]            (default: under 2 minutes)
+       python bench/latency.py --full        (3 runs x 40 notes, native and Python callbacks)
 """
 from __future__ import annotations
 
@@ -21,151 +26,238 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from rt_engine.audio_backends import connect_ports  # noqa: E402
 from rt_engine.osc_server import encode_message  # noqa: E402
+from tests.serve_process import ServeProcess  # noqa: E402
+from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSender  # noqa: E402
+
+BASELINE = "latentsynth-baseline"
+WINDOW_S = 0.25       # an onset later than this is missing
+TIMBRE_EVERY_S = 1.5
 
 
-def _osc_trials(capture, port: int, args) -> list[float]:
-    """OSC note-on -> onset (frames, wall clock) per trial."""
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Target:
+    """One synth under test: its OSC port, captured output port and capture channel."""
+
+    def __init__(self, name: str, osc_port: int, output: str):
+        self.name, self.osc_port, self.output = name, osc_port, output
+        self.osc, self.midi = [], []   # latencies (ms)
+        self.osc_missing = self.midi_missing = 0
+
+
+def _mover(port: int, stop: threading.Event, rng) -> None:
+    """Send a new random timbre point every TIMBRE_EVERY_S until `stop`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while not stop.wait(TIMBRE_EVERY_S):
+            x, y = rng.uniform(0.0, 1.0, 2)
+            sock.sendto(encode_message("/timbre/xy", (float(x), float(y))), ("127.0.0.1", port))
+
+
+def _onsets(capture, targets, since_frame: int, period: int):
+    """Onset frame per target (-1 = none) after `since_frame`."""
+    within = int(2 * WINDOW_S * capture.sample_rate)  # bounded: a long scan holds the GIL the capture needs
+    return [capture.onset_after(since_frame - period, threshold=1e-5, channel=k, within=within)
+            for k in range(len(targets))]
+
+
+def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng) -> dict:
+    """Run `trials` OSC (and MIDI) trials on every target at once; statistics per target."""
+    capture = JackCapture(server.name, [t.output for t in targets], seconds=trials * 1.0 + 10)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stop = threading.Event()
+    mover = None
+    if move_port is not None:
+        mover = threading.Thread(target=_mover, args=(move_port, stop, rng), daemon=True)
+        mover.start()
     note_on, panic = encode_message("/note/on", (69.0, 100.0)), encode_message("/panic")
-    latencies = []
+    started = time.monotonic()
     try:
-        for _ in range(args.trials):
-            sent_at = capture.now()
-            sent_s = time.perf_counter()
-            sender.sendto(note_on, ("127.0.0.1", port))
-            time.sleep(0.08)
-            onset = capture.onset_after(sent_at - 2 * args.period, threshold=1e-5)
-            if onset >= 0:
-                latencies.append((capture.wall_time_of(onset) - sent_s) * args.rate)
-            sender.sendto(panic, ("127.0.0.1", port))
-            time.sleep(0.12 + np.random.uniform(0, args.period / args.rate))
+        time.sleep(0.3)
+        for trial in range(trials):
+            order = targets if trial % 2 == 0 else targets[::-1]
+            since, sent = capture.now(), {}
+            for target in order:
+                sent[target.name] = time.perf_counter()
+                sock.sendto(note_on, ("127.0.0.1", target.osc_port))
+            time.sleep(WINDOW_S + 0.02)
+            for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
+                latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
+                if latency > WINDOW_S * 1000:
+                    target.osc_missing += 1
+                else:
+                    target.osc.append(latency)
+            for target in targets:
+                sock.sendto(panic, ("127.0.0.1", target.osc_port))
+            time.sleep(0.1 + rng.uniform(0, args.period / args.rate))
+            if midi is None:
+                continue
+            written = midi.send(bytes([0x90, 69, 100]), int(rng.integers(0, args.period)))
+            time.sleep(WINDOW_S + 0.02)
+            for target, onset in zip(targets, _onsets(capture, targets, written, args.period)):
+                latency = (onset - written) / args.rate * 1000 if onset >= 0 else np.inf
+                if latency > WINDOW_S * 1000:
+                    target.midi_missing += 1
+                else:
+                    target.midi.append(latency)
+            midi.send(bytes([0xB0, 120, 0]))
+            time.sleep(0.1)
     finally:
-        sender.close()
-    return latencies
+        stop.set()
+        if mover is not None:
+            mover.join(TIMBRE_EVERY_S + 1)
+        sock.close()
+        capture.close()
+    seconds = time.monotonic() - started
+    return {"seconds": round(seconds, 1), "xruns": capture.xruns,
+            "xruns_per_min": round(capture.xruns * 60 / seconds, 2)}
 
 
-def _midi_trials(capture, server_name: str, args) -> list[float]:
-    """JACK MIDI note-on at a random frame of a cycle -> onset (frames, JACK frame time) per trial."""
-    from tests.support.jack_harness import JackMidiSender
+def _stats(latencies: list[float], missing: int) -> dict:
+    ms = np.asarray(latencies, dtype=float)
+    if not ms.size:
+        return {"n": 0, "missing": missing}
+    return {"n": int(ms.size), "missing": missing, "median": round(float(np.median(ms)), 3),
+            "p99": round(float(np.percentile(ms, 99)), 3), "max": round(float(ms.max()), 3)}
 
-    sender = JackMidiSender(server_name, client_name="latentsynth-bench-midi")
-    sender.connect_to("latentsynth")
-    rng = np.random.default_rng(0)
-    latencies = []
+
+def _compare(engine: dict, baseline: dict, period_ms: float) -> dict:
+    """Engine minus baseline, and the issue's targets: median <= +0.7 ms, max <= + one period,
+    nothing missing."""
+    if not engine.get("n") or not baseline.get("n"):
+        return {"targets_met": False}
+    diff = {key: round(engine[key] - baseline[key], 3) for key in ("median", "p99", "max")}
+    diff["targets_met"] = bool(diff["median"] <= 0.7 and diff["max"] <= period_ms
+                               and engine["missing"] == 0)
+    return diff
+
+
+def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
+    engine, baseline = (targets[0], targets[1]) if len(targets) == 2 else (None, targets[0])
+    for kind in ("osc", "midi") if midi else ("osc",):
+        base = _stats(getattr(baseline, kind), getattr(baseline, f"{kind}_missing"))
+        phase[kind] = {"baseline": base}
+        if engine is not None:
+            eng = _stats(getattr(engine, kind), getattr(engine, f"{kind}_missing"))
+            phase[kind].update(engine=eng, difference=_compare(eng, base, period_ms))
+    return phase
+
+
+def _start_serve(server, port: int, gru: str, callback: str) -> tuple[ServeProcess, str]:
+    env = dict(server.env, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    serve = ServeProcess([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack",
+                          "--midi", "auto", "--midi-api", "jack", "--osc-port", str(port),
+                          "--osc-host", "127.0.0.1", "--gru", "auto" if gru == "on" else "none",
+                          "--audio-callback", callback], port, env, 300.0)
+    audio = " / ".join(line.strip() for line in serve.output
+                       if line.startswith(("audio:", "GRU voice:")))
+    return serve, audio
+
+
+def _plot(results: list[dict]) -> None:
     try:
-        time.sleep(0.2)
-        for _ in range(args.midi_trials):
-            written = sender.send(bytes([0x90, 69, 100]), int(rng.integers(0, args.period)))
-            time.sleep(0.08)
-            onset = capture.onset_after(written - 2 * args.period, threshold=1e-5)
-            if onset >= 0:
-                latencies.append(float(onset - written))
-            sender.send(bytes([0xB0, 120, 0]))  # all sound off
-            time.sleep(0.12)
-    finally:
-        sender.close()
-    return latencies
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-
-def _summary(frames: np.ndarray, period: int, rate: int) -> dict:
-    """Latency statistics of `frames` (frames) in ms and in blocks, and the one-block + 1 ms target."""
-    if not frames.size:
-        return {"onsets_found": 0}
-    ms = frames / rate * 1000
-    return {"onsets_found": int(frames.size),
-            "latency_ms": {"median": float(np.median(ms)), "p99": float(np.percentile(ms, 99)),
-                           "min": float(ms.min()), "max": float(ms.max())},
-            "latency_blocks": {"median": float(np.median(frames) / period),
-                               "p99": float(np.percentile(frames, 99) / period)},
-            "target_one_block_plus_1ms": bool(np.percentile(ms, 99) <= period / rate * 1000 + 1.0)}
+    labels, medians, maxima = [], [], []
+    for phase in results:
+        for who in ("baseline", "engine"):
+            stats = phase["osc"].get(who)
+            if stats and stats.get("n"):
+                labels.append(f"{phase['config']}\n{who}")
+                medians.append(stats["median"])
+                maxima.append(stats["max"])
+    out = REPO / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(labels)), 3.5))
+    ax.bar(range(len(labels)), maxima, color="0.8", label="max")
+    ax.bar(range(len(labels)), medians, color="C0", label="median")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("OSC note-on -> onset (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=100)
 
 
 def main() -> None:
-    from tests.support.jack_harness import DummyJackServer, JackCapture
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--midi-trials", type=int, default=60)
-    parser.add_argument("--period", type=int, default=256, help="JACK period (frames)")
+    parser.add_argument("--trials", type=int, default=12, help="notes per phase")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--gru", default="off,on", help="GRU voice configurations: off,on")
+    parser.add_argument("--callbacks", default="native", help="audio callbacks: native,python")
+    parser.add_argument("--moves", default="still,moving", help="timbre: still,moving")
+    parser.add_argument("--period", type=int, default=128, help="JACK period (frames)")
     parser.add_argument("--rate", type=int, default=48_000, help="JACK rate (Hz)")
+    parser.add_argument("--no-midi", action="store_true", help="OSC trials only")
+    parser.add_argument("--full", action="store_true",
+                        help="3 runs x 40 notes, GRU off and on, native and Python callbacks")
     args = parser.parse_args()
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if args.full:
+        args.trials, args.runs, args.callbacks = 40, 3, "native,python"
+    period_ms = args.period / args.rate * 1000
+    rng = np.random.default_rng(0)
+    results = []
     with DummyJackServer(f"latentsynth-bench-{os.getpid()}", args.rate, args.period) as server:
-        jack_realtime = server.realtime
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack", "--midi", "auto",
-             "--midi-api", "jack", "--osc-port", str(port), "--osc-host", "127.0.0.1"],
-            env=server.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        declared = midi_ports = ""
-        for line in serve.stdout:
-            if line.startswith("audio:"):
-                declared = line.strip()
-            if line.startswith("MIDI ports:"):
-                midi_ports = line.strip()
-            if "ready" in line:
-                break
-        capture = JackCapture(server.name, ["latentsynth:out_1"],
-                              seconds=(args.trials + args.midi_trials) * 0.3 + 10)
+        baseline_port = _free_port()
+        baseline = subprocess.Popen([sys.executable, "-m", "tests.support.baseline_synth",
+                                     "--osc-port", str(baseline_port), "--name", BASELINE],
+                                    cwd=REPO, env=server.env, stdout=subprocess.PIPE, text=True)
+        midi = None
         try:
-            time.sleep(0.5)
-            latencies = _osc_trials(capture, port, args)
-            midi_latencies = _midi_trials(capture, server.name, args)
+            if baseline.stdout.readline().strip() != "ready":
+                raise RuntimeError("the baseline synth did not start")
+            if not args.no_midi:
+                midi = JackMidiSender(server.name, client_name="latentsynth-bench-midi")
+                connect_ports(midi.client, midi.port, f"{BASELINE}:midi_in")
+            for run in range(args.runs):
+                base = _Target("baseline", baseline_port, f"{BASELINE}:out")
+                phase = _phase(server, [base], midi, args.trials, None, args, rng)
+                results.append(_report([base], dict(phase, run=run, config="baseline alone"),
+                                       period_ms, midi is not None))
+                for gru in args.gru.split(","):
+                    for callback in args.callbacks.split(","):
+                        port = _free_port()
+                        serve, audio = _start_serve(server, port, gru, callback)
+                        try:
+                            if midi is not None:
+                                midi.connect_to("latentsynth")
+                            for move in args.moves.split(","):
+                                targets = [_Target("engine", port, "latentsynth:out_1"),
+                                           _Target("baseline", baseline_port, f"{BASELINE}:out")]
+                                phase = _phase(server, targets, midi, args.trials,
+                                               port if move == "moving" else None, args, rng)
+                                config = f"GRU {gru}, {callback} callback, timbre {move}"
+                                results.append(_report(targets, dict(phase, run=run, config=config,
+                                                                     audio=audio),
+                                                       period_ms, midi is not None))
+                        finally:
+                            serve.stop()
         finally:
-            capture.close()
-            serve.terminate()
-            serve.wait(30)
-    frames = np.array(latencies, dtype=float)
-    midi_frames = np.array(midi_latencies, dtype=float)
-    block_ms = args.period / args.rate * 1000
-    osc = _summary(frames, args.period, args.rate)
-    result = {
-        "rate": args.rate, "period": args.period, "trials": args.trials, "midi_trials": args.midi_trials,
-        "jack_realtime": jack_realtime,
-        "declared": declared,
-        "midi_ports": midi_ports,
-        "baseline_block_ms": block_ms,
-        "onsets_found": osc.pop("onsets_found"),
-        "latency_ms": osc.get("latency_ms"),
-        "latency_blocks": osc.get("latency_blocks"),
-        "midi": _summary(midi_frames, args.period, args.rate),
-    }
-    if "target_one_block_plus_1ms" in osc:
-        result["target_one_block_plus_1ms"] = osc["target_one_block_plus_1ms"]
-    if frames.size or midi_frames.size:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            out = Path(__file__).resolve().parent / "out"
-            out.mkdir(exist_ok=True)
-            plt.figure(figsize=(5, 3.5))
-            bins = np.linspace(min(np.min(frames, initial=0), np.min(midi_frames, initial=0)),
-                               max(np.max(frames, initial=1), np.max(midi_frames, initial=1)), 31)
-            bins = bins / args.rate * 1000
-            plt.hist(frames / args.rate * 1000, bins=bins, alpha=0.6, label="OSC (wall clock)")
-            plt.hist(midi_frames / args.rate * 1000, bins=bins, alpha=0.6, label="JACK MIDI (frames)")
-            plt.axvline(block_ms + 1.0, color="r", linestyle="--", label="one block + 1 ms")
-            plt.xlabel("note-on -> onset in the JACK graph (ms)")
-            plt.ylabel("trials")
-            plt.legend()
-            plt.tight_layout()
-            plt.savefig(out / "latency.png", dpi=100)
-        except ImportError:
-            pass
-    print(json.dumps(result, indent=1))
+            if midi is not None:
+                midi.close()
+            baseline.terminate()
+            baseline.wait(10)
+    _plot(results)
+    print(json.dumps({"rate": args.rate, "period": args.period, "period_ms": round(period_ms, 3),
+                      "trials": args.trials, "jack_realtime": server.realtime,
+                      "load_average": os.getloadavg()[0], "phases": results}, indent=1))
 
 
 if __name__ == "__main__":

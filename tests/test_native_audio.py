@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba.core.runtime import _nrt_python, rtsys
 
 from rt_engine import native_audio as na
 from rt_engine import voice_kernel as vk
@@ -75,17 +76,22 @@ def test_native_block_tracks_the_wall_clock_and_measures_its_load():
     assert engine.frame == 256
 
 
-def test_jack_callback_is_a_c_function_rendering_into_its_port_buffers():
-    """Call the compiled JACK callback through its C address with fake port buffers and a fake
-    jack_port_get_buffer: the ports receive the block Engine.process renders."""
-    python, engine = _engine(), _engine()
-    native = na.NativeBlock(engine)
+def _fake_jack(native):
+    """The compiled JACK callback as a ctypes function, with two fake port buffers and a fake
+    jack_port_get_buffer (the "port" is the buffer's address)."""
     buffers = [np.zeros(256, dtype=np.float32) for _ in range(2)]
     get_buffer_type = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32)
-    fake_get_buffer = get_buffer_type(lambda port, n: port)  # the "port" is the buffer address
+    fake_get_buffer = get_buffer_type(lambda port, n: port)
     native.control[na.K_PORT_L], native.control[na.K_PORT_R] = (b.ctypes.data for b in buffers)
     native.control[na.K_PORT_GET_BUFFER] = ctypes.cast(fake_get_buffer, ctypes.c_void_p).value
     callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)(na.jack_process.address)
+    return callback, buffers, fake_get_buffer
+
+
+def test_jack_callback_is_a_c_function_rendering_into_its_port_buffers():
+    python, engine = _engine(), _engine()
+    native = na.NativeBlock(engine)
+    callback, buffers, _keep = _fake_jack(native)
     for eng in (python, engine):
         eng.note_on(69, 100, at_frame=100)
     assert callback(256, native.address) == 0
@@ -93,6 +99,24 @@ def test_jack_callback_is_a_c_function_rendering_into_its_port_buffers():
     np.testing.assert_array_equal(buffers[0], expected[0])
     np.testing.assert_array_equal(buffers[1], expected[1])
     assert callback(4096, native.address) == 1  # more than max_block: refused, nothing rendered
+
+
+def test_jack_callback_allocates_nothing_in_steady_state():
+    engine = _engine()
+    native = na.NativeBlock(engine)
+    callback, buffers, _keep = _fake_jack(native)
+    engine.note_on(60, 100)
+    engine.timbre_xy(0.3, 0.7, 0.05)
+    callback(256, native.address)
+    _nrt_python.memsys_enable_stats()
+    before = rtsys.get_allocation_stats()
+    for k in range(50):
+        if k == 20:
+            engine.note_on(64, 90)
+        assert callback(256, native.address) == 0
+    after = rtsys.get_allocation_stats()
+    assert after.alloc == before.alloc and after.mi_alloc == before.mi_alloc
+    assert np.abs(buffers[0]).max() > 0.01
 
 
 def test_portaudio_callback_interleaves_and_counts_underflows_as_xruns():

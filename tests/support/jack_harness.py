@@ -82,7 +82,9 @@ class JackCapture:
         self.first_frame = -1
         self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
         self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
+        self.xruns = 0  # xruns anywhere in the graph (JACK notifies every client)
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
         self.client.activate()
         for source, port in zip(sources, self._ports):
             connect_ports(self.client, source, port)
@@ -97,14 +99,20 @@ class JackCapture:
             for k, port in enumerate(self._ports):
                 self.buffer[k, start:start + frames] = port.get_array()
 
+    def _xrun(self, delay_usecs: float) -> None:
+        self.xruns += 1
+
     def now(self) -> int:
         """Current JACK frame time (frames)."""
         return int(self.client.frame_time)
 
-    def onset_after(self, frame: int, threshold: float = 1e-3) -> int:
-        """First frame time >= `frame` where channel 0 exceeds `threshold`, or -1."""
+    def onset_after(self, frame: int, threshold: float = 1e-3, channel: int = 0,
+                    within: int | None = None) -> int:
+        """First frame time >= `frame` (and < `frame + within` when given) where `channel`
+        exceeds `threshold`, or -1."""
         start = max(frame - self.first_frame, 0)
-        hits = np.nonzero(np.abs(self.buffer[0, start:]) > threshold)[0]
+        stop = None if within is None else start + within
+        hits = np.nonzero(np.abs(self.buffer[channel, start:stop]) > threshold)[0]
         return self.first_frame + start + int(hits[0]) if hits.size else -1
 
     def wall_time_of(self, frame: int) -> float:
