@@ -54,3 +54,17 @@ def test_malformed_examples_are_errors_naming_the_note(tmp_path):
     (tmp_path / "nsynth-test" / "examples.json").write_text(json.dumps({"x-060-075": {"pitch": 60}}))
     with pytest.raises(ValueError, match="x-060-075"):
         read_examples(tmp_path / "nsynth-test")
+
+
+def test_a_store_above_16_khz_is_resampled_up_and_warns_that_the_top_band_is_empty(tmp_path):
+    _make_nsynth(tmp_path, {"train": [("flute_acoustic_000-057-075", 57, 0.3)]})
+    with pytest.warns(UserWarning, match="nothing above 8000 Hz"):
+        build_nsynth_store(tmp_path, tmp_path / "store", splits=("train",), seconds=0.5, progress=False,
+                           sample_rate=32_000)
+    store = NoteStore(tmp_path / "store")
+    assert (store.sample_rate, store.n_samples) == (32_000, 16_000)
+    note = np.asarray(store.audio[0, :12_000], dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(note))
+    freqs_hz = np.fft.rfftfreq(note.size, 1 / 32_000)
+    assert abs(freqs_hz[np.argmax(spectrum)] - 220.0) < 3.0  # the tone kept its pitch through the resampler
+    assert (spectrum[freqs_hz > 8_500] ** 2).sum() < 1e-6 * (spectrum ** 2).sum()

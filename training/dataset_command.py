@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nsynth.add_argument("--out", required=True, help="output folder")
     nsynth.add_argument("--splits", nargs="+", default=["train", "valid", "test"], help="NSynth splits to read")
     nsynth.add_argument("--seconds", type=float, default=1.0, help="keep the first SECONDS of each note")
+    nsynth.add_argument("--sample-rate", type=int, default=16_000,
+                        help="store rate (Hz), default NSynth's 16000; higher (the default model's 32000) resamples "
+                             "up, with a warning: NSynth holds nothing above 8 kHz")
 
 
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
@@ -59,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
         elif args.dataset_action == "nsynth":
             from training.nsynth import build_nsynth_store
 
-            summary = build_nsynth_store(args.root, args.out, splits=tuple(args.splits), seconds=args.seconds)
+            summary = build_nsynth_store(args.root, args.out, splits=tuple(args.splits), seconds=args.seconds,
+                                         sample_rate=args.sample_rate)
         else:
             print("latentsynth dataset: choose render-sf2 or nsynth", file=sys.stderr)
             return 2

@@ -3,12 +3,14 @@
 Writes eval.json (pitch accuracy by pyin over MIDI 28-96 on held-out timbres, one-shot
 reconstruction vs the nearest training preset, interpolation pitch accuracy) and PNGs
 (keyboard_sheet.png: the 88-key spectrogram sheet) into --out, and prints the headline numbers.
+`--one-shot-fidelity [--sf2 FONT]` runs `training.one_shot_fidelity` instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from training.generate_command import DEFAULT_MODEL_DIR
 
@@ -16,10 +18,26 @@ from training.generate_command import DEFAULT_MODEL_DIR
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="model folder (default: the shipped model)")
     parser.add_argument("--out", required=True, help="folder for eval.json and the PNGs")
-    parser.add_argument("--data", default="data/fluidr3", help="note store with held-out ('valid') instruments")
+    parser.add_argument("--data", default=None,
+                        help="note store with held-out ('valid') instruments (default: the store the model's GAN "
+                             "was trained on, from gan/metadata.json)")
     parser.add_argument("--pitch-step", type=int, default=4, help="evaluate every Nth pitch of MIDI 28-96 (1: all)")
     parser.add_argument("--timbres", type=int, default=4, help="held-out timbres to evaluate")
     parser.add_argument("--seed", type=int, default=0, help="noise seed z")
+    parser.add_argument("--one-shot-fidelity", action="store_true",
+                        help="instead: one note at MIDI 60 of each program of --sf2 -> the bank, against the font's "
+                             "real notes MIDI 36-84 (training.one_shot_fidelity; one_shot_fidelity.json/.png)")
+    parser.add_argument("--sf2", default=None, help="font of the one-shot fidelity evaluation "
+                                                     "(default: Debian's TimGM6mb, /usr/share/sounds/sf2)")
+
+
+def training_data_of(model_dir) -> str:
+    """The note store a model folder's GAN was trained on (`data` in gan/metadata.json)."""
+    metadata_path = Path(model_dir) / "gan" / "metadata.json"
+    try:
+        return str(json.loads(metadata_path.read_text())["data"])
+    except (OSError, ValueError, KeyError) as error:
+        raise FileNotFoundError(f"{metadata_path}: no training data recorded ({error}); pass --data") from error
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,14 +48,33 @@ def main(args: argparse.Namespace) -> int:
     if args.pitch_step < 1 or args.timbres < 1:
         print("latentsynth eval: --pitch-step and --timbres must be >= 1", file=sys.stderr)
         return 2
+    if args.one_shot_fidelity:
+        return one_shot_fidelity_main(args)
     try:
-        metrics = evaluate_model(args.model, args.data, args.out, pitch_step=args.pitch_step,
+        data = args.data or training_data_of(args.model)
+        metrics = evaluate_model(args.model, data, args.out, pitch_step=args.pitch_step,
                                  n_timbres=args.timbres, seed=args.seed)
     except (FileNotFoundError, ValueError, CheckpointError, NoteStoreError) as error:
         print(f"latentsynth eval: {error}", file=sys.stderr)
         return 1
     headline = {key: metrics[key] for key in ("pitch_accuracy", "pitch_accuracy_without_harmonic_prior",
                                               "real_notes_pitch_accuracy",
-                                              "interpolation_pitch_accuracy", "reconstruction", "eval_seconds")}
+                                              "interpolation_pitch_accuracy", "reconstruction", "high_band",
+                                              "timbre_spread_db", "temporal_detail_db", "eval_seconds")}
     print(json.dumps(headline, indent=2))
+    return 0
+
+
+def one_shot_fidelity_main(args: argparse.Namespace) -> int:
+    """`eval --one-shot-fidelity`: writes the JSON and PNG, prints both subsets' summaries."""
+    from models.checkpoint import CheckpointError
+    from training.one_shot_fidelity import DEFAULT_SF2, evaluate_one_shot_fidelity
+
+    try:
+        metrics = evaluate_one_shot_fidelity(args.model, args.sf2 or DEFAULT_SF2, args.out)
+    except (FileNotFoundError, ValueError, CheckpointError) as error:
+        print(f"latentsynth eval: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({key: metrics[key] for key in ("held_out_rule", "chosen_on_development", "development",
+                                                    "held_out", "eval_seconds")}, indent=2))
     return 0

@@ -11,6 +11,8 @@ Public API:
     log_mel_distance_db(a, b, config) -> float64 [n] (dB)      RMS log-mel difference per note
     timbre_spread_db(notes_by_timbre, config) -> float (dB)    mean distance between timbres, same pitch
     temporal_detail_db(audio, config) -> float64 [n] (dB)      mean frame-to-frame log-mel change
+    band_level_db(audio, sample_rate, low_hz, high_hz) -> float64 [n] (dB)  band energy / note energy
+    high_band_agreement(generated, real, sample_rate) -> dict    8-15 kHz level, generated vs real
     evaluate_model(model_dir, data_dir, out_dir, ...) -> dict   writes eval.json and PNGs
 """
 from __future__ import annotations
@@ -24,17 +26,25 @@ import numpy as np
 
 EVAL_PITCHES = tuple(range(28, 97))
 """MIDI 28-96: the range the pitch-accuracy target is defined over."""
+HIGH_BAND_HZ = (8_000.0, 15_000.0)
+"""The band a 16 kHz model cannot fill: its level is compared between generated and real notes (Hz)."""
+HIGH_BAND_TOLERANCE_DB = 6.0
+"""A generated note's high-band level counts as matching the real note's within this (dB)."""
+BAND_LEVEL_FLOOR_DB = -120.0
+"""Band levels are floored here (dB): an empty band (above a model's Nyquist) reads as -120 dB."""
 
 
 def estimate_f0_hz(audio: np.ndarray, sample_rate: int, expected_hz: float) -> float:
     """Median pyin f0 (Hz) over the voiced frames (hop 512) of the first 0.75 s of one note
     `[n_samples]`, searching 1.5 octaves either side of `expected_hz` (within 25 Hz .. Nyquist / 2);
-    nan when no frame is voiced."""
+    nan when no frame is voiced. pyin's window lasts about 128 ms when the search reaches below
+    60 Hz and 64 ms otherwise, at any rate."""
     import librosa
 
     fmin = max(25.0, expected_hz / 2 ** 1.5)
     fmax = min(sample_rate / 4.0, expected_hz * 2 ** 1.5)
-    frame_length = 2048 if fmin < 60 else 1024
+    rate_scale = 2 ** max(0, round(math.log2(sample_rate / 16_000)))  # the same window in seconds at any rate
+    frame_length = (2048 if fmin < 60 else 1024) * rate_scale
     analysed = np.asarray(audio, dtype=np.float64)[: int(0.75 * sample_rate)]  # the held part, not the fade
     f0, voiced, _ = librosa.pyin(analysed, fmin=fmin, fmax=fmax, sr=sample_rate,
                                  frame_length=frame_length, hop_length=512, center=True)
@@ -106,6 +116,31 @@ def temporal_detail_db(audio: np.ndarray, config) -> np.ndarray:
     return (change * both).sum(axis=(1, 2)) / np.maximum(both.sum(axis=(1, 2)), 1)
 
 
+def band_level_db(audio: np.ndarray, sample_rate: int, low_hz: float, high_hz: float) -> np.ndarray:
+    """Energy of each note `[n, n_samples]` in the band [low_hz, high_hz) (Hz) relative to the note's
+    whole energy (dB, floored at BAND_LEVEL_FLOOR_DB; a band above Nyquist is empty). Peak
+    normalisation does not change it. Returns float64 [n]."""
+    audio = np.asarray(audio, dtype=np.float64)
+    power = np.abs(np.fft.rfft(audio, axis=-1)) ** 2
+    freqs_hz = np.fft.rfftfreq(audio.shape[-1], 1.0 / sample_rate)
+    in_band = (freqs_hz >= low_hz) & (freqs_hz < high_hz)
+    ratio = power[:, in_band].sum(axis=-1) / np.maximum(power.sum(axis=-1), 1e-300)
+    return np.maximum(10.0 * np.log10(np.maximum(ratio, 1e-300)), BAND_LEVEL_FLOOR_DB)
+
+
+def high_band_agreement(generated: np.ndarray, real: np.ndarray, generated_rate: int, real_rate: int) -> dict:
+    """8-15 kHz level (`band_level_db`) of generated notes vs the real notes at the same pitch, both
+    `[n, n_samples]` (each at its own rate, Hz): mean generated and real level (dB), the mean
+    absolute difference (dB) and the share of pairs within HIGH_BAND_TOLERANCE_DB."""
+    generated_db = band_level_db(generated, generated_rate, *HIGH_BAND_HZ)
+    real_db = band_level_db(real, real_rate, *HIGH_BAND_HZ)
+    difference = np.abs(generated_db - real_db)
+    return {"generated_db": float(generated_db.mean()), "real_db": float(real_db.mean()),
+            "mean_abs_difference_db": float(difference.mean()),
+            "within_tolerance": float((difference <= HIGH_BAND_TOLERANCE_DB).mean()),
+            "tolerance_db": HIGH_BAND_TOLERANCE_DB, "band_hz": list(HIGH_BAND_HZ), "n_pairs": int(len(difference))}
+
+
 def _held_out_instruments(store, n_timbres: int) -> list[str]:
     names = sorted({store.instrument[n] for n in store.indices("valid")})
     if not names:
@@ -135,6 +170,11 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
     source = GanBankSource.from_dir(model_dir)
     config = source.config
     store = NoteStore(data_dir)
+    if store.sample_rate != source.sample_rate or store.n_samples != source.n_samples:
+        raise ValueError(f"{data_dir}: notes are {store.n_samples} samples at {store.sample_rate} Hz, the model at "
+                         f"{model_dir} makes {source.n_samples} at {source.sample_rate} Hz: evaluate on a store "
+                         f"rendered at the model rate (latentsynth dataset render-sf2 --sample-rate "
+                         f"{source.sample_rate})")
     pitches = list(EVAL_PITCHES[::max(1, pitch_step)])
     preset_names = source.preset_names()
     preset_h = np.stack([source.presets[name] for name in preset_names])
@@ -142,6 +182,7 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
     per_timbre, generated_correct, real_correct, plain_correct = [], [], [], []
     instance_db, preset_db, instance_f, preset_f = [], [], [], []
     generated_by_timbre, real_by_timbre, generated_detail, real_detail = {}, {}, [], []
+    high_band_generated, high_band_real = [], []
     for instrument in tqdm(_held_out_instruments(store, n_timbres), desc="eval timbres", disable=not progress):
         reference = _reference_note(store, instrument)
         h = source.features_of_audio(np.asarray(store.audio[reference])[None])[0]
@@ -159,6 +200,8 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
         generated_by_timbre[instrument] = dict(zip(available, audio[rows]))
         real_by_timbre[instrument] = dict(zip(available, real))
         generated_detail.extend(temporal_detail_db(audio[rows], config))
+        high_band_generated.append(audio[rows])
+        high_band_real.append(real)
         real_detail.extend(temporal_detail_db(real, config))
         preset_audio = source.render_conditioning(np.repeat(preset_h[nearest][None], len(available), 0), available,
                                                   seed=seed)
@@ -199,6 +242,8 @@ def evaluate_model(model_dir, data_dir, out_dir, pitch_step: int = 4, n_timbres:
         "timbre_spread_db": {"generated": timbre_spread_db(generated_by_timbre, config),
                              "real": timbre_spread_db(real_by_timbre, config)},
         "temporal_detail_db": {"generated": float(np.mean(generated_detail)), "real": float(np.mean(real_detail))},
+        "high_band": high_band_agreement(np.concatenate(high_band_generated), np.concatenate(high_band_real),
+                                         source.sample_rate, store.sample_rate),
         "per_timbre": per_timbre, "interpolation": interpolation,
         "eval_seconds": round(time.monotonic() - started, 1),
     }

@@ -5,6 +5,9 @@ Layout read: ROOT/nsynth-{train,valid,test}/examples.json and ROOT/nsynth-{split
 peak-normalised with the exponential fade-out of `training.sf2_render.preprocess_note`; silent
 notes dropped and counted. Labels: pitch, instrument (instrument_str), family (instrument_family),
 velocity, source (instrument_source_str), split (train / valid / test).
+NSynth is 16 kHz, so it holds nothing above 8 kHz: a store built at a higher `sample_rate` (the
+default model's 32 kHz) is resampled up, warns that the top band stays empty, and records
+`band_limit_hz` in its attributes.
 
 Public API:
     read_examples(split_dir) -> dict            examples.json, validated
@@ -13,9 +16,11 @@ Public API:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from training.sf2_render import SILENCE_PEAK, preprocess_note
 
@@ -60,20 +65,29 @@ def _read_note(path: Path, n_samples: int) -> np.ndarray:
 
 def build_nsynth_store(root: str | Path, out_dir: str | Path, splits=("train", "valid", "test"),
                        seconds: float = 1.0, fade_seconds: float = 0.1, fade_decay: float = 5.0,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, sample_rate: int = NSYNTH_SAMPLE_RATE) -> dict:
     """Index and preprocess NSynth `splits` under `root` into a note store at `out_dir` (written
-    atomically). Returns {"n_notes", "n_silent_dropped", "n_out_of_range", "out"}."""
+    atomically) at `sample_rate` (Hz; above NSynth's 16 kHz the notes are resampled up and a
+    warning says the band above 8 kHz stays empty). Returns {"n_notes", "n_silent_dropped",
+    "n_out_of_range", "out"}."""
     from tqdm import tqdm
 
     from training.note_dataset import NoteStoreWriter
 
     root = Path(root)
     split_examples = {split: read_examples(root / f"nsynth-{split}") for split in splits}
-    n_samples = int(round(seconds * NSYNTH_SAMPLE_RATE))
+    if sample_rate < NSYNTH_SAMPLE_RATE or sample_rate % 1000:
+        raise ValueError(f"sample_rate must be a multiple of 1000 Hz >= {NSYNTH_SAMPLE_RATE}, got {sample_rate}")
+    if sample_rate > NSYNTH_SAMPLE_RATE:
+        warnings.warn(f"NSynth is {NSYNTH_SAMPLE_RATE} Hz: resampled to {sample_rate} Hz its notes hold nothing above "
+                      f"{NSYNTH_SAMPLE_RATE // 2} Hz, so a model trained on them plays band-limited banks",
+                      stacklevel=2)
+    source_samples = int(round(seconds * NSYNTH_SAMPLE_RATE))
+    n_samples = int(round(seconds * sample_rate))
     n_dropped = n_out_of_range = 0
-    with NoteStoreWriter(out_dir, n_samples=n_samples, sample_rate=NSYNTH_SAMPLE_RATE,
+    with NoteStoreWriter(out_dir, n_samples=n_samples, sample_rate=sample_rate,
                          attributes={"source": "nsynth", "root": str(root), "splits": list(splits),
-                                     "seconds": seconds}) as writer:
+                                     "seconds": seconds, "band_limit_hz": NSYNTH_SAMPLE_RATE // 2}) as writer:
         for split, examples in split_examples.items():
             for note_str in tqdm(sorted(examples), desc=f"nsynth-{split}", disable=not progress):
                 record = examples[note_str]
@@ -81,14 +95,23 @@ def build_nsynth_store(root: str | Path, out_dir: str | Path, splits=("train", "
                 if not KEY_RANGE[0] <= pitch <= KEY_RANGE[1]:
                     n_out_of_range += 1
                     continue
-                audio = _read_note(root / f"nsynth-{split}" / "audio" / f"{note_str}.wav", n_samples)
+                audio = _read_note(root / f"nsynth-{split}" / "audio" / f"{note_str}.wav", source_samples)
                 if np.max(np.abs(audio)) < SILENCE_PEAK:
                     n_dropped += 1
                     continue
-                writer.append(preprocess_note(audio, NSYNTH_SAMPLE_RATE, fade_seconds, fade_decay),
+                if sample_rate != NSYNTH_SAMPLE_RATE:
+                    audio = _upsampled(audio, sample_rate, n_samples)
+                writer.append(preprocess_note(audio, sample_rate, fade_seconds, fade_decay),
                               pitch=pitch, instrument=str(record["instrument_str"]),
                               family=int(record["instrument_family"]), velocity=int(record["velocity"]),
                               source=str(record["instrument_source_str"]), split=split)
         writer.attributes.update({"n_silent_dropped": n_dropped, "n_out_of_range": n_out_of_range})
         n_notes = writer.n_notes
     return {"n_notes": n_notes, "n_silent_dropped": n_dropped, "n_out_of_range": n_out_of_range, "out": str(out_dir)}
+
+
+def _upsampled(audio: np.ndarray, sample_rate: int, n_samples: int) -> np.ndarray:
+    """One 16 kHz note `[m]` resampled to `sample_rate` (Hz), cut or padded to `[n_samples]`."""
+    divisor = np.gcd(sample_rate, NSYNTH_SAMPLE_RATE)
+    resampled = resample_poly(audio, sample_rate // divisor, NSYNTH_SAMPLE_RATE // divisor).astype(np.float32)
+    return np.pad(resampled[:n_samples], (0, max(0, n_samples - resampled.size)))

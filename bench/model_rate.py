@@ -1,0 +1,133 @@
+"""Benchmark: which model sample rate to ship. Measures, at 16, 32 and 44.1 kHz, what the model's
+representation (128-band log-mel, G's 63 frames) and the renderer's inversion keep of real notes, and
+what a bank costs.
+
+For each rate, held-out programs of a General MIDI font are rendered at that rate (tinysoundfont,
+preprocessed like the training data), turned into the model's normalised log-mel and rendered back
+by the bank renderer's inversion (`models.gan_bank.log_mel_to_audio`, harmonic prior + PGHI + FGLA):
+the ceiling any generator at that rate can reach. Reported per rate:
+- pitch accuracy of the rendered-back notes (pyin, +-50 cents, MIDI 28-96);
+- the 8-15 kHz level (`training.evaluation.band_level_db`, dB re the note's energy) against the same
+  notes rendered at 44.1 kHz, the full-band reference: mean |difference| and the share within 6 dB;
+- the cost of an 88-key bank: a generator of the shipped architecture at that rate (fresh weights:
+  cost only) for 88 notes, plus the inversion of 88 notes (median of --repeats, --threads torch threads).
+
+    python3 bench/model_rate.py [--sf2 /usr/share/sounds/sf2/FluidR3_GM.sf2] [--repeats 3] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from models.bank_source import KEYBOARD_PITCHES  # noqa: E402
+from models.features import log_mel  # noqa: E402
+from models.gan import GanConfig, Generator  # noqa: E402
+from models.gan_bank import log_mel_to_audio  # noqa: E402
+from training.evaluation import HIGH_BAND_HZ, EVAL_PITCHES, band_level_db, high_band_agreement, pitch_accuracy  # noqa: E402
+from training.sf2_render import open_soundfont, preprocess_note, render_program_notes  # noqa: E402
+
+RATES = {16_000: (1024, 256), 32_000: (2048, 512), 44_100: (2816, 705)}
+"""Model rate (Hz) -> (n_fft, hop_length) samples: every rate keeps G's 63 frames of a 1 s note and 4x overlap."""
+REFERENCE_RATE = 44_100
+PROGRAMS = (9, 29, 49, 59, 69, 79)
+"""Programs held out of the training split (`RenderConfig.validation_programs`)."""
+
+
+def _render(sf2: str, rate: int, programs, pitches) -> tuple[np.ndarray, list[int]]:
+    """Preprocessed 1 s notes [n, rate] of `programs` x `pitches`, silent ones dropped, and their pitches."""
+    synth, sfid = open_soundfont(sf2, rate)
+    notes, kept = [], []
+    for program in programs:
+        for pitch, raw in zip(pitches, render_program_notes(synth, sfid, program, pitches, 100, rate)):
+            if np.abs(raw).max() >= 1e-4:
+                notes.append(preprocess_note(raw, rate, 0.1, 5.0))
+                kept.append(int(pitch))
+    return np.stack(notes), kept
+
+
+def _median_ms(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(1000.0 * (time.perf_counter() - started))
+    return float(np.median(times))
+
+
+def _shipped_generator_config(rate: int) -> GanConfig:
+    n_fft, hop_length = RATES[rate]
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "training" / "configs" / "gan_default.json").read_text())
+    sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in shipped["model"].items()}
+    sizes.update(sample_rate=rate, n_samples=rate, n_fft=n_fft, hop_length=hop_length)
+    return GanConfig(**sizes)
+
+
+def measure_rate(sf2: str, rate: int, pitches, repeats: int) -> dict:
+    config = _shipped_generator_config(rate)
+    real, kept = _render(sf2, rate, PROGRAMS, pitches)
+    reference, reference_kept = _render(sf2, REFERENCE_RATE, PROGRAMS, pitches)
+    if kept != reference_kept:
+        raise RuntimeError(f"renders at {rate} and {REFERENCE_RATE} Hz dropped different notes")
+    with torch.no_grad():
+        x = log_mel(torch.from_numpy(real), config).numpy()
+    rendered = log_mel_to_audio(x, config, pitches=kept)
+    band = high_band_agreement(rendered, reference, rate, REFERENCE_RATE)
+    band["real_at_this_rate_db"] = float(band_level_db(real, rate, *HIGH_BAND_HZ).mean())
+
+    generator = Generator(config).eval()
+    keys = list(KEYBOARD_PITCHES)
+    z = torch.zeros(len(keys), config.z_dim)
+    h = torch.zeros(len(keys), config.h_dim)
+    pitch_classes = torch.tensor(keys) - config.min_pitch
+    with torch.no_grad():
+        keyboard_x = generator(z, pitch_classes, h).numpy()
+
+    def generate_88():
+        with torch.no_grad():
+            for start in range(0, len(keys), 8):  # the renderer's chunk of 8 notes
+                generator(z[start:start + 8], pitch_classes[start:start + 8], h[start:start + 8])
+
+    def invert_88():
+        log_mel_to_audio(keyboard_x, config, pitches=keys)
+
+    invert_88()  # compile and build the inverter once
+    generator_ms, inversion_ms = _median_ms(generate_88, repeats), _median_ms(invert_88, repeats)
+    return {
+        "sample_rate": rate, "n_fft": config.n_fft, "hop_length": config.hop_length, "n_frames": config.n_frames,
+        "n_mels": config.n_mels, "mel_top_hz": rate / 2, "n_notes": len(kept),
+        "pitch_accuracy_real": pitch_accuracy(real, kept, rate)[0],
+        "pitch_accuracy_rendered_back": pitch_accuracy(rendered, kept, rate)[0],
+        "high_band_vs_full_band_real": band,
+        "bank_88_ms": round(generator_ms + inversion_ms, 1), "generator_88_ms": round(generator_ms, 1),
+        "inversion_88_ms": round(inversion_ms, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sf2", default="/usr/share/sounds/sf2/FluidR3_GM.sf2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--pitch-step", type=int, default=6, help="every Nth pitch of MIDI 28-96")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pitches = list(EVAL_PITCHES[::args.pitch_step])
+    rows = [measure_rate(args.sf2, rate, pitches, args.repeats) for rate in RATES]
+    print(json.dumps({"cpu": platform.processor() or platform.machine(), "torch_threads": args.threads,
+                      "programs": list(PROGRAMS), "pitches": pitches, "reference_rate": REFERENCE_RATE,
+                      "rates": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
