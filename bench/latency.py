@@ -157,12 +157,16 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
     return phase
 
 
-def _start_serve(server, port: int, gru: str, callback: str) -> tuple[ServeProcess, str]:
-    env = dict(server.env, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    serve = ServeProcess([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack",
-                          "--midi", "auto", "--midi-api", "jack", "--osc-port", str(port),
-                          "--osc-host", "127.0.0.1", "--gru", "auto" if gru == "on" else "none",
-                          "--audio-callback", callback], port, env, 300.0)
+def _start_serve(server, port: int, gru: str, callback: str, checkout: Path) -> tuple[ServeProcess, str]:
+    """`serve` from `checkout` (the repository, or `--before DIR`: no --audio-callback there)."""
+    env = dict(server.env, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(checkout))
+    command = [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack", "--midi", "auto",
+               "--midi-api", "jack", "--osc-port", str(port), "--osc-host", "127.0.0.1",
+               "--gru", "auto" if gru == "on" else "none"]
+    if callback != "before":
+        command += ["--audio-callback", callback]
+    serve = ServeProcess(command, port, env, 300.0, cwd=checkout)
     audio = " / ".join(line.strip() for line in serve.output
                        if line.startswith(("audio:", "GRU voice:")))
     return serve, audio
@@ -206,6 +210,9 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=128, help="JACK period (frames)")
     parser.add_argument("--rate", type=int, default=48_000, help="JACK rate (Hz)")
     parser.add_argument("--no-midi", action="store_true", help="OSC trials only")
+    parser.add_argument("--before", type=Path, default=None, metavar="DIR",
+                        help="also run `serve` from this checkout (e.g. `git archive` of an older "
+                             "commit), labelled 'before callback'")
     parser.add_argument("--full", action="store_true",
                         help="3 runs x 40 notes, GRU off and on, native and Python callbacks")
     args = parser.parse_args()
@@ -231,10 +238,12 @@ def main() -> None:
                 phase = _phase(server, [base], midi, args.trials, None, args, rng)
                 results.append(_report([base], dict(phase, run=run, config="baseline alone"),
                                        period_ms, midi is not None))
+                callbacks = args.callbacks.split(",") + (["before"] if args.before else [])
                 for gru in args.gru.split(","):
-                    for callback in args.callbacks.split(","):
+                    for callback in callbacks:
                         port = _free_port()
-                        serve, audio = _start_serve(server, port, gru, callback)
+                        checkout = args.before if callback == "before" else REPO
+                        serve, audio = _start_serve(server, port, gru, callback, checkout)
                         try:
                             if midi is not None:
                                 midi.connect_to("latentsynth")

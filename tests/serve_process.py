@@ -15,12 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class ServeProcess:
-    """Runs `command` in the repository root with `env`; raises RuntimeError with the process's
+    """Runs `command` in `cwd` (the repository root) with `env`; raises RuntimeError with the process's
     output when it exits or stays silent for `ready_timeout_s` before printing `ready`."""
 
-    def __init__(self, command: list[str], port: int, env: dict, ready_timeout_s: float = 180.0):
+    def __init__(self, command: list[str], port: int, env: dict, ready_timeout_s: float = 180.0,
+                 cwd: Path = REPO):
         self.command, self.port = command, port
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         lines: queue.Queue = queue.Queue()
