@@ -30,11 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from rt_engine.control_api import EngineControl
+from rt_engine.osc_guard import GuardConfig, clip_text
 
 Reply = Callable[[str, Sequence[Any]], None]
 """reply(address, args): sends one OSC message back to the client(s)."""
 
 NOT_FOUND = "Command not found"
+GUARD = GuardConfig()
+"""The OSC server's default limits, as the docs state them."""
 MAX_NOTE_ID = (1 << 30) - 1
 """Largest note id an OSC client may use (ids above are reserved for MIDI input)."""
 MIDI_NOTE_ID_BASE = 1 << 30
@@ -49,9 +52,8 @@ MAX_AHEAD_S = 60.0
 """A bundle timetag further ahead than this (seconds) is rejected."""
 MAX_BUNDLE_DEPTH = 8
 """Deepest bundle nesting accepted."""
-RATE_LIMIT_PER_S = 20000
-"""Messages per second the server dispatches (bursts up to RATE_BURST); beyond, dropped, counted."""
-RATE_BURST = 4000
+MAX_ECHOED_ADDRESS = 64
+"""An unknown address is echoed in its /fail cut to this many characters."""
 
 
 class ArgError(ValueError):
@@ -116,10 +118,13 @@ class Command:
 class ServerHooks:
     """What the OSC server adds to a dispatch: `set_notify(on, port)` registers/unregisters the
     sender (at its own UDP port, or at `port` of its host when not None) for notifications;
-    `server_status()` returns the server's own counters for /status.reply."""
+    `server_status()` returns the server's own counters for /status.reply; `check_sound(path)`
+    returns the file /timbre/audio may read for `path` or raises ValueError with the reason
+    (None: any path, as in offline rendering of the operator's own score)."""
 
     set_notify: Callable[[bool, "int | None"], None] | None = None
     server_status: Callable[[], dict] | None = None
+    check_sound: Callable[[str], str] | None = None
 
 
 NO_HOOKS = ServerHooks()
@@ -242,7 +247,13 @@ def _timbre_preset(engine, address, v, at_frame, reply, hooks):
 
 def _timbre_audio(engine, address, v, at_frame, reply, hooks):
     path = v["path"]
-    engine.timbre_audio(path, on_done=lambda: reply("/done", [address, path]),
+    readable = path
+    if hooks.check_sound is not None:
+        try:
+            readable = hooks.check_sound(path)
+        except ValueError as error:
+            raise ArgError(str(error)) from None
+    engine.timbre_audio(readable, on_done=lambda: reply("/done", [address, path]),
                         on_fail=lambda reason: reply("/fail", [address, str(reason)]))
 
 
@@ -349,11 +360,17 @@ COMMANDS: tuple[Command, ...] = (
     Command("/timbre/preset", (Form((ArgSpec("name", "string", "preset name"),)),),
             "Switch to a named timbre preset (not timed: acts on arrival).", _timbre_preset,
             errors=("unknown preset: the reason lists the known names",), timed=False),
-    Command("/timbre/audio", (Form((ArgSpec("path", "string", "sound file on the server's disk"),)),),
+    Command("/timbre/audio", (Form((ArgSpec("path", "string", "sound file on the server's disk, "
+                                            "inside a folder the operator allowed (`--sounds DIR`)"),)),),
             "Derive a timbre from a one-shot sound file; returns at once, replies when playable "
-            "(not timed: acts on arrival).", _timbre_audio,
+            "(not timed: acts on arrival). The file must resolve (symbolic links followed) to a "
+            "regular file inside an allowed folder and be a sound file whose header says "
+            "8 to 192 kHz, at most 8 channels and at most 10 s; this is checked before it is read.",
+            _timbre_audio,
             replies=("/done /timbre/audio <path> when the timbre is playable",),
-            errors=("missing or unreadable file, or a failed render (sent later, when known)",),
+            errors=("outside the allowed sound folders (the same reason whether or not the path "
+                    "exists); not a regular file, not a sound file, a rate, channel count or length "
+                    "out of bounds; a failed render (sent later, when known)",),
             timed=False),
     Command("/gru/glide", (Form((ArgSpec("seconds", "float", "portamento between legato notes", "s",
                                          0.0, MAX_GLIDE_S, clamp=True),)),),
@@ -385,12 +402,17 @@ COMMANDS: tuple[Command, ...] = (
             "queued (not timed).", _sync, replies=("/synced <id>",), timed=False),
     Command("/notify", (Form((
         ArgSpec("on", "int", "1 registers for notifications, 0 unregisters", "", 0, 1),
-        ArgSpec("port", "int", "UDP port on the sender's host that receives the notifications "
-                "(for clients that cannot receive on their sending socket, e.g. Max's udpsend; "
-                "ignored over TCP)", "", 1, 65535, optional=True)),),),
-            "Register for notifications: a registered client also receives every reply and /fail "
-            "the server sends to any client (not timed).", _notify,
-            replies=("/done /notify <on>",), errors=("too many notify clients",), timed=False),
+        ArgSpec("port", "int", "UDP port that receives the notifications, accepted from this "
+                "machine only (for clients that cannot receive on their sending socket, e.g. Max's "
+                "udpsend; from other hosts the operator gives `--reply-port`; ignored over TCP)", "",
+                1, 65535, optional=True)),),),
+            "Register the sender for notifications: a registered client also receives every reply "
+            "and /fail the server sends to any client, within the reply budget of the client that "
+            f"caused it. At most {GUARD.max_notify} clients; a registration ends when its client has "
+            f"sent nothing for {GUARD.notify_idle_s:g} s, or its TCP connection closes (not timed).",
+            _notify,
+            replies=("/done /notify <on>",),
+            errors=("too many notify clients", "a port from another host"), timed=False),
 )
 
 REGISTRY: dict[str, Command] = {command.address: command for command in COMMANDS}
@@ -406,7 +428,7 @@ def dispatch(engine: EngineControl, address: str, args: Sequence[Any], at_frame:
     input; an exception from the engine is answered by /fail naming it."""
     command = REGISTRY.get(address)
     if command is None:
-        reply("/fail", [str(address), NOT_FOUND])
+        reply("/fail", [clip_text(str(address), MAX_ECHOED_ADDRESS), NOT_FOUND])
         return False
     try:
         form, rest = choose_form(command, args)
@@ -454,7 +476,16 @@ def markdown() -> str:
         "packets are OSC 1.0 size-prefixed (int32 big-endian length, then the packet) or, when "
         "a connection's first byte is 0xC0, SLIP-framed (OSC 1.1). Replies go to the sender "
         "(over TCP: on its connection); with `--reply-port P` UDP replies go to port P of the "
-        "sender's host instead; clients registered with `/notify 1` also get every reply.",
+        "sender's host instead; clients registered with `/notify 1` also get every reply. "
+        "`serve` binds 127.0.0.1 unless started with `--bind ADDR`; with `--password` a TCP "
+        "connection must first send `/password <password>` (reply `/done /password`; anything "
+        "else is answered by `/fail #tcp <reason>` and the connection closed) and UDP is accepted "
+        f"from this machine only. TCP connections are capped ({GUARD.tcp_per_host} per host, "
+        f"{GUARD.tcp_total} in all; at the cap, the host's connection idle longest is closed if it "
+        f"has been idle {_fmt(GUARD.tcp_partial_s)} s, else the new one is refused), closed after "
+        f"{_fmt(GUARD.tcp_idle_s)} s without traffic (`--tcp-idle-s`) or when a packet is not whole "
+        f"{_fmt(GUARD.tcp_partial_s)} s after its first byte (`--tcp-partial-s`), and a client that "
+        f"leaves more than {GUARD.tcp_output_limit_bytes} bytes of replies unread is disconnected.",
         "",
         "## Rules for every address",
         "",
@@ -473,9 +504,20 @@ def markdown() -> str:
         f"counted as late). A bundle more than {_fmt(MAX_AHEAD_S)} s ahead is rejected with "
         f"`/fail #bundle <reason>`. Nested bundles are allowed ({MAX_BUNDLE_DEPTH} levels). "
         "Commands marked \"not timed\" act on arrival.",
-        f"- A command the engine's full queue drops is counted (`dropped` in `/status.reply`), not "
-        f"answered. Messages beyond the server's rate limit ({RATE_LIMIT_PER_S} per second, "
-        f"bursts of {RATE_BURST}) are dropped and counted (`osc_dropped` in `/status.reply`).",
+        "- A command the engine's full queue drops is counted (`dropped` in `/status.reply`), not "
+        "answered.",
+        f"- Limits per client (one UDP sender address or one TCP connection): "
+        f"{_fmt(GUARD.rate_per_s)} messages per second (bursts of {_fmt(GUARD.burst)}; all clients "
+        f"together {_fmt(GUARD.global_rate_per_s)} per second); beyond, messages are dropped, counted "
+        f"(`osc_dropped`) and answered by at most one `/fail #rate <reason>` per second. Replies stay "
+        f"within {_fmt(GUARD.reply_ratio)} times the bytes the client sent plus a small allowance "
+        f"({_fmt(GUARD.reply_allowance_bytes)} bytes, refilled at {_fmt(GUARD.reply_refill_bytes_per_s)} "
+        f"bytes per second); replies beyond are dropped and counted (`osc_replies_over_budget`). "
+        f"`/fail` texts are at most {GUARD.max_fail_text} characters.",
+        f"- Dated commands (future timetags) are bounded: {GUARD.max_dated_per_source} ahead per "
+        f"client, {GUARD.max_dated_total} in all, so immediate commands and `/panic` always find room; "
+        f"one beyond is dropped, counted (`osc_dated_dropped`) and answered by one `/fail <address> "
+        f"<reason>` per packet.",
         f"- Note ids from OSC are 0 .. {MAX_NOTE_ID}; MIDI input uses ids "
         f"{MIDI_NOTE_ID_BASE} + 128 * channel + note.",
         "",

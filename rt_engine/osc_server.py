@@ -1,4 +1,4 @@
-"""The OSC server: UDP and TCP on one port, replies, bundles with timetags, flood bound.
+"""The OSC server: UDP and TCP on one port, replies, bundles with timetags, per-source limits.
 
 Two halves. The codec is pure (bytes in, values out) and survives arbitrary bytes: every problem
 is an `OscDecodeError` naming it. `OscServer` runs ONE light thread that blocks in `select` on the
@@ -14,12 +14,20 @@ bundle plays sample-accurately; a past one is passed on too, and the engine play
 block and counts it late); the timetag 1 ("immediately") gives `at_frame=None`. Timetags further
 ahead than `max_ahead_s` are rejected with `/fail #bundle`.
 
+Safety (scsynth's conventions, limits in `rt_engine.osc_guard.GuardConfig`): loopback unless the
+operator binds another address; replies go to the sender's own address (or the operator's
+`reply_port`) and stay within a small multiple of what the sender sent; rate and dated commands
+are bounded per source, so a flooding client neither starves another nor fills the engine's
+schedule; TCP connections are capped per host, time out when idle or half-sent, and a client
+that does not read its replies is dropped instead of blocking the thread.
+
 Public API: `Message`, `Bundle`, `OscDecodeError`, `decode_packet(data)`, `encode_message(address,
 args)`, `encode_bundle(timetag, packets)`, `flatten(packet)`, `unix_to_timetag(t)`,
 `timetag_to_unix(tt)`, `IMMEDIATE`, `OscServer`.
 """
 from __future__ import annotations
 
+import hmac
 import math
 import selectors
 import socket
@@ -31,8 +39,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from rt_engine.control_api import EngineControl
-from rt_engine.osc_registry import (MAX_AHEAD_S, MAX_BUNDLE_DEPTH, RATE_BURST, RATE_LIMIT_PER_S,
-                                    ServerHooks, dispatch)
+from rt_engine.osc_guard import (AccessPolicy, DatedBook, GuardConfig, Source, SourceTable, TokenBucket,
+                                 clip_text, is_loopback)
+from rt_engine.osc_registry import MAX_AHEAD_S, MAX_BUNDLE_DEPTH, REGISTRY, ServerHooks, dispatch
 
 IMMEDIATE = 1
 """The OSC timetag meaning "now"."""
@@ -40,8 +49,11 @@ NTP_UNIX_OFFSET_S = 2208988800
 """Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
 MAX_TCP_PACKET = 1 << 20
 """Largest TCP packet accepted (bytes); a bigger size prefix closes the connection."""
-MAX_TCP_CLIENTS = 64
-MAX_NOTIFY_CLIENTS = 32
+TCP_SNDBUF = 65536
+"""Kernel send buffer of a TCP connection (bytes); beyond it, replies queue in the client's
+bounded output (GuardConfig.tcp_output_limit_bytes)."""
+SWEEP_S = 0.25
+"""How often the server thread checks its time limits (s)."""
 UDP_DRAIN = 256
 """Datagrams read per wake-up before looking at the other sockets again."""
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
@@ -254,21 +266,53 @@ def slip_encode(packet: bytes) -> bytes:
 # ----------------------------------------------------------------------------- server
 
 class _TcpClient:
-    """One TCP connection: its framing mode, unparsed bytes and a lock for replies sent from
-    other threads."""
+    """One TCP connection: its framing mode, unparsed bytes, unsent output (sent without ever
+    blocking) and a lock for replies sent from other threads. `doomed` names why the server
+    thread must close it (a broken socket, an output overflow)."""
 
-    def __init__(self, sock: socket.socket, addr: tuple):
+    def __init__(self, sock: socket.socket, addr: tuple, now: float, authenticated: bool):
         self.sock, self.addr = sock, addr
         self.mode: str | None = None  # "size" or "slip", fixed by the first byte
         self.buffer = bytearray()
+        self.out = bytearray()
         self.lock = threading.Lock()
         self.closed = False
+        self.doomed: str | None = None
+        self.writing = False  # registered for EVENT_WRITE
+        self.authenticated = authenticated
+        self.last_activity = now
+        self.partial_since: float | None = None
 
-    def send(self, packet: bytes) -> None:
+    def send(self, packet: bytes, limit_bytes: int) -> bool:
+        """Queue one packet (framed) and send what the socket takes now. False, with the client
+        doomed, when its unsent output would exceed `limit_bytes` (a reader too slow)."""
         frame = slip_encode(packet) if self.mode == "slip" else struct.pack(">i", len(packet)) + packet
         with self.lock:
+            if self.closed or self.doomed:
+                return False
+            if len(self.out) + len(frame) > limit_bytes:
+                self.doomed = f"more than {limit_bytes} reply bytes unread"
+                return False
+            self.out += frame
+            self._flush_locked()
+        return True
+
+    def flush(self) -> None:
+        with self.lock:
             if not self.closed:
-                self.sock.sendall(frame)
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        while self.out:
+            try:
+                n_sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.out.clear()
+                self.doomed = f"send failed: {error.strerror}"
+                return
+            del self.out[:n_sent]
 
     def frames(self) -> Iterator[bytes]:
         """Complete packets in the buffer (consumed). Raises OscDecodeError for a bad size prefix
@@ -299,34 +343,55 @@ class _TcpClient:
 
 @dataclass(frozen=True)
 class _Origin:
-    """Where a packet came from and where its replies go: key identifies the client."""
+    """Where a packet came from and where its replies go: key identifies the source."""
 
     key: tuple
     send: Callable[[bytes], None]
 
 
+@dataclass(frozen=True)
+class _Watcher:
+    """A /notify registration: where copies go and the source whose traffic keeps it alive."""
+
+    send: Callable[[bytes], None]
+    owner: tuple
+
+
 class OscServer:
     """OSC over UDP and TCP on one port, dispatching to `engine` (an `EngineControl`).
 
-    IPv4. `port` 0 picks a free port (the same number for UDP and TCP); `reply_port`
-    sends UDP replies to that port of the sender's host instead of the sender's port.
-    `rate_limit_per_s`/`burst`: token bucket over dispatched messages; the excess is dropped and
-    counted. Counters appear in /status.reply as osc_*."""
+    IPv4, bound to `host` (loopback unless the operator opens it). `port` 0 picks a free port
+    (the same number for UDP and TCP); `reply_port` sends UDP replies to that port of the
+    sender's host instead of the sender's port. `config` holds the per-source limits
+    (`rt_engine.osc_guard`); `allow` lists the networks (CIDR) other hosts must be in;
+    `password` makes every TCP connection start with `/password <password>` and refuses UDP from
+    other hosts; `check_sound(path) -> path` vets `/timbre/audio` files (raises ValueError).
+    Counters appear in /status.reply as osc_*."""
 
-    def __init__(self, engine: EngineControl, port: int = 57130, host: str = "0.0.0.0",
-                 reply_port: int | None = None, rate_limit_per_s: float = RATE_LIMIT_PER_S,
-                 burst: float = RATE_BURST, max_ahead_s: float = MAX_AHEAD_S):
+    def __init__(self, engine: EngineControl, port: int = 57130, host: str = "127.0.0.1",
+                 reply_port: int | None = None, max_ahead_s: float = MAX_AHEAD_S,
+                 config: GuardConfig = GuardConfig(), allow: Sequence[str] = (),
+                 password: str | None = None, check_sound: Callable[[str], str] | None = None):
         if not 0 <= port <= 65535:
             raise ValueError(f"OSC port {port} outside 0..65535")
         if reply_port is not None and not 1 <= reply_port <= 65535:
             raise ValueError(f"OSC reply port {reply_port} outside 1..65535")
+        if password is not None and not password:
+            raise ValueError("the OSC password must not be empty")
         self.engine, self.host, self.port, self.reply_port = engine, host, port, reply_port
-        self.rate_limit_per_s, self.burst, self.max_ahead_s = rate_limit_per_s, burst, max_ahead_s
-        self.counters = {"osc_packets": 0, "osc_messages": 0, "osc_malformed": 0, "osc_failed": 0,
-                         "osc_dropped": 0, "osc_replies_dropped": 0}
-        self._tokens, self._last_refill = float(burst), time.monotonic()
-        self._notify: dict[tuple, Callable[[bytes], None]] = {}
-        self._notify_lock = threading.Lock()
+        self.max_ahead_s, self.config = max_ahead_s, config
+        self.policy = AccessPolicy(allow)
+        self._password = None if password is None else password.encode("utf-8")
+        self._check_sound = check_sound
+        self.counters = {name: 0 for name in (
+            "osc_packets", "osc_messages", "osc_malformed", "osc_failed", "osc_dropped",
+            "osc_dated_dropped", "osc_replies_dropped", "osc_replies_over_budget", "osc_refused",
+            "osc_tcp_refused", "osc_tcp_evicted", "osc_tcp_expired", "osc_tcp_slow_dropped")}
+        self._global = TokenBucket(config.global_rate_per_s, config.global_burst)
+        self._sources = SourceTable(config)
+        self._dated = DatedBook(config)
+        self._lock = threading.RLock()  # sources, credit and watchers: replies come from any thread
+        self._notify: dict[tuple, _Watcher] = {}
         self._clients: dict[socket.socket, _TcpClient] = {}
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
@@ -335,6 +400,7 @@ class OscServer:
         self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._next_sweep = 0.0
 
     @property
     def udp_port(self) -> int:
@@ -356,9 +422,10 @@ class OscServer:
             raise OSError(error.errno, f"cannot bind OSC port {self.port} on {self.host}: "
                           f"{error.strerror}") from None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
         self._selector = selectors.DefaultSelector()
         for sock, handler in ((self._udp, self._on_udp), (self._tcp, self._on_accept),
-                              (self._wake_r, None)):
+                              (self._wake_r, self._on_wake)):
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ, handler)
         self._thread = threading.Thread(target=self._run, name="osc-server", daemon=True)
@@ -392,7 +459,7 @@ class OscServer:
         if self._thread is None:
             return
         self._stopping = True
-        self._wake_w.send(b"x")
+        self._wake()
         self._thread.join(timeout=5.0)
         for client in list(self._clients.values()):
             self._close_client(client)
@@ -406,19 +473,69 @@ class OscServer:
         status = dict(self.counters)
         status["osc_tcp_clients"] = len(self._clients)
         status["osc_notify_clients"] = len(self._notify)
+        status["osc_sources"] = len(self._sources)
+        status["osc_dated_ahead"] = len(self._dated)
         return status
 
     # -- the thread
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending (or the server is closing)
+
+    def _on_wake(self, sock: socket.socket) -> None:
+        try:
+            sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+
     def _run(self) -> None:
         while not self._stopping:
-            for key, _mask in self._selector.select():
-                if key.data is None:
+            for key, mask in self._selector.select(timeout=SWEEP_S):
+                if self._stopping:
                     return
                 try:
-                    key.data(key.fileobj)
+                    if mask & selectors.EVENT_WRITE and key.fileobj in self._clients:
+                        self._clients[key.fileobj].flush()
+                    if mask & selectors.EVENT_READ:
+                        key.data(key.fileobj)
                 except Exception as error:  # never let one client kill the server
                     self.counters["osc_malformed"] += 1
                     print(f"osc server: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            self._tend_clients()
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._next_sweep = now + SWEEP_S
+                self._sweep(now)
+
+    def _tend_clients(self) -> None:
+        """Close doomed TCP clients; watch for writability only while output is queued."""
+        for client in list(self._clients.values()):
+            if client.doomed:
+                if client.doomed.startswith("more than"):
+                    self.counters["osc_tcp_slow_dropped"] += 1
+                self._close_client(client)
+                continue
+            want = bool(client.out)
+            if want != client.writing:
+                client.writing = want
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+                self._selector.modify(client.sock, events, self._on_tcp)
+
+    def _sweep(self, now: float) -> None:
+        """Time limits: idle and half-sent TCP connections, silent /notify clients."""
+        config = self.config
+        for client in list(self._clients.values()):
+            partial = client.partial_since is not None and now - client.partial_since > config.tcp_partial_s
+            if partial or now - client.last_activity > config.tcp_idle_s:
+                self.counters["osc_tcp_expired"] += 1
+                self._close_client(client)
+        with self._lock:
+            for key, watcher in list(self._notify.items()):
+                owner = self._sources.find(watcher.owner)
+                if owner is None or now - owner.last_seen > config.notify_idle_s:
+                    del self._notify[key]
 
     def _on_udp(self, sock: socket.socket) -> None:
         for _ in range(UDP_DRAIN):
@@ -428,8 +545,12 @@ class OscServer:
                 return
             except OSError:
                 continue
-            target = (addr[0], self.reply_port or addr[1])
-            origin = _Origin(("udp",) + target, lambda packet, t=target: self._udp_send(packet, t))
+            host = addr[0]
+            if not self.policy.permits(host) or (self._password is not None and not is_loopback(host)):
+                self.counters["osc_refused"] += 1
+                continue
+            target = (host, self.reply_port or addr[1])
+            origin = _Origin(("udp", host, addr[1]), lambda packet, t=target: self._udp_send(packet, t))
             self._handle_packet(data, origin)
 
     def _udp_send(self, packet: bytes, target: tuple) -> None:
@@ -443,51 +564,92 @@ class OscServer:
             conn, addr = sock.accept()
         except OSError:
             return
-        if len(self._clients) >= MAX_TCP_CLIENTS:
+        now, config = time.monotonic(), self.config
+        if not self.policy.permits(addr[0]):
+            self.counters["osc_tcp_refused"] += 1
             conn.close()
             return
-        conn.settimeout(1.0)  # recv only when readable; sendall may wait up to 1 s
-        client = _TcpClient(conn, addr)
+        same_host = [c for c in self._clients.values() if c.addr[0] == addr[0]]
+        full = same_host if len(same_host) >= config.tcp_per_host else \
+            list(self._clients.values()) if len(self._clients) >= config.tcp_total else []
+        if full:
+            idlest = min(full, key=lambda c: c.last_activity)
+            if now - idlest.last_activity < config.tcp_partial_s:
+                self.counters["osc_tcp_refused"] += 1
+                conn.close()
+                return
+            self.counters["osc_tcp_evicted"] += 1
+            self._close_client(idlest)
+        conn.setblocking(False)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)  # unread replies wait in `out`
+        client = _TcpClient(conn, addr, now, authenticated=self._password is None)
         self._clients[conn] = client
         self._selector.register(conn, selectors.EVENT_READ, self._on_tcp)
 
     def _on_tcp(self, conn: socket.socket) -> None:
-        client = self._clients[conn]
+        client = self._clients.get(conn)
+        if client is None:
+            return
         try:
             data = conn.recv(65536)
-        except (BlockingIOError, InterruptedError, socket.timeout):
+        except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if not data:
             self._close_client(client)
             return
+        now = time.monotonic()
+        client.last_activity = now
         client.buffer += data
         origin = _Origin(("tcp", id(client)), lambda packet: self._tcp_send(client, packet))
         try:
             for frame in client.frames():
-                self._handle_packet(frame, origin)
+                if client.authenticated:
+                    self._handle_packet(frame, origin)
+                elif not self._authenticate(client, frame, origin):
+                    return
         except OscDecodeError as error:
             self.counters["osc_malformed"] += 1
             self._reply(origin, "/fail", ["#tcp", str(error)])
             self._close_client(client)
+            return
+        client.partial_since = (client.partial_since or now) if client.buffer else None
+
+    def _authenticate(self, client: _TcpClient, frame: bytes, origin: _Origin) -> bool:
+        """The first packet of a connection to a password-protected server; False (connection
+        closed) unless it is `/password <the password>`."""
+        try:
+            message = decode_packet(frame)
+        except OscDecodeError:
+            message = None
+        given = message.args[0] if isinstance(message, Message) and message.address == "/password" \
+            and len(message.args) == 1 and isinstance(message.args[0], str) else ""
+        if hmac.compare_digest(given.encode("utf-8"), self._password):
+            client.authenticated = True
+            self._reply(origin, "/done", ["/password"])
+            return True
+        self.counters["osc_refused"] += 1
+        self._reply(origin, "/fail", ["#tcp", "password required: send /password <password> first"])
+        client.flush()
+        self._close_client(client)
+        return False
 
     def _tcp_send(self, client: _TcpClient, packet: bytes) -> None:
-        try:
-            client.send(packet)
-        except OSError:
+        if not client.send(packet, self.config.tcp_output_limit_bytes):
             self.counters["osc_replies_dropped"] += 1
-            try:
-                client.sock.shutdown(socket.SHUT_RDWR)  # the loop sees EOF and closes it
-            except OSError:
-                pass
+        if client.doomed and threading.get_ident() != self._thread.ident:
+            self._wake()
 
     def _close_client(self, client: _TcpClient) -> None:
         with client.lock:
             client.closed = True
         self._clients.pop(client.sock, None)
-        with self._notify_lock:
-            self._notify.pop(("tcp", id(client)), None)
+        key = ("tcp", id(client))
+        with self._lock:
+            for watcher_key in [k for k, w in self._notify.items() if w.owner == key]:
+                del self._notify[watcher_key]
+            self._sources.forget(key)
         try:
             self._selector.unregister(client.sock)
         except (KeyError, ValueError):
@@ -495,43 +657,54 @@ class OscServer:
         client.sock.close()
 
     # -- packets
-    def _take_token(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last_refill) * self.rate_limit_per_s)
-        self._last_refill = now
-        if self._tokens < 1.0:
-            self.counters["osc_dropped"] += 1
-            return False
-        self._tokens -= 1.0
-        return True
+    def _admit(self, source: Source, now: float) -> bool:
+        """One message's tokens: the source's bucket, then the global one."""
+        return source.bucket.take(now) and self._global.take(now)
 
     def _reply(self, origin: _Origin, address: str, args: Sequence[Any]) -> None:
+        """Send to the source and to every /notify client, while the source's reply credit lasts
+        (each copy spends it); /fail texts are clipped."""
+        if address == "/fail":
+            args = [clip_text(a, self.config.max_fail_text) if isinstance(a, str) else a for a in args]
         packet = encode_message(address, args)
-        origin.send(packet)
-        with self._notify_lock:
-            others = [send for key, send in self._notify.items() if key != origin.key]
-        for send in others:
+        now = time.monotonic()
+        with self._lock:
+            source = self._sources.get(origin.key, now)
+            targets = [origin.send] + [w.send for key, w in self._notify.items() if key != origin.key]
+            granted = 0
+            while granted < len(targets) and source.spend(len(packet), self.config, now):
+                granted += 1
+            self.counters["osc_replies_over_budget"] += len(targets) - granted
+        for send in targets[:granted]:
             send(packet)
 
     def _set_notify(self, origin: _Origin, on: bool, port: int | None) -> None:
         key, send = origin.key, origin.send
         if port is not None and key[0] == "udp":
+            if not is_loopback(key[1]):
+                raise RuntimeError("/notify with a port is accepted from this machine only (the "
+                                   "operator can give --reply-port)")
             target = (key[1], port)
             key, send = ("udp",) + target, lambda packet: self._udp_send(packet, target)
-        with self._notify_lock:
+        with self._lock:
             if not on:
                 self._notify.pop(key, None)
-            elif key in self._notify or len(self._notify) < MAX_NOTIFY_CLIENTS:
-                self._notify[key] = send
+            elif key in self._notify or len(self._notify) < self.config.max_notify:
+                self._notify[key] = _Watcher(send, origin.key)
             else:
-                raise RuntimeError(f"too many notify clients (at most {MAX_NOTIFY_CLIENTS})")
+                raise RuntimeError(f"too many notify clients (at most {self.config.max_notify})")
 
     def _handle_packet(self, data: bytes, origin: _Origin) -> None:
-        """Decode one packet, time its messages and dispatch them (called by the server thread)."""
+        """Admit, decode, time and dispatch one packet (called by the server thread)."""
+        now = time.monotonic()
         self.counters["osc_packets"] += 1
-        if not self._take_token():
-            return
+        with self._lock:
+            source = self._sources.get(origin.key, now)
+            source.received(len(data), self.config, now)
         reply = lambda address, args: self._reply(origin, address, args)  # noqa: E731
+        if not self._admit(source, now):
+            self._rate_dropped(source, now, reply)
+            return
         try:
             packet = decode_packet(data)
         except OscDecodeError as error:
@@ -539,11 +712,12 @@ class OscServer:
             reply("/fail", ["#packet", str(error)])
             return
         hooks = ServerHooks(set_notify=lambda on, port: self._set_notify(origin, on, port),
-                            server_status=self.server_status)
+                            server_status=self.server_status, check_sound=self._check_sound)
         frames: dict[int, int | None] = {IMMEDIATE: None}
-        first = True
+        first, now_frame, told = True, None, False
         for timetag, message in flatten(packet):
-            if not first and not self._take_token():
+            if not first and not self._admit(source, now):
+                self._rate_dropped(source, now, reply)
                 continue
             first = False
             self.counters["osc_messages"] += 1
@@ -553,8 +727,33 @@ class OscServer:
             if at_frame == -1:
                 self.counters["osc_failed"] += 1
                 continue
+            command = REGISTRY.get(message.address)
+            dated = False
+            if at_frame is not None and command is not None and command.timed:
+                if now_frame is None:
+                    now_frame = int(self.engine.frame_for_time(time.time()))
+                dated = at_frame > now_frame
+            if dated:
+                reason = self._dated.admits(source, now_frame)
+                if reason is not None:
+                    self.counters["osc_dated_dropped"] += 1
+                    if not told:
+                        told = True
+                        reply("/fail", [message.address, reason])
+                    continue
             if not dispatch(self.engine, message.address, message.args, at_frame, reply, hooks):
                 self.counters["osc_failed"] += 1
+            elif dated:
+                self._dated.add(source, at_frame)
+            elif message.address == "/panic":
+                with self._lock:
+                    self._dated.clear(self._sources.values())
+
+    def _rate_dropped(self, source: Source, now: float, reply: Callable) -> None:
+        self.counters["osc_dropped"] += 1
+        if source.notice_due(now):
+            reply("/fail", ["#rate", f"more than {self.config.rate_per_s:g} messages per second from "
+                            f"this client: dropped (counted in osc_dropped)"])
 
     def _frame_for(self, timetag: int, reply: Callable) -> int:
         """Timetag -> absolute output frame, or -1 (after a /fail) when it is too far ahead."""

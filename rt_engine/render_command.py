@@ -5,19 +5,33 @@ device: every event is dispatched at its exact output frame (MIDI through
 `rt_engine.midi_map.MidiMapper`, score lines through `rt_engine.osc_registry.dispatch`), and the
 loop waits for the banks a timbre change needs before rendering on (deterministic output).
 A score is JSON lines: `{"t": seconds, "address": "/timbre/xy", "args": [0.2, 0.8]}`.
+
+Untrusted input: event times must be finite and within `--max-duration`; a MIDI file with
+division 0, an absurd tempo or delta, or garbage is one clear error line. Offline nothing is
+dropped: when more commands fall in one block than the engine's queue takes, the block is cut
+and the rest apply a frame later. The WAV is written to disk block by block; SIGINT/SIGTERM stop
+the render cleanly (bank worker and shared memory released, the partial WAV removed).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from models.timbre_sources import default_model_dir
+from rt_engine.commands import DEFAULT_QUEUE_CAPACITY
 
 TIMBRE_REST_S = 0.15
 """A timbre point held at least this long (score time) gets its exact bank before rendering on;
 shorter stops (sweeps) play from the grid neighbours."""
+MAX_DURATION_S = 3600.0
+"""Default longest render (s of output): `--max-duration`."""
+MAX_COMMANDS_PER_CUT = DEFAULT_QUEUE_CAPACITY // 8
+"""Events dispatched before the render loop lets the engine drain its queue (each event pushes a
+few commands at most)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model, else the procedural source)")
     parser.add_argument("--polyphony", type=int, default=64, help="voices")
     parser.add_argument("--tail", type=float, default=2.0, help="seconds rendered after the last event")
+    parser.add_argument("--max-duration", type=float, default=MAX_DURATION_S, metavar="S",
+                        help="refuse inputs whose events reach beyond S seconds")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
     from rt_engine.serve_command import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
@@ -38,7 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gru_temperature_argument(parser)
 
 
-def read_score(path: str | Path) -> list[tuple[float, str, list]]:
+def _checked_time(t, max_duration_s: float) -> float:
+    """A finite event time in [0, max_duration_s] (s), else ValueError saying which bound."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise ValueError(f"t must be a number, got {type(t).__name__}")
+    t = float(t)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"t must be finite and >= 0, got {t}")
+    if t > max_duration_s:
+        raise ValueError(f"t {t:g} s is beyond --max-duration {max_duration_s:g} s")
+    return t
+
+
+def read_score(path: str | Path, max_duration_s: float = MAX_DURATION_S) -> list[tuple[float, str, list]]:
     """Score events (t seconds, address, args) from a JSON-lines file; a bad line is a
     ValueError naming the file and line."""
     events = []
@@ -47,28 +75,40 @@ def read_score(path: str | Path) -> list[tuple[float, str, list]]:
             continue
         try:
             entry = json.loads(line)
-            t, address, args = float(entry["t"]), entry["address"], entry.get("args", [])
-            if not (t >= 0 and isinstance(address, str) and address.startswith("/") and isinstance(args, list)):
-                raise ValueError("needs t >= 0, an address starting with '/', args a list")
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: bad score line ({error}): {line.strip()[:80]}") from error
+            if not isinstance(entry, dict):
+                raise ValueError("a line must be a JSON object")
+            address, args = entry["address"], entry.get("args", [])
+            if not (isinstance(address, str) and address.startswith("/") and isinstance(args, list)):
+                raise ValueError("needs an address starting with '/' and args a list")
+            t = _checked_time(entry["t"], max_duration_s)
+        except (ValueError, KeyError, TypeError, RecursionError) as error:
+            raise ValueError(f"{path}:{number}: bad score line ({error}): {line.strip()[:80]}") from None
         events.append((t, address, args))
     return events
 
 
-def read_midi(path: str | Path) -> list[tuple[float, bytes]]:
-    """Channel messages of a MIDI file as (t seconds, raw bytes), tempo map applied."""
+def read_midi(path: str | Path, max_duration_s: float = MAX_DURATION_S) -> list[tuple[float, bytes]]:
+    """Channel messages of a MIDI file as (t seconds, raw bytes), tempo map applied. Anything
+    mido cannot read, a division of 0 or times beyond `max_duration_s` are a ValueError naming
+    the file."""
     import mido  # loaded only when a MIDI file is read
 
     try:
         midi = mido.MidiFile(str(path))
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"cannot read MIDI file {path}: {error}") from error
-    events, t = [], 0.0
-    for message in midi:
-        t += message.time
-        if not message.is_meta and message.type != "sysex":
-            events.append((t, bytes(message.bytes())))
+        if midi.type == 2:
+            raise ValueError("type 2 (asynchronous tracks) is not supported")
+        if midi.ticks_per_beat <= 0:
+            raise ValueError(f"division {midi.ticks_per_beat} (ticks per beat) must be positive")
+        events, t = [], 0.0
+        for message in midi:
+            t += message.time
+            if not math.isfinite(t) or t > max_duration_s:
+                raise ValueError(f"events reach {t:g} s, beyond --max-duration {max_duration_s:g} s "
+                                 "(an absurd tempo or delta)")
+            if not message.is_meta and message.type != "sysex":
+                events.append((t, bytes(message.bytes())))
+    except Exception as error:  # mido raises many types for broken files
+        raise ValueError(f"cannot read MIDI file {path}: {error}") from None
     return events
 
 
@@ -116,7 +156,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     from rt_engine.engine import Engine
     from rt_engine.midi_map import MidiMapper, load_midi_map
     from rt_engine.osc_registry import dispatch
-    from rt_engine.serve_command import load_stream_layer
+    from rt_engine.serve_command import load_stream_layer, uninterruptible
 
     started = time.perf_counter()
     layer = load_stream_layer(model_dir, gru, threaded=False, temperature=gru_temperature)
@@ -136,14 +176,19 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         frames = [int(round(t * sample_rate)) for t, _, _ in events]
         kinds = [_timbre_kind(payload) for _, _, payload in events]
         total = (frames[-1] if frames else 0) + int(tail_s * sample_rate)
-        chunks, next_event = [], 0
+        next_event = 0
         banks.wait_ready(120.0)
         with tqdm(total=total, unit="frame", unit_scale=True, disable=not progress,
-                  desc="render") as bar:
+                  desc="render") as bar, soundfile.SoundFile(out_path, "w", samplerate=sample_rate, channels=2,
+                                                             subtype="PCM_24") as wav:
             while engine.frame < total:
                 n = min(block, total - engine.frame)
-                changed = set()
+                changed, n_dispatched = set(), 0
                 while next_event < len(events) and frames[next_event] < engine.frame + n:
+                    if n_dispatched >= MAX_COMMANDS_PER_CUT:  # cut the block: the queue drains first
+                        n = max(1, frames[next_event] - engine.frame)
+                        break
+                    n_dispatched += 1
                     t, kind, payload = events[next_event]
                     at_frame = max(frames[next_event], engine.frame)
                     if kind == "midi":
@@ -158,10 +203,8 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     banks.wait_ready(120.0, include_exact=resting or "bank" in changed)
                 if layer is not None:
                     layer.render_available(max_blocks=64)  # offline: the layer renders in step
-                chunks.append(engine.process(n).copy())
+                wav.write(np.ascontiguousarray(engine.process(n).T))
                 bar.update(n)
-        audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, 2), np.float32)
-        soundfile.write(out_path, audio, sample_rate, subtype="PCM_24")
         seconds = time.perf_counter() - started
         return {"out": out_path, "duration_s": round(total / sample_rate, 3),
                 "render_s": round(seconds, 3),
@@ -169,33 +212,46 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                 "events": len(events), "failures": len(failures), **{
                     k: engine.status()[k] for k in ("late", "dropped", "steals")}}
     finally:
-        engine.close()
+        with uninterruptible():  # the clean-up must finish (bank worker, shared memory)
+            engine.close()
 
 
 def main(args: argparse.Namespace) -> int:
     if not args.midi and not args.score:
         print("latentsynth render: give --midi FILE.mid and/or --score FILE.jsonl", file=sys.stderr)
         return 2
+    from rt_engine.serve_command import interruptible  # run-time import: subcommand modules load fast (rt_engine.cli)
+
     events = []
     try:
+        if not (math.isfinite(args.max_duration) and args.max_duration > 0):
+            raise ValueError(f"--max-duration must be a positive number of seconds, got {args.max_duration}")
+        if not (math.isfinite(args.tail) and 0 <= args.tail <= args.max_duration):
+            raise ValueError(f"--tail must be within 0..{args.max_duration:g} s, got {args.tail}")
         if args.midi:
             if not Path(args.midi).is_file():
                 raise ValueError(f"MIDI file not found: {args.midi}")
-            events += [(t, "midi", data) for t, data in read_midi(args.midi)]
+            events += [(t, "midi", data) for t, data in read_midi(args.midi, args.max_duration)]
         if args.score:
             if not Path(args.score).is_file():
                 raise ValueError(f"score file not found: {args.score}")
-            events += [(t, "osc", (address, a)) for t, address, a in read_score(args.score)]
-    except ValueError as error:
+            events += [(t, "osc", (address, a)) for t, address, a in read_score(args.score, args.max_duration)]
+    except (ValueError, OSError) as error:
         print(f"latentsynth render: {error}", file=sys.stderr)
         return 2
     model_dir = args.model or default_model_dir()
     print(f"render: bank source {'model ' + model_dir if model_dir else 'procedural'}", flush=True)
     try:
-        summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
-                         args.tail, gru=args.gru, gru_temperature=args.gru_temperature)
+        with interruptible():
+            summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
+                             args.tail, gru=args.gru, gru_temperature=args.gru_temperature)
     except ValueError as error:
         print(f"latentsynth render: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.path.exists(args.out):
+            os.remove(args.out)
+        print("latentsynth render: interrupted; partial output removed", file=sys.stderr)
+        return 130
     print(json.dumps(summary))
     return 0

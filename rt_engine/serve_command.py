@@ -1,12 +1,17 @@
 """`latentsynth serve`: open the audio device, start the engine, listen for OSC and MIDI.
 
 Prints the bank source, the device, block size and the latency the engine adds, the OSC ports
-and the MIDI ports, then a line `ready` once OSC is accepted (stdout flushed). Ctrl-C or SIGTERM
-shuts everything down cleanly (OSC, MIDI, audio, stream layer, bank worker).
+and the MIDI ports, then a line `ready` once OSC is accepted (stdout flushed). SIGINT (Ctrl-C) or
+SIGTERM shuts everything down cleanly (OSC, MIDI, audio, stream layer, bank worker and its shared
+memory), also when the shell started `serve` with SIGINT ignored (a background job of a script).
+
+OSC binds 127.0.0.1 unless `--bind ADDR` opens other interfaces (then a WARNING line says who can
+reach it); `--allow CIDR ...`, `--password` and `--sounds DIR` narrow what the network may do.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import signal
 import sys
@@ -14,15 +19,34 @@ import threading
 from pathlib import Path
 
 from models.timbre_sources import default_model_dir
+from typing import Iterator
+
+from rt_engine.osc_guard import GuardConfig, is_loopback
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", default="auto",
                         help="auto | DEVICE (name or index, see `latentsynth devices`) | jack | null")
     parser.add_argument("--osc-port", type=int, default=57130, help="OSC port, UDP and TCP (0: any free)")
-    parser.add_argument("--osc-host", default="0.0.0.0", help="address OSC binds to")
+    parser.add_argument("--bind", "--osc-host", dest="bind", default="127.0.0.1", metavar="ADDR",
+                        help="address OSC binds to (default 127.0.0.1: this machine only; 0.0.0.0: "
+                             "every interface, see README Security)")
+    parser.add_argument("--allow", nargs="+", default=[], metavar="CIDR",
+                        help="accept OSC from other hosts only inside these networks (e.g. "
+                             "192.168.1.0/24); this machine is always accepted")
+    parser.add_argument("--password", default=None,
+                        help="TCP clients must first send /password PASSWORD; UDP is then accepted "
+                             "from this machine only")
+    parser.add_argument("--sounds", action="append", default=None, metavar="DIR",
+                        help="folder /timbre/audio may read from (repeatable; default "
+                             "~/.local/share/latentsynth/sounds)")
     parser.add_argument("--reply-port", type=int, default=None,
                         help="send OSC replies to this port of the sender's host")
+    parser.add_argument("--tcp-idle-s", type=float, default=GuardConfig.tcp_idle_s,
+                        help="close a TCP connection silent for this long (s)")
+    parser.add_argument("--tcp-partial-s", type=float, default=GuardConfig.tcp_partial_s,
+                        help="close a TCP connection whose packet is not whole this long after "
+                             "its first byte (s)")
     parser.add_argument("--midi", default="auto", help="auto | none | PORT (name substrings, comma-separated)")
     parser.add_argument("--midi-api", default="auto", choices=("auto", "alsa", "jack"))
     parser.add_argument("--midi-map", default=None, help="MIDI map JSON file (default: the shipped map)")
@@ -93,12 +117,61 @@ def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
     return GruLayer.from_dir(gru_dir, threaded=threaded, temperature=gru_temperature(gru_dir, temperature))
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals(action) -> Iterator[None]:
+    """SIGINT and SIGTERM handled by `action` inside the block, the previous handlers restored
+    after it (no change outside the main thread, where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, action)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interruptible():
+    """Inside: SIGINT and SIGTERM raise KeyboardInterrupt, also when the process was started
+    with SIGINT ignored (Python keeps an inherited SIG_IGN), so `finally` blocks clean up."""
+    return _stop_signals(_interrupt)
+
+
+def uninterruptible():
+    """Inside: SIGINT and SIGTERM are ignored (a clean-up in progress finishes)."""
+    return _stop_signals(signal.SIG_IGN)
+
+
+def network_warning(bind: str, port: int, allow, password: str | None) -> str | None:
+    """The loud start-up line when OSC listens beyond this machine, else None."""
+    if is_loopback(bind):
+        return None
+    who = f"hosts in {', '.join(allow)}" if allow else "ANY host that can reach this machine"
+    udp = "UDP from this machine only, TCP with the password" if password else \
+        "no password (see --password)"
+    return (f"WARNING: OSC is open to the network on {bind} port {port}: {who} can play, change "
+            f"the timbre and read status; {udp}")
+
+
 def main(args: argparse.Namespace) -> int:
+    with interruptible():
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from rt_engine.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
     from rt_engine.bank_manager import BankManager
     from rt_engine.engine import Engine
     from rt_engine.midi_input import MidiInput
     from rt_engine.osc_server import OscServer
+    from rt_engine.sound_access import SoundAccess, default_sound_dirs
 
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)
@@ -110,7 +183,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     model_dir = args.model or default_model_dir()
     _say(f"bank source: {'model ' + model_dir if model_dir else 'procedural (no model in models/pretrained/default)'}")
-    stop = threading.Event()
     banks = engine = osc = midi = None
     started = False
     try:
@@ -136,30 +208,37 @@ def main(args: argparse.Namespace) -> int:
         _say(f"GRU voice: on, render-ahead {layer.latency_frames / backend.sample_rate * 1000:.1f} ms, "
              f"temperature {layer.temperature:g}" if layer else "GRU voice: off")
         _say(f"MIDI ports: {', '.join(midi_ports) if midi_ports else 'none'}")
-        osc = OscServer(engine, port=args.osc_port, host=args.osc_host, reply_port=args.reply_port)
+        sounds = SoundAccess(args.sounds or default_sound_dirs())
+        config = GuardConfig(tcp_idle_s=args.tcp_idle_s, tcp_partial_s=args.tcp_partial_s)
+        osc = OscServer(engine, port=args.osc_port, host=args.bind, reply_port=args.reply_port,
+                        config=config, allow=args.allow, password=args.password, check_sound=sounds.check)
         osc.start()
-        _say(f"OSC: udp {osc.udp_port}, tcp {osc.tcp_port} on {args.osc_host}")
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        _say(f"OSC: udp {osc.udp_port}, tcp {osc.tcp_port} on {args.bind}; sound files from "
+             f"{', '.join(sounds.dirs)}")
+        warning = network_warning(args.bind, osc.udp_port, args.allow, args.password)
+        if warning:
+            _say(warning)
+            print(warning, file=sys.stderr, flush=True)
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's view: no long collections in callbacks
         _say("ready")
-        while not stop.wait(0.25):
-            pass
+        threading.Event().wait()  # until SIGINT/SIGTERM raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass
     except (ValueError, RuntimeError, OSError) as error:
         print(f"latentsynth serve: {error}", file=sys.stderr)
         return 2
     finally:
-        if osc is not None:
-            osc.stop()
-        if started:
-            backend.stop()
-        if midi is not None:  # after the audio callback stopped (see above)
-            midi.stop()
-        if engine is not None:
-            engine.close()
-        elif banks is not None:
-            banks.close()
-        _say("stopped")
+        with uninterruptible():  # a second Ctrl-C must not cut the clean-up short
+            if osc is not None:
+                osc.stop()
+            if started:
+                backend.stop()
+            if midi is not None:  # after the audio callback stopped (see above)
+                midi.stop()
+            if engine is not None:
+                engine.close()
+            elif banks is not None:
+                banks.close()
+            _say("stopped")
     return 0

@@ -20,6 +20,7 @@ from pythonosc.parsing.ntp import system_time_to_ntp
 from rt_engine.osc_server import (IMMEDIATE, Bundle, Message, OscDecodeError, OscServer, decode_packet,
                                   encode_bundle, encode_message, flatten, slip_decode, slip_encode,
                                   timetag_to_unix, unix_to_timetag)
+from rt_engine.osc_guard import GuardConfig
 from tests.test_osc_registry import RecordingEngine
 
 
@@ -373,7 +374,7 @@ def test_fuzzed_packets_get_fail_replies_and_status_still_answers(server):
 
 def test_flood_beyond_the_rate_limit_is_dropped_and_counted():
     engine = RecordingEngine()
-    srv = OscServer(engine, port=0, host="127.0.0.1", rate_limit_per_s=200.0, burst=20.0)
+    srv = OscServer(engine, port=0, host="127.0.0.1", config=GuardConfig(rate_per_s=200.0, burst=20.0))
     srv.start()
     try:
         client = Client(srv.udp_port)
