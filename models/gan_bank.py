@@ -21,6 +21,7 @@ Public API:
         .render_bank(timbre, pitches) -> float32 [n, n_samples]
         .conditioning_for(timbre) -> float32 [conditioning_dim]
         .render_pitches(h [conditioning_dim], pitches) -> float32 [n, n_samples]
+        .own_sample_blend   OwnSampleBlend | None: one-shot banks play the input near its pitch
         .render_conditioning(h [batch, dim], pitches int [batch], seed) -> float32 [batch, n_samples]
         .render_spectrogram(h, pitches, seed) -> float32 [batch, n_mels, n_frames] (natural-log mel magnitude)
         .features_of_audio(audio [batch, n_samples]) -> float32 [batch, dim]
@@ -47,6 +48,7 @@ from models.features import denormalise_log_mel, load_feature_extractor, log_mel
 from models.gan import load_generator
 from models.mel_inversion import MelInverter
 from models.one_shot import load_one_shot
+from models.own_sample_blend import DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi
 from models.phase_reconstruction import griffin_lim
 from models.pitch import midi_to_hz
 from models.timbre_grid import load_grid
@@ -58,6 +60,8 @@ PHASE_ITERATIONS = 16
 GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 _INVERTERS: dict[tuple, object] = {}
+ONE_SHOT_MEMORY = 8
+"""One-shot inputs kept (with their pitch) for the own-sample blend of later `render_pitches` calls."""
 
 
 def _mel_inverter(config):
@@ -171,6 +175,9 @@ class GanBankSource:
         self.sample_rate = int(self.config.sample_rate)
         self.n_samples = int(self.config.n_samples)
         self.conditioning_dim = int(self.config.h_dim)
+        self.own_sample_blend = DEFAULT_BLEND
+        """One-shot banks play the input itself near its pitch (`models.own_sample_blend`); None: off."""
+        self._one_shots: dict[bytes, tuple[np.ndarray, float]] = {}
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "GanBankSource":
@@ -210,7 +217,11 @@ class GanBankSource:
             return self.presets[timbre.name].copy()
         if timbre.kind == "audio":
             audio = load_one_shot(timbre.path, self.sample_rate, self.n_samples)
-            return self.features_of_audio(audio[None])[0]
+            h = self.features_of_audio(audio[None])[0]
+            self._one_shots[h.tobytes()] = (audio, estimate_pitch_midi(audio, self.sample_rate))
+            while len(self._one_shots) > ONE_SHOT_MEMORY:
+                self._one_shots.pop(next(iter(self._one_shots)))
+            return h
         if timbre.kind == "xy":
             if not (np.isfinite(timbre.x) and np.isfinite(timbre.y)):
                 raise ValueError(f"timbre point must be finite, got ({timbre.x}, {timbre.y})")
@@ -256,8 +267,13 @@ class GanBankSource:
         return log_mel_to_audio(self._generate(h, pitches, seed), self.config, pitches=pitches)
 
     def render_pitches(self, h: np.ndarray, pitches: Sequence[int]) -> np.ndarray:
-        """One conditioning h [dim] at MIDI `pitches`: float32 [len(pitches), n_samples]."""
-        return self.render_conditioning(np.repeat(np.asarray(h)[None], len(pitches), axis=0), list(pitches))
+        """One conditioning h [dim] at MIDI `pitches`: float32 [len(pitches), n_samples]. An h that
+        came from a one-shot file gets the own-sample blend (`own_sample_blend`) with that input."""
+        notes = self.render_conditioning(np.repeat(np.asarray(h)[None], len(pitches), axis=0), list(pitches))
+        one_shot = self._one_shots.get(np.asarray(h, dtype=np.float32).tobytes())
+        if one_shot is None or self.own_sample_blend is None:
+            return notes
+        return blend_own_sample(notes, pitches, *one_shot, self.sample_rate, self.own_sample_blend)
 
     def render_bank(self, timbre: TimbreRequest, pitches: Sequence[int]) -> np.ndarray:
         """One timbre at MIDI `pitches`: float32 [len(pitches), n_samples], rows in the order asked."""
