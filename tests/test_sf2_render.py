@@ -61,10 +61,10 @@ def test_render_writes_a_labelled_store_and_counts_every_render(tmp_path):
     summary = render_soundfonts(config, tmp_path / "set", progress=False)
     assert summary["n_notes"] + summary["n_silent_dropped"] == 4
     store = NoteStore(tmp_path / "set")
-    assert store.n_samples == 4000
+    assert (store.sample_rate, store.n_samples) == (32_000, 8000)
     assert store.family.tolist() == [gm_family(int(name[-3:])) for name in store.instrument]
     assert set(store.split[[name.endswith("041") for name in store.instrument]]) == {"valid"}
-    unfaded = np.asarray(store.audio) / exponential_fade(4000, 16_000, config.fade_seconds, config.fade_decay)
+    unfaded = np.asarray(store.audio) / exponential_fade(8000, 32_000, config.fade_seconds, config.fade_decay)
     np.testing.assert_allclose(np.abs(unfaded).max(axis=1), 1.0, rtol=1e-5)
 
 

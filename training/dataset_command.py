@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     render.add_argument("--velocities", nargs="+", type=int, default=[100], help="MIDI velocities (default 100)")
     render.add_argument("--seconds", type=float, default=1.0, help="note length (s), default 1.0")
-    render.add_argument("--sample-rate", type=int, default=16_000, help="rate (Hz), default 16000")
+    render.add_argument("--sample-rate", type=int, default=32_000,
+                        help="rate (Hz), default 32000 (the default model's)")
     render.add_argument("--programs", default="0-111", help="GM programs, e.g. 0-111 or 0,24,40 (default 0-111)")
     render.add_argument("--pitches", default="21-108", help="MIDI pitches, e.g. 21-108 (default)")
     nsynth = actions.add_parser("nsynth", help="index real NSynth (examples.json + audio/*.wav) into a note store")

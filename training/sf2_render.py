@@ -73,7 +73,8 @@ class RenderConfig:
     """What to render and how. `validation_programs` are held out of the training split."""
 
     sf2_paths: tuple[str, ...]
-    sample_rate: int = 16_000
+    sample_rate: int = 32_000
+    """The default model's rate (Hz): notes keep their timbre up to 16 kHz."""
     seconds: float = 1.0
     pitches: tuple[int, ...] = tuple(range(21, 109))
     velocities: tuple[int, ...] = (100,)
