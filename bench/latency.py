@@ -182,7 +182,7 @@ def _plot(results: list[dict]) -> None:
 
     labels, medians, maxima = [], [], []
     for phase in results:
-        for who in ("baseline", "engine"):
+        for who in ("baseline", "engine") if "osc" in phase else ():
             stats = phase["osc"].get(who)
             if stats and stats.get("n"):
                 labels.append(f"{phase['config']}\n{who}")
@@ -243,7 +243,12 @@ def main() -> None:
                     for callback in callbacks:
                         port = _free_port()
                         checkout = args.before if callback == "before" else REPO
-                        serve, audio = _start_serve(server, port, gru, callback, checkout)
+                        try:
+                            serve, audio = _start_serve(server, port, gru, callback, checkout)
+                        except RuntimeError as error:  # one configuration failed: keep the rest
+                            results.append({"run": run, "config": f"GRU {gru}, {callback} callback",
+                                            "error": str(error)[-400:]})
+                            continue
                         try:
                             if midi is not None:
                                 midi.connect_to("latentsynth")
