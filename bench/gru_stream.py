@@ -2,13 +2,16 @@
 
 Prints JSON: the kernel's real-time factor (audio seconds generated per second, best of `--repeats`,
 both per wall-clock second and per second of the thread's CPU time, which discounts time-slicing on
-a shared machine) for int8 weights (int16 activations with integer dot products where the CPU has
-AVX-512BW, and float activations) and fp32 weights, at several control intervals, beside a torch
+a shared machine) for int8 weights on every kernel path (int16 or int8 activations with integer dot
+products, by AVX-512BW / AVX2 instructions where the compile target has them, else a portable loop;
+float activations) and fp32 weights, at several control intervals, beside a torch
 step loop (`GruSynth.forward` one sample at a time + multinomial sampling, same process, one
 thread) as the baseline, and the limits set by memory bandwidth (weight bytes per sample x 16000
 against measured L2/L3 read bandwidth) and by arithmetic (multiply-adds per sample against a
 measured in-L1 fp32 rate), and the recurrent matrix-vector products alone with fp32, bf16 and int8
-weight storage (which compression is fastest here).
+weight storage (which compression is fastest here). It reports the CPU's vector flags, the compile
+target (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES: e.g. an AVX2-only target on an AVX-512 machine) and
+which path the GRU layer runs by default.
 
     python3 bench/gru_stream.py [--preset 3x256] [--seconds 1.0] [--repeats 5]
 """
@@ -186,14 +189,14 @@ def torch_step_loop_rtf(model, n_samples: int, repeats: int, sample_rate: int) -
 
 
 def kernel_rtf(weights, n_samples: int, control_interval: int, temperature: float, repeats: int,
-               sample_rate: int, integer_dot: bool) -> dict:
+               sample_rate: int, path: str) -> dict:
     """Real-time factors (wall, cpu) of `gru_stream_sample` generating `n_samples` per run."""
     from models.gru_stream import gru_stream_sample, new_state
 
     conditioning = np.tile(np.array([[0.3, 0.6, 60.0]], np.float32), (n_samples, 1))
     conditioning[:, 2] += np.linspace(0.0, 12.0, n_samples, dtype=np.float32)
     out_mu = np.zeros(n_samples, np.int64)
-    state = new_state(weights, seed=1, integer_dot=integer_dot)
+    state = new_state(weights, seed=1, path=path)
     gru_stream_sample(weights, state, conditioning[:16], control_interval, temperature, out_mu[:16])
     wall_s, cpu_s = _both_clocks(lambda: gru_stream_sample(weights, state, conditioning, control_interval,
                                                            temperature, out_mu), repeats)
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.gru import GruSynth, GruSynthConfig
-    from models.gru_stream import integer_dot_supported, stream_weights, weight_bytes_per_sample
+    from models.gru_stream import (compile_target_features, integer_dot_supported, kernel_path, new_state,
+                                   stream_weights, weight_bytes_per_sample)
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -232,20 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     formats = matvec_formats_us(config.hidden_size, config.n_layers, args.repeats)
 
     kernels = {}
-    variants = [("int8_int16_activations", "int8", True), ("int8_float_activations", "int8", False),
-                ("fp32", "fp32", False)]
-    for name, compression, integer_dot in variants:
+    variants = [("int8_int16_activations", "int8", "int16_dot"), ("int8_int8_activations", "int8", "int8_dot"),
+                ("int8_float_activations", "int8", "float"), ("fp32", "fp32", "float")]
+    for name, compression, path in variants:
         weights = stream_weights(model, compression)
-        if integer_dot and not integer_dot_supported(weights):
-            kernels[name] = {"skipped": "needs AVX-512BW and hidden size % 32 == 0"}
+        if path != "float" and not integer_dot_supported(weights):
+            kernels[name] = {"skipped": "needs a hidden size that is a multiple of 32"}
             continue
         bytes_per_sample = weight_bytes_per_sample(weights)
         fits_l2 = bytes_per_sample + weights.table.nbytes <= (2 << 20)
         bandwidth = l2_gb_s if fits_l2 else l3_gb_s
         runs = {f"control_{interval}": kernel_rtf(weights, n_samples, interval, 1.0, args.repeats, sample_rate,
-                                                  integer_dot) for interval in (1, 16, 64)}
-        runs["control_16_argmax"] = kernel_rtf(weights, n_samples, 16, 0.0, args.repeats, sample_rate, integer_dot)
+                                                  path) for interval in (1, 16, 64)}
+        runs["control_16_argmax"] = kernel_rtf(weights, n_samples, 16, 0.0, args.repeats, sample_rate, path)
         kernels[name] = {
+            "path": kernel_path(new_state(weights, path=path)),
             "weight_bytes_per_sample": bytes_per_sample,
             "working_set_bytes": bytes_per_sample + weights.table.nbytes,
             "fits_2mb_l2": bool(fits_l2),
@@ -262,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         "oscillator_harmonics": args.oscillator_harmonics,
         "sample_rate_hz": sample_rate,
         "cpu": _cpu_name(),
+        "cpu_vector_flags": _vector_flags(),
+        "compile_target": {"cpu_name": numba.config.CPU_NAME or "host",
+                           "avx2": bool(compile_target_features().get("avx2")),
+                           "avx512bw": bool(compile_target_features().get("avx512bw"))},
+        "default_path_int8_weights": kernel_path(new_state(stream_weights(model, "int8"))),
         "cores_used": 1,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_step_loop_rtf": baseline_rtf,
@@ -273,6 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _vector_flags() -> list[str]:
+    """The CPU's SIMD flags from /proc/cpuinfo (sse*, avx*, fma, f16c)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(flag for flag in line.split(":", 1)[1].split()
+                              if flag.startswith(("sse", "ssse", "avx", "fma", "f16c", "amx")))
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_name() -> str:

@@ -11,10 +11,14 @@ The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
 - the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
   stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
   2 MB L2) or as float32 (`compression="fp32"`, exact);
-- with int8 weights on a CPU with AVX-512BW the activations are quantised to int16 (h * 32767) and
-  the matrix-vector products are integer dot products (pmaddwd, fused to VNNI vpdpwssd where present;
-  `state.quantised` is int16); elsewhere the int8 weights multiply float32 activations (same code as
-  fp32, `state.quantised` empty). The choice is made by the state's scratch type at compile time;
+- with int8 weights the activations can be quantised too and the matrix-vector products become
+  integer dot products with exact int32 sums (`new_state(path=...)`, `state.quantised` holds them):
+  "int16_dot" (h * 32767; AVX-512BW vpmaddwd on 32 columns) or "int8_dot" (h * 127; AVX2 vpsignb +
+  vpmaddubsw + vpmaddwd on 32 columns, 4x the multiply-adds per instruction of the float path); where
+  the CPU lacks those instructions the same sums come from a portable loop. "float" multiplies the
+  int8 weights with float32 activations (same code as fp32, `state.quantised` empty). The default is
+  int16_dot with AVX-512BW, int8_dot with AVX2, else float (`default_kernel_path`, `kernel_path`);
+  the choice is made by the state's scratch type at compile time;
 - tanh / sigmoid use a [13/6] rational approximation (max error 3.4e-7), so the loops vectorise;
 - sampling is inverse-CDF on softmax(logits / temperature) with an explicit xorshift64* generator
   (temperature 0 = argmax).
@@ -23,7 +27,7 @@ Gate layout and update follow torch.nn.GRU (rows r, z, n):
     r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n), h' = (1 - z) n + z h.
 
 Functions `gru_stream_sample` / `gru_stream_logits` (kernels) and their `_reference` twins (NumPy,
-float32 dequantised weights or exact int16 x int8 sums, exact activations) share one signature. State is explicit
+float32 dequantised weights or exact integer sums, exact activations) share one signature. State is explicit
 (`GruStreamState`): hidden [n_layers, hidden], the held conditioning gates, counters and the RNG.
 """
 from __future__ import annotations
@@ -71,7 +75,7 @@ class GruStreamState(NamedTuple):
     phase: np.ndarray           # float64 [1]: oscillator phase (radians, in [0, 2 pi))
     rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
     scratch: np.ndarray         # float32 [3, max(3H, Q)]: input gates, hidden gates, probabilities
-    quantised: np.ndarray       # int16 [H]: integer-dot activations, or float32 [0]: float path
+    quantised: np.ndarray       # int16 | int8 [H]: integer-dot activations, or float32 [0]: float path
 
 
 def _quantise_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,34 +129,61 @@ def weight_bytes_per_sample(weights: GruStreamWeights) -> int:
     return int(sum(array.nbytes for array in streamed) + weights.table.shape[1] * weights.table.itemsize)
 
 
+KERNEL_PATHS = ("int16_dot", "int8_dot", "float")
+"""Activation formats of the kernel: int16 (x 32767) or int8 (x 127) activations times the int8
+weights by integer dot products, or float32 activations (the only one for fp32 weights)."""
+
+
 def integer_dot_supported(weights: GruStreamWeights) -> bool:
-    """True when the int16-activation integer dot product can run: int8 weights, hidden size a
-    multiple of 32 and at most 512 (int32 sums cannot overflow), and a host CPU with AVX-512BW."""
+    """True when integer dot products can run: int8 weights and a hidden size that is a multiple of
+    32 and at most 512 (int32 sums cannot overflow)."""
     hidden_size = weights.w_hh.shape[2]
-    return (weights.w_hh.dtype == np.int8 and hidden_size % 32 == 0 and hidden_size <= 512
-            and numba.config.CPU_NAME in (None, "host") and bool(binding.get_host_cpu_features().get("avx512bw")))
+    return weights.w_hh.dtype == np.int8 and hidden_size % 32 == 0 and hidden_size <= 512
+
+
+def default_kernel_path(weights: GruStreamWeights) -> str:
+    """The fastest exact-enough path here: int16_dot with AVX-512BW, int8_dot with AVX2 (vpmaddubsw),
+    float otherwise (and for fp32 weights or hidden sizes that are not a multiple of 32)."""
+    if not integer_dot_supported(weights):
+        return "float"
+    if _dot4_instruction_set(np.int16) == "avx512bw":
+        return "int16_dot"
+    return "int8_dot" if _dot4_instruction_set(np.int8) == "avx2" else "float"
+
+
+def kernel_path(state: "GruStreamState") -> str:
+    """How `state` runs: 'int16_dot/avx512bw', 'int8_dot/avx2', 'int8_dot/portable', ..., or 'float'."""
+    if state.quantised.dtype == np.float32:
+        return "float"
+    name = "int16_dot" if state.quantised.dtype == np.int16 else "int8_dot"
+    return f"{name}/{_dot4_instruction_set(state.quantised.dtype)}"
 
 
 def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = None,
-              integer_dot: bool | None = None) -> GruStreamState:
+              path: str | None = None) -> GruStreamState:
     """Zero hidden state, conditioning refreshed at the first sample, previous sample = silence.
 
-    integer_dot: quantise activations to int16 and multiply int8 weights with integer dot products
-    (AVX-512 pmaddwd / VNNI); None = whenever `integer_dot_supported`. The float path dequantises
-    the weights and keeps float32 activations."""
+    path: one of KERNEL_PATHS; None = `default_kernel_path`. The integer paths quantise the
+    activations (int16 or int8, held in `state.quantised`) and multiply the int8 weights by integer
+    dot products (the vector instructions the CPU has, else a portable loop); "float" dequantises the
+    weights and keeps float32 activations."""
     n_layers, hidden_size = weights.w_hh.shape[0], weights.w_hh.shape[2]
     n_classes = weights.table.shape[0]
-    if integer_dot and not integer_dot_supported(weights):
-        raise ValueError("integer_dot needs int8 weights, a hidden size that is a multiple of 32 (<= 512) "
-                         "and a CPU with AVX-512BW")
-    use_integer_dot = integer_dot_supported(weights) if integer_dot is None else bool(integer_dot)
+    path = default_kernel_path(weights) if path is None else path
+    if path not in KERNEL_PATHS:
+        raise ValueError(f"unknown GRU kernel path {path!r}; choose one of {KERNEL_PATHS}")
+    if path != "float" and not integer_dot_supported(weights):
+        raise ValueError(f"kernel path {path} needs int8 weights and a hidden size that is a multiple of 32 "
+                         "(<= 512)")
+    quantised = {"int16_dot": np.zeros(hidden_size, np.int16), "int8_dot": np.zeros(hidden_size, np.int8),
+                 "float": np.zeros(0, np.float32)}[path]
     counters = np.array([mu_law_zero(n_classes) if first_mu is None else int(first_mu), 0], dtype=np.int64)
     rng = np.array([(int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) % (1 << 64) or 1], dtype=np.uint64)
     return GruStreamState(hidden=np.zeros((n_layers, hidden_size), np.float32),
                           cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters,
                           phase=np.zeros(1, np.float64), rng=rng,
                           scratch=np.zeros((3, max(3 * hidden_size, n_classes)), np.float32),
-                          quantised=np.zeros(hidden_size, np.int16) if use_integer_dot else np.zeros(0, np.float32))
+                          quantised=quantised)
 
 
 def copy_state(state: GruStreamState) -> GruStreamState:
@@ -233,76 +264,159 @@ def _matvec(matrix, scale, bias, vector, out):
         out[i] = acc * scale[i] + bias[i]
 
 
-ACTIVATION_SCALE = 32767.0
-"""int16 activation quantisation: q = rint(h * 32767) for h in [-1, 1] (GRU hidden states are)."""
+ACTIVATION_SCALES = {np.dtype(np.int16): 32767.0, np.dtype(np.int8): 127.0}
+"""Integer activations: q = rint(h * scale) for h in [-1, 1] (GRU hidden states are), by the dtype of
+`state.quantised`: int16 (32767) or int8 (127; |q| <= 127 keeps vpmaddubsw's pair sums below 2^15)."""
 
 
-@intrinsic
-def _dot4_int8_int16(typingctx, matrix, row, vector):
-    """Sums over j of int8 matrix[row + r, j] * int16 vector[j] for r = 0..3 (int32 x 4), 32 columns
-    at a time with the AVX-512BW multiply-add of int16 pairs. Needs n_cols % 32 == 0."""
-    signature = types.UniTuple(types.int32, 4)(matrix, row, vector)
+def compile_target_features() -> dict:
+    """CPU features Numba compiles for (NUMBA_CPU_FEATURES when set, else the host's), as the codegen does."""
+    if numba.config.CPU_FEATURES is not None:
+        return {item[1:]: item[0] == "+" for item in numba.config.CPU_FEATURES.split(",") if item}
+    return dict(binding.get_host_cpu_features())
+
+
+def _dot4_codegen(avx2_int8: bool):
+    """Code generator of the 4-row integer dot product (see `_dot4_int8_int16` / `_dot4_int8_int8`)."""
+    i32, i16, i8, i1 = ir.IntType(32), ir.IntType(16), ir.IntType(8), ir.IntType(1)
+    lanes = 32
 
     def codegen(context, builder, sig, args):
         matrix_struct = context.make_array(sig.args[0])(context, builder, args[0])
         vector_struct = context.make_array(sig.args[2])(context, builder, args[2])
         n_cols = builder.extract_value(matrix_struct.shape, 1)
-        i32, i16, i8 = ir.IntType(32), ir.IntType(16), ir.IntType(8)
-        v16i32, v32i16, v32i8 = ir.VectorType(i32, 16), ir.VectorType(i16, 32), ir.VectorType(i8, 32)
-        multiply_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v32i16, v32i16]),
-                                                      "llvm.x86.avx512.pmaddw.d.512")
-        reduce_add = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v16i32]),
-                                                    "llvm.vector.reduce.add.v16i32")
+        module = builder.module
+        v32i8 = ir.VectorType(i8, lanes)
+        if avx2_int8:  # |x| (u8) x sign(x) w (s8) -> pairs (s16) -> quads (s32)
+            v16i16, v8i32 = ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+            sum_type, vector_type = v8i32, v32i8
+            absolute = cgutils.get_or_insert_function(module, ir.FunctionType(v32i8, [v32i8, i1]), "llvm.abs.v32i8")
+            sign = cgutils.get_or_insert_function(module, ir.FunctionType(v32i8, [v32i8, v32i8]),
+                                                  "llvm.x86.avx2.psign.b")
+            pairs = cgutils.get_or_insert_function(module, ir.FunctionType(v16i16, [v32i8, v32i8]),
+                                                   "llvm.x86.avx2.pmadd.ub.sw")
+            quads = cgutils.get_or_insert_function(module, ir.FunctionType(v8i32, [v16i16, v16i16]),
+                                                   "llvm.x86.avx2.pmadd.wd")
+            ones = ir.Constant(v16i16, [1] * 16)
+        else:  # sign-extended w (s16) x x (s16) -> pairs (s32), 512-bit
+            v32i16, v16i32 = ir.VectorType(i16, lanes), ir.VectorType(i32, 16)
+            sum_type, vector_type = v16i32, v32i16
+            multiply_add = cgutils.get_or_insert_function(module, ir.FunctionType(v16i32, [v32i16, v32i16]),
+                                                          "llvm.x86.avx512.pmaddw.d.512")
+        reduce_add = cgutils.get_or_insert_function(module, ir.FunctionType(i32, [sum_type]),
+                                                    f"llvm.vector.reduce.add.v{sum_type.count}i32")
         row_index = context.cast(builder, args[1], sig.args[1], types.intp)
-        zero = ir.Constant(v16i32, [0] * 16)
-        accumulators = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        accumulators = [cgutils.alloca_once_value(builder, ir.Constant(sum_type, [0] * sum_type.count))
+                        for _ in range(4)]
         rows = [builder.gep(matrix_struct.data, [builder.mul(builder.add(row_index, ir.Constant(row_index.type, r)),
                                                              n_cols)]) for r in range(4)]
-        with cgutils.for_range_slice(builder, ir.Constant(n_cols.type, 0), n_cols, ir.Constant(n_cols.type, 32)) \
+        with cgutils.for_range_slice(builder, ir.Constant(n_cols.type, 0), n_cols, ir.Constant(n_cols.type, lanes)) \
                 as (column, _):
-            x = builder.load(builder.bitcast(builder.gep(vector_struct.data, [column]), v32i16.as_pointer()), align=2)
+            x = builder.load(builder.bitcast(builder.gep(vector_struct.data, [column]), vector_type.as_pointer()),
+                             align=1)
+            if avx2_int8:
+                magnitude = builder.call(absolute, [x, ir.Constant(i1, 0)])
             for accumulator, row_pointer in zip(accumulators, rows):
                 w = builder.load(builder.bitcast(builder.gep(row_pointer, [column]), v32i8.as_pointer()), align=1)
-                product = builder.call(multiply_add, [builder.sext(w, v32i16), x])
+                if avx2_int8:
+                    product = builder.call(quads, [builder.call(pairs, [magnitude, builder.call(sign, [w, x])]),
+                                                   ones])
+                else:
+                    product = builder.call(multiply_add, [builder.sext(w, vector_type), x])
                 builder.store(builder.add(builder.load(accumulator), product), accumulator)
         sums = [builder.call(reduce_add, [builder.load(accumulator)]) for accumulator in accumulators]
         return context.make_tuple(builder, sig.return_type, sums)
 
-    return signature, codegen
+    return codegen
+
+
+@intrinsic
+def _dot4_int8_int16(typingctx, matrix, row, vector):
+    """Sums over j of int8 matrix[row + r, j] * int16 vector[j] for r = 0..3 (int32 x 4), 32 columns
+    at a time with the AVX-512BW multiply-add of int16 pairs (vpmaddwd zmm). Needs n_cols % 32 == 0."""
+    return types.UniTuple(types.int32, 4)(matrix, row, vector), _dot4_codegen(avx2_int8=False)
+
+
+@intrinsic
+def _dot4_int8_int8(typingctx, matrix, row, vector):
+    """Sums over j of int8 matrix[row + r, j] * int8 vector[j] for r = 0..3 (int32 x 4), 32 columns
+    at a time with AVX2: vpsignb moves the sign of x onto w, vpmaddubsw multiplies |x| (u8) by it and
+    adds pairs (exact: |x|, |w| <= 127), vpmaddwd by ones adds pairs of those. Needs n_cols % 32 == 0."""
+    return types.UniTuple(types.int32, 4)(matrix, row, vector), _dot4_codegen(avx2_int8=True)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _dot_row(matrix, row, quantised):
+    """sum_j matrix[row, j] * quantised[j] (int); a single-accumulator loop LLVM vectorises on any target."""
+    acc = np.int32(0)
+    for j in range(matrix.shape[1]):  # int32 throughout (Numba would widen to int64): pmaddwd-shaped
+        acc = np.int32(acc + np.int32(np.int16(matrix[row, j]) * np.int16(quantised[j])))
+    return acc
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _dot4_portable(matrix, row, quantised):
+    return (_dot_row(matrix, row, quantised), _dot_row(matrix, row + 1, quantised),
+            _dot_row(matrix, row + 2, quantised), _dot_row(matrix, row + 3, quantised))
+
+
+def _dot4(matrix, row, quantised):
+    """Four integer row dot products (int x 4): the vector intrinsic the target has for the dtype of
+    `quantised` (AVX-512BW for int16, AVX2 for int8), else `_dot4_portable`."""
+
+
+def _dot4_instruction_set(dtype) -> str:
+    """'avx512bw', 'avx2' or 'portable': how `_dot4` multiplies activations of `dtype` on this target."""
+    features = compile_target_features()
+    if np.dtype(dtype) == np.int16 and features.get("avx512bw"):
+        return "avx512bw"
+    if np.dtype(dtype) == np.int8 and features.get("avx2"):
+        return "avx2"
+    return "portable"
+
+
+@overload(_dot4, inline="always")
+def _dot4_overload(matrix, row, quantised):
+    instruction_set = _dot4_instruction_set(np.dtype(str(quantised.dtype)))
+    if instruction_set == "avx512bw":
+        return lambda matrix, row, quantised: _dot4_int8_int16(matrix, row, quantised)
+    if instruction_set == "avx2":
+        return lambda matrix, row, quantised: _dot4_int8_int8(matrix, row, quantised)
+    return lambda matrix, row, quantised: _dot4_portable(matrix, row, quantised)
 
 
 @numba.njit(fastmath=True, error_model="numpy", cache=True)
-def _integer_matvec(matrix, scale, bias, vector, quantised, out):
-    """out[i] = scale[i] / 32767 * sum_j matrix[i, j] * rint(32767 vector[j]) + bias[i] with int8
-    `matrix` [rows, n_cols % 32 == 0] and int16 scratch `quantised` [n_cols]."""
+def _integer_matvec(matrix, scale, bias, vector, quantised, out, activation_scale):
+    """out[i] = scale[i] / s * sum_j matrix[i, j] * rint(s vector[j]) + bias[i] (s = activation_scale)
+    with int8 `matrix` [rows, n_cols % 32 == 0] and int16|int8 scratch `quantised` [n_cols]."""
     n_rows, n_cols = matrix.shape
+    limit = np.float32(activation_scale)
     for j in range(n_cols):
-        quantised[j] = np.int16(np.rint(vector[j] * np.float32(ACTIVATION_SCALE)))
-    unit = np.float32(1.0 / ACTIVATION_SCALE)
+        quantised[j] = np.rint(min(max(vector[j] * limit, -limit), limit))
+    unit = np.float32(1.0 / activation_scale)
     n_blocked = n_rows - n_rows % 4
     for i in range(0, n_blocked, 4):
-        a0, a1, a2, a3 = _dot4_int8_int16(matrix, i, quantised)
+        a0, a1, a2, a3 = _dot4(matrix, i, quantised)
         out[i] = np.float32(a0) * (scale[i] * unit) + bias[i]
         out[i + 1] = np.float32(a1) * (scale[i + 1] * unit) + bias[i + 1]
         out[i + 2] = np.float32(a2) * (scale[i + 2] * unit) + bias[i + 2]
         out[i + 3] = np.float32(a3) * (scale[i + 3] * unit) + bias[i + 3]
     for i in range(n_blocked, n_rows):
-        acc = np.int32(0)
-        for j in range(n_cols):
-            acc += np.int32(matrix[i, j]) * np.int32(quantised[j])
-        out[i] = np.float32(acc) * (scale[i] * unit) + bias[i]
+        out[i] = np.float32(_dot_row(matrix, i, quantised)) * (scale[i] * unit) + bias[i]
 
 
 def _matvec_any(matrix, scale, bias, vector, quantised, out):
     """out = scale * (matrix @ vector) + bias, by integer dot products when `quantised` is an
-    int16 scratch [n_cols], else by `_matvec` (chosen at compile time from its type)."""
+    int16 | int8 scratch [n_cols], else by `_matvec` (chosen at compile time from its type)."""
 
 
 @overload(_matvec_any, inline="always")
 def _matvec_any_overload(matrix, scale, bias, vector, quantised, out):
     if isinstance(quantised.dtype, types.Integer):
+        activation_scale = ACTIVATION_SCALES[np.dtype(str(quantised.dtype))]
+
         def integer_path(matrix, scale, bias, vector, quantised, out):
-            _integer_matvec(matrix, scale, bias, vector, quantised, out)
+            _integer_matvec(matrix, scale, bias, vector, quantised, out, activation_scale)
         return integer_path
 
     def float_path(matrix, scale, bias, vector, quantised, out):
@@ -475,11 +589,12 @@ def _dequantised(matrix: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def _matvec_reference(matrix, scale, bias, vector, quantised):
-    """float32 [rows]: the integer path (int16 activations, exact int64 sums) when `quantised` is int16."""
-    if quantised.dtype == np.int16:
-        activations = np.rint(vector.astype(np.float32) * np.float32(ACTIVATION_SCALE)).astype(np.int64)
+    """float32 [rows]: the integer path (exact int64 sums) when `quantised` is int16 | int8."""
+    if quantised.dtype in ACTIVATION_SCALES:
+        limit = np.float32(ACTIVATION_SCALES[quantised.dtype])
+        activations = np.rint(np.clip(vector.astype(np.float32) * limit, -limit, limit)).astype(np.int64)
         sums = (matrix.astype(np.int64) @ activations).astype(np.float32)
-        return sums * (scale * np.float32(1.0 / ACTIVATION_SCALE)) + bias
+        return sums * (scale * np.float32(1.0 / limit)) + bias
     return _dequantised(matrix, scale) @ vector + bias
 
 

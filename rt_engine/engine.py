@@ -92,6 +92,7 @@ class Engine:
         self._params[vk.P_GRU_PRESENT] = 1.0 if stream_layer else 0.0
         self._warm_up()
         if stream_layer is not None:
+            stream_layer.set_mix_gain(gru_gain)  # a layer at gain 0 is not computed
             stream_layer.start(self.sample_rate, self._gru_ring, self._gru_pos)
 
     def _warm_up(self) -> None:
@@ -316,6 +317,8 @@ class Engine:
     def set_gain(self, layer: str, gain: float, at_frame: int | None = None) -> bool:
         if layer not in GAIN_LAYERS:
             raise ValueError(f"unknown gain layer {layer!r}; known: {', '.join(GAIN_LAYERS)}")
+        if layer == "gru" and self.stream_layer is not None:
+            self.stream_layer.set_mix_gain(max(float(gain), 0.0), self._layer_frame(at_frame))
         return self._push(CommandKind.SET_GAIN, at_frame, GAIN_LAYERS[layer], -1, max(float(gain), 0.0))
 
     def set_polyphony(self, n_voices: int) -> None:
@@ -366,6 +369,7 @@ class Engine:
             "pending": int(counters[Counter.PENDING]),
             "steals": int(counters[Counter.STEALS]),
             "gru_underruns": int(counters[Counter.GRU_UNDERRUNS]),
+            "gru_kernel": layer.kernel_path if layer is not None else "none",
             "frame": int(counters[Counter.FRAME]),
         }
 

@@ -21,17 +21,27 @@ is smoothed by a one-pole (5 ms); the amplitude envelope is a linear attack/rele
 exactly zero once released and the GRU stops running (idle costs only the resampler). The sampling
 temperature (`set_temperature`, 0 = argmax) steps at its event's sample, unsmoothed: a new
 temperature changes only how the next classes are drawn, so the step itself makes no click.
+
+Mix gain (`set_mix_gain`, the engine's `/mix/gru`): at gain 0 the GRU is not computed (the control
+smoothers still run, so pitch, timbre and envelope stay current); it runs on for `MUTE_TAIL_S` after
+the gain reaches 0 (the engine's 5 ms gain smoothing fades it out meanwhile). When the gain rises again
+a sounding note restarts from a fresh recurrent state at that sample, as from silence.
+
+Bounds: pending events wait in a heap (ordered by model sample, then arrival; O(log n) per event) of at
+most `EVENT_CAPACITY`; held notes (the last-note-priority stack) are at most `HELD_CAPACITY`, the
+oldest dropped first. Overflowing events are counted in `dropped_events`.
 """
 from __future__ import annotations
 
 import collections
+import heapq
 import threading
 from pathlib import Path
 
 import numba
 import numpy as np
 
-from models.gru_stream import gru_stream_sample, new_state
+from models.gru_stream import gru_stream_sample, kernel_path, new_state
 from models.mu_law import mu_law_decode_table, mu_law_zero
 from rt_engine.stream_resampler import StreamResampler
 
@@ -41,7 +51,13 @@ from rt_engine.stream_resampler import StreamResampler
  C_ENV, C_ENV_TARGET, C_ENV_UP, C_ENV_DOWN) = range(19)
 N_CONTROL = 19
 EVENT_CAPACITY = 1024
-"""Events waiting for the worker thread; more are counted in `dropped_events` and dropped."""
+"""Events waiting for the worker thread (queued, and pending in the heap); more are counted in
+`dropped_events` and dropped."""
+HELD_CAPACITY = 32
+"""Held notes remembered for last-note priority; a new note beyond them forgets the oldest."""
+MUTE_TAIL_S = 0.05
+"""Seconds the GRU keeps running after its mix gain reaches 0 (10 time constants of the engine's
+5 ms gain smoothing: -87 dB)."""
 _GLIDES = ((C_PITCH, C_PITCH_STEP, C_PITCH_LEFT, C_PITCH_TARGET), (C_X, C_X_STEP, C_X_LEFT, C_X_TARGET),
            (C_Y, C_Y_STEP, C_Y_LEFT, C_Y_TARGET))
 
@@ -123,7 +139,11 @@ class GruLayer:
         self._control[C_ENV_DOWN] = 1.0 / max(release_s * model_rate_hz, 1.0)
         self._held: list[list[float]] = []
         self._events: collections.deque = collections.deque()
-        self._pending: list[tuple] = []
+        self._pending: list[tuple] = []  # heap of (model sample, arrival count, event)
+        self._mix_gain = 1.0
+        self._mute_left = 0              # model samples still computed after the mix gain reached 0
+        self._stale = False              # samples were skipped while sounding: restart before computing
+        self.computed_samples = 0        # model samples the GRU kernel has generated
         self._event_count = 0
         self._conditioning = np.zeros((block_samples, 3), np.float32)
         self._envelope = np.zeros(block_samples, np.float32)
@@ -229,6 +249,15 @@ class GruLayer:
             raise ValueError(f"GruLayer: temperature must be >= 0, got {temperature}")
         self._post((at_frame, "temperature", float(temperature)))
 
+    def set_mix_gain(self, gain: float, at_frame: int | None = None) -> None:
+        """The engine's gain for this layer (`/mix/gru`) from `at_frame` on: at 0 the GRU is not computed."""
+        self._post((at_frame, "mix", max(float(gain), 0.0)))
+
+    @property
+    def kernel_path(self) -> str:
+        """Which GRU kernel path runs (`models.gru_stream.kernel_path`, e.g. 'int8_dot/avx2')."""
+        return kernel_path(self._gru)
+
     def panic(self) -> None:
         self._post((None, "panic"))
 
@@ -237,14 +266,16 @@ class GruLayer:
 
     def snapshot(self) -> dict:
         """Smoothed parameters at the last rendered sample: pitch (MIDI, without bend), bend
-        (semitones), x, y, envelope (0..1), sampling temperature, plus held notes and late events
+        (semitones), x, y, envelope (0..1), sampling temperature, plus held notes, late and dropped
+        events, whether the GRU runs, its kernel path and the samples rendered and computed
         (for status/debugging)."""
         control = self._control
         return {"pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
                 "y": float(control[C_Y]), "envelope": float(control[C_ENV]), "temperature": self.temperature,
                 "held": [entry[0] for entry in self._held], "late_events": self.late_events,
-                "dropped_events": self.dropped_events,
-                "rendered_samples": self._next_sample}
+                "dropped_events": self.dropped_events, "computing": self._computing(),
+                "kernel_path": self.kernel_path, "rendered_samples": self._next_sample,
+                "computed_samples": self.computed_samples}
 
     # ---- rendering (worker thread) ---------------------------------------------------------------
     def render_available(self, max_blocks: int = 8) -> int:
@@ -278,14 +309,16 @@ class GruLayer:
         """One block of model samples -> resampled frames in self._frames; returns their number."""
         while self._events:
             event = self._events.popleft()
+            if len(self._pending) >= EVENT_CAPACITY:
+                self.dropped_events += 1
+                continue
             self._event_count += 1
-            self._pending.append((self._event_sample(event[0]), self._event_count, event[1:]))
-        self._pending.sort(key=lambda item: (item[0], item[1]))
+            heapq.heappush(self._pending, (self._event_sample(event[0]), self._event_count, event[1:]))
         start, n = self._next_sample, self.block_samples
         offset = 0
         while offset < n:
             while self._pending and self._pending[0][0] <= start + offset:
-                sample, _, event = self._pending.pop(0)
+                sample, _, event = heapq.heappop(self._pending)
                 self.late_events += sample < start + offset
                 self._apply(event)
             stop = n if not self._pending else min(n, self._pending[0][0] - start)
@@ -294,15 +327,28 @@ class GruLayer:
         self._next_sample = start + n
         return self._resampler.process(self._audio, self._frames)
 
+    def _computing(self) -> bool:
+        """True while the GRU runs: a note sounds and the mix gain is up (or fading out)."""
+        sounding = self._control[C_ENV] > 0.0 or self._control[C_ENV_TARGET] > 0.0
+        return sounding and (self._mix_gain > 0.0 or self._mute_left > 0)
+
     def _render_segment(self, begin: int, end: int) -> None:
         conditioning, envelope = self._conditioning[begin:end], self._envelope[begin:end]
         sounding = self._control[C_ENV] > 0.0 or self._control[C_ENV_TARGET] > 0.0
+        computing = self._computing()
+        if self._mix_gain <= 0.0:
+            self._mute_left = max(self._mute_left - (end - begin), 0)
         control_block(self._control, conditioning, envelope)
-        if sounding:
+        if computing:
+            if self._stale:
+                self._reset_voice()
+                self._stale = False
             gru_stream_sample(self.weights, self._gru, conditioning, self.control_interval, self.temperature,
                               self._mu[begin:end])
+            self.computed_samples += end - begin
             _decode_into(self._mu[begin:end], self._decode_table, envelope, self.gain, self._audio[begin:end])
         else:
+            self._stale = self._stale or sounding
             self._audio[begin:end] = 0.0
 
     def _glide(self, fields: tuple, target: float, seconds: float) -> None:
@@ -320,7 +366,8 @@ class GruLayer:
         if kind == "on":
             pitch, velocity = event[1], event[2]
             sounding = bool(self._held)
-            self._held = [entry for entry in self._held if entry[0] != pitch] + [[pitch, pitch]]
+            others = [entry for entry in self._held if entry[0] != pitch]
+            self._held = others[max(len(others) - HELD_CAPACITY + 1, 0):] + [[pitch, pitch]]
             if sounding:
                 self._glide(_GLIDES[0], pitch, self.glide_s)
             else:
@@ -350,6 +397,10 @@ class GruLayer:
             self._glide(_GLIDES[2], event[2], seconds)
         elif kind == "temperature":
             self.temperature = event[1]
+        elif kind == "mix":
+            if event[1] <= 0.0 < self._mix_gain and self._computing():  # fade out what sounds
+                self._mute_left = int(round(MUTE_TAIL_S * self.model_rate_hz))
+            self._mix_gain = event[1]
         elif kind == "panic":
             self._held = []
             self._pending = []

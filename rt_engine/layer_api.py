@@ -53,6 +53,13 @@ class StreamLayer(Protocol):
     def set_temperature(self, temperature: float, at_frame: int | None = None) -> None:
         """Sampling temperature (>= 0, 0 = argmax) from `at_frame` on (`/gru/temperature`)."""
 
+    def set_mix_gain(self, gain: float, at_frame: int | None = None) -> None:
+        """The engine's gain for this layer (`/mix/gru`) from `at_frame` on; a layer may skip its
+        work while it is 0."""
+
+    kernel_path: str
+    """Which kernel the layer runs (reported as `gru_kernel` in `/status.reply`)."""
+
     def panic(self) -> None:
         """Silence at once (short fade) and reset the recurrent state."""
 

@@ -265,6 +265,7 @@ class _FakeLayer:
     """A stream layer writing a constant into the engine's ring, recording events."""
 
     latency_frames = 512
+    kernel_path = "constant"
 
     def __init__(self):
         self.events = []
@@ -284,6 +285,9 @@ class _FakeLayer:
 
     def note_on(self, pitch, velocity, at_frame=None):
         self.events.append(("note_on", pitch, at_frame))
+
+    def set_mix_gain(self, gain, at_frame=None):
+        self.events.append(("mix", gain, at_frame))
 
     def note_off(self, pitch, at_frame=None):
         self.events.append(("note_off", pitch, at_frame))

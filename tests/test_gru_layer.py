@@ -7,7 +7,8 @@ import torch
 
 from models.gru import GruSynth, GruSynthConfig, save_gru
 from models.gru_stream import copy_state, stream_weights
-from rt_engine.gru_layer import N_CONTROL, GruLayer, control_block, control_block_reference
+from rt_engine.gru_layer import (EVENT_CAPACITY, HELD_CAPACITY, MUTE_TAIL_S, N_CONTROL, GruLayer, control_block,
+                                 control_block_reference)
 
 RATE = 48000
 TINY = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=4, conditioning_size=4)
@@ -244,6 +245,9 @@ class _TemperatureLayer:
     def set_temperature(self, temperature, at_frame=None):
         self.calls.append((temperature, at_frame))
 
+    def set_mix_gain(self, gain, at_frame=None):
+        pass
+
 
 def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     from rt_engine.bank_manager import StaticBanks
@@ -255,3 +259,61 @@ def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     assert engine.gru_temperature(0.25, at_frame=1000) and engine.gru_temperature(2.0)
     assert layer.calls == [(0.25, 1000 + 512), (2.0, engine.frame + engine.block + 512)]
     engine.close()
+
+
+def test_at_mix_gain_zero_the_gru_is_not_computed_and_runs_out_its_tail():
+    layer, ring, positions = _layer()
+    layer.set_mix_gain(0.0, at_frame=0)
+    layer.note_on(60.0, 100.0, at_frame=0)
+    out = _consume(layer, ring, positions, RATE // 4)
+    assert layer.snapshot()["computed_samples"] == 0 and not out.any() and layer.is_active()
+    layer.set_mix_gain(1.0, at_frame=RATE // 2)
+    layer.set_mix_gain(0.0, at_frame=RATE)
+    _consume(layer, ring, positions, 2 * RATE)
+    tail_samples = int(round(MUTE_TAIL_S * 16000))
+    computed = layer.snapshot()["computed_samples"]  # the tail ends at the end of its block
+    assert 16000 // 2 + tail_samples <= computed < 16000 // 2 + tail_samples + layer.block_samples
+
+
+def test_raising_the_mix_gain_restarts_a_held_note_as_from_silence():
+    """A note held while muted, unmuted at frame F, sounds as the same note started at F (argmax, no attack)."""
+    unmute = 3 * 4800
+    muted, ring, positions = _layer(temperature=0.0, attack_s=0.0)
+    muted.set_mix_gain(0.0, at_frame=0)
+    muted.note_on(60.0, 100.0, at_frame=0)
+    muted.set_mix_gain(1.0, at_frame=unmute)
+    resumed = _consume(muted, ring, positions, RATE // 2)
+    fresh, ring, positions = _layer(temperature=0.0, attack_s=0.0)
+    fresh.note_on(60.0, 100.0, at_frame=unmute)
+    started = _consume(fresh, ring, positions, RATE // 2)
+    delay_frames = 16 * 3
+    assert not resumed[:unmute - delay_frames].any()
+    assert np.sqrt(np.mean(resumed[unmute + 4800:] ** 2)) > 1e-3
+    np.testing.assert_allclose(resumed[unmute + delay_frames:], started[unmute + delay_frames:], atol=1e-6)
+
+
+def test_pending_events_are_bounded_and_applied_in_time_order():
+    layer, ring, positions = _layer()
+    layer.note_on(60.0, 100.0, at_frame=0)
+    for k in range(600):  # dated pitch events arriving newest first: the latest date (k = 0) wins
+        layer.note_pitch(60.0 + k % 12, 0.0, at_frame=9600 - 3 * k)
+    _consume(layer, ring, positions, 12000)
+    assert layer.snapshot()["pitch"] == 60.0 and layer.dropped_events == 0
+    for _ in range(3):  # a flood dated far ahead: the heap holds EVENT_CAPACITY, the rest is counted
+        for k in range(EVENT_CAPACITY):
+            layer.note_pitch(72.0, 0.0, at_frame=100 * RATE + k)
+        _consume(layer, ring, positions, 256)
+    assert len(layer._pending) == EVENT_CAPACITY and layer.dropped_events == 2 * EVENT_CAPACITY
+
+
+def test_held_notes_are_bounded_oldest_forgotten_first():
+    layer, ring, positions = _layer()
+    for pitch in range(20, 20 + 3 * HELD_CAPACITY):
+        layer.note_on(float(pitch), 100.0)
+    _consume(layer, ring, positions, 4800)
+    held = layer.snapshot()["held"]
+    assert held == [float(pitch) for pitch in range(20 + 2 * HELD_CAPACITY, 20 + 3 * HELD_CAPACITY)]
+    for pitch in held:
+        layer.note_off(pitch)
+    _consume(layer, ring, positions, RATE // 2)
+    assert not layer.is_active()

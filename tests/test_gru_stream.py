@@ -1,12 +1,14 @@
 """The streaming GRU kernel against the torch model, its NumPy reference and the softmax it samples."""
+import numba
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
 from models.gru import GruSynth, GruSynthConfig
-from models.gru_stream import (copy_state, gru_stream_logits, gru_stream_logits_reference, gru_stream_sample,
-                               gru_stream_sample_reference, integer_dot_supported, new_state, sample_from_logits,
+from models.gru_stream import (_dot4_instruction_set, _integer_matvec, copy_state, default_kernel_path,
+                               gru_stream_logits, gru_stream_logits_reference, gru_stream_sample,
+                               gru_stream_sample_reference, kernel_path, new_state, sample_from_logits,
                                sample_from_logits_reference, stream_weights, weight_bytes_per_sample)
 
 torch.set_num_threads(1)
@@ -16,12 +18,11 @@ CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditi
                           use_period_feature=False),
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2)]
 INT8_RELATIVE_TOLERANCE = 0.03
-"""int8 weights with per-row scales (float or int16 activations): max |logit error| <= 3% of the largest |logit|."""
-
-
-def _skip_unless_possible(weights, integer_dot):
-    if integer_dot and not integer_dot_supported(weights):
-        pytest.skip("the integer dot product needs AVX-512BW and a hidden size that is a multiple of 32")
+"""int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
+largest |logit|."""
+REFERENCE_TOLERANCE = {"float": 1e-4, "int16_dot": 5e-4, "int8_dot": 5e-3}
+"""Kernel vs NumPy reference (absolute, logits): the integer paths' sums are exact, but the kernel's
+rational tanh can round an activation to the neighbouring step (1/32767 or 1/127)."""
 
 
 def _model(config, seed=0):
@@ -47,9 +48,9 @@ def _torch_logits(model, prev_mu, conditioning):
     return logits[0].numpy()
 
 
-def _kernel_logits(weights, prev_mu, conditioning, control_interval=1, integer_dot=False):
+def _kernel_logits(weights, prev_mu, conditioning, control_interval=1, path="float"):
     logits = np.zeros((len(prev_mu), weights.table.shape[0]), np.float32)
-    state = new_state(weights, integer_dot=integer_dot)
+    state = new_state(weights, path=path)
     gru_stream_logits(weights, state, prev_mu, conditioning, control_interval, logits)
     return logits
 
@@ -63,17 +64,17 @@ def test_fp32_kernel_streaming_equals_the_torch_model_offline(config):
                                rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("config, integer_dot", [(CONFIGS[0], False), (CONFIGS[0], True), (CONFIGS[1], False),
-                                                 (CONFIGS[2], True)],
-                         ids=["64-float-activations", "64-int16-activations", "18-float-activations",
-                              "32-oscillator-int16-activations"])
-def test_int8_kernel_logits_stay_within_the_stated_tolerance(config, integer_dot):
+@pytest.mark.parametrize("config, path", [(CONFIGS[0], "float"), (CONFIGS[0], "int16_dot"), (CONFIGS[0], "int8_dot"),
+                                          (CONFIGS[1], "float"), (CONFIGS[2], "int16_dot"), (CONFIGS[2], "int8_dot")],
+                         ids=["64-float-activations", "64-int16-activations", "64-int8-activations",
+                              "18-float-activations", "32-oscillator-int16-activations",
+                              "32-oscillator-int8-activations"])
+def test_int8_kernel_logits_stay_within_the_stated_tolerance(config, path):
     model = _model(config)
     weights = stream_weights(model, "int8")
-    _skip_unless_possible(weights, integer_dot)
     prev_mu, conditioning = _inputs(150)
     expected = _torch_logits(model, prev_mu, conditioning)
-    error = np.abs(_kernel_logits(weights, prev_mu, conditioning, 1, integer_dot) - expected).max()
+    error = np.abs(_kernel_logits(weights, prev_mu, conditioning, 1, path) - expected).max()
     assert error <= INT8_RELATIVE_TOLERANCE * np.abs(expected).max()
 
 
@@ -86,28 +87,27 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
     np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("config, compression, integer_dot", [
-    (CONFIGS[0], "fp32", False), (CONFIGS[0], "int8", False), (CONFIGS[0], "int8", True), (CONFIGS[2], "int8", False)],
-    ids=["fp32", "int8-float-activations", "int8-int16-activations", "oscillator-int8"])
-def test_kernel_equals_the_numpy_reference(config, compression, integer_dot):
+@pytest.mark.parametrize("config, compression, path", [
+    (CONFIGS[0], "fp32", "float"), (CONFIGS[0], "int8", "float"), (CONFIGS[0], "int8", "int16_dot"),
+    (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot")],
+    ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
+         "oscillator-int8-int8-activations"])
+def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
-    _skip_unless_possible(weights, integer_dot)
     prev_mu, conditioning = _inputs(60)
     expected = np.zeros((60, 256), np.float32)
-    gru_stream_logits_reference(weights, new_state(weights, integer_dot=integer_dot), prev_mu, conditioning, 7,
-                                expected)
-    # int16 activations: the kernel's rational tanh can round an activation to the neighbouring step
-    np.testing.assert_allclose(_kernel_logits(weights, prev_mu, conditioning, 7, integer_dot), expected,
-                               rtol=0, atol=5e-4 if integer_dot else 1e-4)
+    gru_stream_logits_reference(weights, new_state(weights, path=path), prev_mu, conditioning, 7, expected)
+    np.testing.assert_allclose(_kernel_logits(weights, prev_mu, conditioning, 7, path), expected,
+                               rtol=0, atol=REFERENCE_TOLERANCE[path])
 
-    state = new_state(weights, seed=3, integer_dot=integer_dot)
+    state = new_state(weights, seed=3, path=path)
     reference_state = copy_state(state)
     samples, reference_samples = np.zeros(80, np.int64), np.zeros(80, np.int64)
     gru_stream_sample(weights, state, conditioning[:80 // 2].repeat(2, axis=0), 5, 0.9, samples)
     gru_stream_sample_reference(weights, reference_state, conditioning[:80 // 2].repeat(2, axis=0), 5, 0.9,
                                 reference_samples)
     np.testing.assert_array_equal(samples, reference_samples)
-    np.testing.assert_allclose(state.hidden, reference_state.hidden, atol=1e-4)
+    np.testing.assert_allclose(state.hidden, reference_state.hidden, atol=REFERENCE_TOLERANCE[path])
     assert state.rng[0] == reference_state.rng[0] and np.array_equal(state.counters, reference_state.counters)
     np.testing.assert_allclose(state.phase, reference_state.phase, rtol=1e-12)
 
@@ -157,9 +157,42 @@ def test_unknown_compression_is_rejected_by_name():
         stream_weights(_model(CONFIGS[1]), "int4")
 
 
-def test_integer_dot_is_refused_where_it_cannot_run():
-    with pytest.raises(ValueError, match="integer_dot"):
-        new_state(stream_weights(_model(CONFIGS[1]), "int8"), integer_dot=True)  # 18 hidden units
+def test_integer_paths_are_refused_where_they_cannot_run():
+    with pytest.raises(ValueError, match="int8_dot"):
+        new_state(stream_weights(_model(CONFIGS[1]), "int8"), path="int8_dot")  # 18 hidden units
+    with pytest.raises(ValueError, match="int16_dot"):
+        new_state(stream_weights(_model(CONFIGS[0]), "fp32"), path="int16_dot")
+    with pytest.raises(ValueError, match="kernel path"):
+        new_state(stream_weights(_model(CONFIGS[0]), "int8"), path="int4_dot")
+    assert default_kernel_path(stream_weights(_model(CONFIGS[1]), "int8")) == "float"
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int8])
+def test_integer_matvec_sums_are_exact_on_every_instruction_set(dtype):
+    rng = np.random.default_rng(11)
+    matrix = rng.integers(-127, 128, (70, 96)).astype(np.int8)  # 70 rows: the 4-row blocks and a tail
+    vector = rng.uniform(-1, 1, 96).astype(np.float32)
+    vector[:4] = [1.0, -1.0, 1.0, -1.0]  # the extreme activations (and |w| = 127 products) must not saturate
+    matrix[:, :4] = [127, -127, -127, 127]
+    scale, bias = np.ones(70, np.float32), np.zeros(70, np.float32)
+    limit = 32767.0 if dtype == np.int16 else 127.0
+    out = np.zeros(70, np.float32)
+    _integer_matvec(matrix, scale, bias, vector, np.zeros(96, dtype), out, limit)
+    exact = matrix.astype(np.int64) @ np.rint(vector * np.float32(limit)).astype(np.int64)
+    np.testing.assert_allclose(out * limit, exact, rtol=1e-6)
+
+
+def test_avx2_int8_path_uses_the_16_bit_multiply_adds():
+    if _dot4_instruction_set(np.int8) != "avx2":
+        pytest.skip("the compile target has no AVX2")
+    uncached = numba.njit(fastmath=True, error_model="numpy")(_integer_matvec.py_func)  # cached code has no asm
+    uncached(np.zeros((4, 32), np.int8), np.ones(4, np.float32), np.zeros(4, np.float32),
+             np.zeros(32, np.float32), np.zeros(32, np.int8), np.zeros(4, np.float32), 127.0)
+    assembly = "".join(uncached.inspect_asm().values())
+    assert "vpsignb" in assembly and "vpmaddubsw" in assembly
+    assert "vpmaddwd" in assembly or "vpdpwssd" in assembly  # VNNI fuses the multiply-add with the sum
+    state = new_state(stream_weights(_model(CONFIGS[0]), "int8"), path="int8_dot")
+    assert kernel_path(state) == "int8_dot/avx2"
 
 
 def test_oscillator_phase_advances_by_the_pitch_of_every_sample():
