@@ -7,10 +7,16 @@ Each rendered row is resampled once to the device rate and given its crossfaded 
 block, float32 [n_slots, n_rows, bank_frames], which the engine's kernel reads directly.
 
 In the audio process, `BankManager` keeps the slot table the kernel reads (`slots`: kind, x, y,
-usage; `row_ready`: which rows of which slot are playable) and decides what to render:
+usage, envelope; `row_ready`: which rows of which slot are playable) and decides what to render.
+A bank load is staged (SuperCollider's Stage 1-4): the worker renders it (1), its rows are
+published into a slot by integer id (2), an exact bank is selected in the callback by a
+`SELECT_BANK` record carrying that id once the held pitches' rows are playable, with the envelope
+stored in its slot (3), and the request's `on_done` is answered from this side (4). Each timbre
+request carries a generation number, so a load that lands after a newer request is not played.
 - a timbre point needs the grid nodes around it (bilinear blend: instant response) and then the
-  exact bank at the point (the kernel crossfades to it when it lands);
-- held and requested pitches render first (`note_requested` moves them to the front);
+  exact bank at the point (selected, and crossfaded to, when it lands);
+- held and requested pitches render first (`note_requested` moves them to the front); the first
+  chunk of a load is the held pitches' rows alone, so they are playable soonest;
 - loaded slots form an LRU cache keyed by `TimbreRequest.key()`; a slot is reused only after the
   kernel reports it unused (`S_USAGE` 0) once it was retired;
 - when idle, the grid nodes around the current cell are rendered ahead into free slots.
@@ -40,10 +46,12 @@ from rt_engine import voice_kernel as vk
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
 from models.timbre_sources import load_bank_source
 from rt_engine.bank_tuning import measure_detune_cents, retune
+from rt_engine.commands import DEFAULT_ADSR
 
 DEFAULT_GRID_N = 5
 DEFAULT_N_SLOTS = 12
 CHUNK_ROWS = 8
+ENVELOPE_FIELDS = [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]
 
 
 @dataclass(frozen=True)
@@ -131,8 +139,14 @@ class StaticBanks:
         self.banks = prepare_rows(rows, self.layout)[None]
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
         self.row_ready = np.ones((1, len(pitches)), dtype=np.uint8)
-        self.slots = np.array([[vk.SLOT_EXACT, 0.5, 0.5, 0.0, 0.0]])
+        self.slots = np.zeros((1, vk.N_SLOT_FIELDS))
+        self.slots[0, [vk.S_KIND, vk.S_X, vk.S_Y]] = vk.SLOT_EXACT, 0.5, 0.5
+        self.slots[0, ENVELOPE_FIELDS] = DEFAULT_ADSR
         self.loop_start, self.loop_end = self.layout.loop_start, self.layout.loop_end
+
+    def bind(self, select: Callable[[int, int], bool]) -> None:
+        """Select the one exact bank at once."""
+        select(0, 0)
 
     def preset_names(self) -> list[str]:
         return []
@@ -140,13 +154,14 @@ class StaticBanks:
     def note_requested(self, pitch: float, held: Sequence[float]) -> None:
         """Nothing to prioritise: every row is ready."""
 
-    def request_xy(self, x: float, y: float) -> None:
+    def request_xy(self, x: float, y: float, generation: int) -> None:
         """Fixed banks: the point does not change the sound."""
 
-    def request_preset(self, name: str, on_ready: Callable) -> None:
+    def request_preset(self, name: str, generation: int, envelope=DEFAULT_ADSR) -> None:
         raise KeyError(f"unknown preset {name!r}: static banks have no presets")
 
-    def request_audio(self, path: str, on_done: Callable, on_fail: Callable[[str], None]) -> None:
+    def request_audio(self, path: str, generation: int, on_done: Callable[[], None],
+                      on_fail: Callable[[str], None]) -> None:
         on_fail("static banks cannot derive a timbre from audio")
 
     def state(self) -> str:
@@ -207,9 +222,9 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
                 if message[0] == "stop":
                     return
                 if message[0] == "render":
-                    _, job_id, slot, request, rows, priority = message
+                    _, job_id, slot, request, rows, n_first, priority = message
                     jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
-                                    "priority": priority, "conditioning": None}
+                                    "n_next": n_first, "priority": priority, "conditioning": None}
                 elif message[0] == "cancel":
                     jobs.pop(message[1], None)
                     results.put(("cancelled", message[1]))
@@ -221,7 +236,8 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
                 continue
             job_id = min(jobs, key=lambda j: (jobs[j]["priority"], j))
             job = jobs[job_id]
-            chunk, job["rows"] = job["rows"][:CHUNK_ROWS], job["rows"][CHUNK_ROWS:]
+            n_chunk, job["n_next"] = job["n_next"], CHUNK_ROWS
+            chunk, job["rows"] = job["rows"][:n_chunk], job["rows"][n_chunk:]
             try:
                 pitches = [int(round(row_pitch[r])) for r in chunk]
                 if job["conditioning"] is None:  # once per request: file reads and f run here
@@ -244,17 +260,31 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
 
 @dataclass
 class _Job:
+    """One staged bank load: Stage 1 renders it in the worker, Stage 2 publishes its rows into
+    slot `slot` by id, Stage 3 (exact banks) selects the slot in the callback once the `needed`
+    rows (the held pitches') are playable, and Stage 4 replies `on_done`."""
+
     job_id: int
     key: str
     request: TimbreRequest
     kind: float
     point: tuple[float, float]
     priority: int
-    on_ready: Callable | None = None
+    generation: int = 0
+    envelope: tuple = DEFAULT_ADSR
+    needed: frozenset = frozenset()
+    on_done: Callable[[], None] | None = None
     on_fail: Callable[[str], None] | None = None
     slot: int = -1
     published: bool = False
+    selected: bool = False
     boosted: set = field(default_factory=set)
+
+    def update(self, priority: int, generation: int, envelope, on_done, on_fail) -> None:
+        """A newer request for the same bank takes this load over."""
+        self.priority = min(self.priority, priority)
+        self.generation, self.envelope = max(self.generation, generation), envelope
+        self.on_done, self.on_fail = on_done or self.on_done, on_fail or self.on_fail
 
 
 class BankManager:
@@ -319,22 +349,29 @@ class BankManager:
         self._point_time = time.monotonic()
         self._exact_wanted = False
         self._protected: set[str] = set()
-        self._audio_points: dict[str, tuple[float, float]] = {}
+        self._generation = 0
+        self._select: Callable[[int, int], bool] | None = None
         self.failed = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="latentsynth-bank-manager",
                                         daemon=True)
         self._thread.start()
-        self.request_xy(*self.initial_point)
+        self.request_xy(*self.initial_point, 0)
 
     # ---- requests (control threads) ------------------------------------------------------
     def preset_names(self) -> list[str]:
         return list(self._presets)
 
-    def request_xy(self, x: float, y: float) -> None:
+    def bind(self, select: Callable[[int, int], bool]) -> None:
+        """Where Stage 3 goes: `select(slot, generation)` plays exact bank `slot` (the engine's
+        `select_bank`)."""
+        self._select = select
+
+    def request_xy(self, x: float, y: float, generation: int) -> None:
         """The timbre moves to (x, y): grid nodes around it now, the exact bank once it rests."""
         with self._lock:
             self._point, self._point_time = (x, y), time.monotonic()
+            self._generation = generation
             corners = grid_nodes_around(x, y, self.grid_n)
             on_node = len(corners) == 1
             self._protected = {TimbreRequest("xy", nx, ny).key() for nx, ny, _ in corners}
@@ -345,33 +382,29 @@ class BankManager:
             if self._exact_wanted and self.exact_delay_s <= 0:
                 self._want_exact()
 
-    def request_preset(self, name: str, on_ready: Callable[[tuple[float, float]], None]) -> None:
-        """Render preset `name` as an exact bank at its own virtual point; `on_ready(point)` once
-        its first rows are playable."""
+    def request_preset(self, name: str, generation: int, envelope=DEFAULT_ADSR) -> None:
+        """Load preset `name` as an exact bank with `envelope` (attack s, decay s, sustain,
+        release s); it plays once the held pitches are playable."""
         if name not in self._presets:
             raise KeyError(f"unknown preset {name!r}; known: {', '.join(self._presets)}")
-        point = (-1.0 - self._presets.index(name), -1.0)
-        with self._lock:
-            request = TimbreRequest("preset", name=name)
-            self._drop_exact_jobs(keep=request.key())
-            self._exact_wanted = False
-            self._protected = {request.key()}
-            self._want(request, vk.SLOT_EXACT, point, 0, on_ready=on_ready)
+        self._want_exact_bank(TimbreRequest("preset", name=name), generation, envelope)
 
-    def request_audio(self, path: str, on_done: Callable[[tuple[float, float]], None],
+    def request_audio(self, path: str, generation: int, on_done: Callable[[], None],
                       on_fail: Callable[[str], None]) -> None:
-        """Derive a timbre from a sound file in the worker; `on_done(point)` when playable,
-        `on_fail(reason)` for a missing or unreadable file."""
+        """Derive a timbre from a sound file in the worker; `on_done()` once the held pitches
+        are playable, `on_fail(reason)` for a missing or unreadable file."""
         if not Path(path).is_file():
             on_fail(f"file not found: {path}")
             return
+        self._want_exact_bank(TimbreRequest("audio", path=path), generation, DEFAULT_ADSR, on_done, on_fail)
+
+    def _want_exact_bank(self, request: TimbreRequest, generation: int, envelope, on_done=None,
+                         on_fail=None) -> None:
         with self._lock:
-            point = self._audio_points.setdefault(path, (-1.0 - len(self._audio_points), -2.0))
-            request = TimbreRequest("audio", path=path)
             self._drop_exact_jobs(keep=request.key())
             self._exact_wanted = False
             self._protected = {request.key()}
-            self._want(request, vk.SLOT_EXACT, point, 0, on_ready=on_done, on_fail=on_fail)
+            self._want(request, vk.SLOT_EXACT, self._point, 0, generation, envelope, on_done, on_fail)
 
     def note_requested(self, pitch: float, held: Sequence[float]) -> None:
         """A note starts: its row (and the held ones) move to the front of unfinished banks."""
@@ -433,34 +466,44 @@ class BankManager:
             self._shm.unlink()
 
     # ---- bookkeeping (under the lock) ----------------------------------------------------
-    def _want(self, request: TimbreRequest, kind: float, point, priority: int, on_ready=None,
-              on_fail=None) -> None:
+    def _want(self, request: TimbreRequest, kind: float, point, priority: int, generation: int = 0,
+              envelope=DEFAULT_ADSR, on_done=None, on_fail=None) -> None:
         key = request.key()
         for slot, slot_key in enumerate(self._slot_key):
             if slot_key == key and self._slot_state[slot] in ("loading", "loaded"):
                 self._slot_used[slot] = time.monotonic()
                 job = self._slot_job[slot]
-                if job is not None and not job.published:
-                    job.on_ready, job.on_fail = on_ready or job.on_ready, on_fail or job.on_fail
-                    job.priority = min(job.priority, priority)
-                elif on_ready is not None:
-                    on_ready(point)
+                if job is not None and not job.selected:
+                    job.update(priority, generation, envelope, on_done, on_fail)
+                elif kind == vk.SLOT_EXACT:  # already playable: select it again at once
+                    self.slots[slot, ENVELOPE_FIELDS] = envelope
+                    self._select_slot(slot, generation, on_done)
                 return
         for job in self._waiting:
             if job.key == key:
-                job.priority = min(job.priority, priority)
-                job.on_ready, job.on_fail = on_ready or job.on_ready, on_fail or job.on_fail
+                job.update(priority, generation, envelope, on_done, on_fail)
                 return
-        self._waiting.append(_Job(self._next_job, key, request, kind, point, priority,
-                                  on_ready, on_fail))
+        self._waiting.append(_Job(self._next_job, key, request, kind, point, priority, generation,
+                                  envelope, frozenset(self._held_rows()), on_done, on_fail))
         self._next_job += 1
         self._assign()
+
+    def _select_slot(self, slot: int, generation: int, on_done) -> None:
+        """Stage 3 and 4: the callback plays exact bank `slot`; the request hears `on_done`."""
+        if self._select is not None:
+            self._select(slot, generation)
+        if on_done is not None:
+            on_done()
+
+    def _held_rows(self) -> list[int]:
+        """Rows nearest the held pitches."""
+        return sorted({int(np.argmin(np.abs(self.row_pitch - pitch))) for pitch in self._held})
 
     def _want_exact(self) -> None:
         x, y = self._point
         request = TimbreRequest("xy", x, y)
         self._protected.add(request.key())
-        self._want(request, vk.SLOT_EXACT, (x, y), 0)
+        self._want(request, vk.SLOT_EXACT, (x, y), 0, self._generation)
         self._exact_wanted = False
 
     def _drop_exact_jobs(self, keep: str | None) -> None:
@@ -505,8 +548,10 @@ class BankManager:
             self._slot_state[slot], self._slot_key[slot], self._slot_job[slot] = "loading", job.key, job
             self._slot_used[slot] = time.monotonic()
             self._jobs[job.job_id] = job
+            self.slots[slot, [vk.S_X, vk.S_Y]] = job.point
+            self.slots[slot, ENVELOPE_FIELDS] = job.envelope
             self._requests.put(("render", job.job_id, slot, job.request, self._row_order(),
-                                job.priority))
+                                len(job.needed) or CHUNK_ROWS, job.priority))
 
     def _row_order(self) -> list[int]:
         """Rows nearest the held pitches first, then outwards from them (or from middle C)."""
@@ -545,11 +590,12 @@ class BankManager:
         if message[0] == "rows":
             self.row_ready[job.slot, message[2]] = 1
             if not job.published:
-                self.slots[job.slot, vk.S_X], self.slots[job.slot, vk.S_Y] = job.point
                 self.slots[job.slot, vk.S_KIND] = job.kind
                 job.published = True
-                if job.on_ready is not None:
-                    job.on_ready(job.point)
+            if (job.kind == vk.SLOT_EXACT and not job.selected
+                    and all(self.row_ready[job.slot, row] for row in job.needed)):
+                job.selected = True
+                self._select_slot(job.slot, job.generation, job.on_done)
         elif message[0] == "done":
             self._slot_state[job.slot], self._slot_job[job.slot] = "loaded", None
             del self._jobs[job.job_id]

@@ -52,11 +52,15 @@ class CommandKind(IntEnum):
     ALL_NOTES_OFF = 7      # channel (-1 = all): releases, respecting the pedal
     ALL_SOUND_OFF = 8      # channel (-1 = all): short fade to silence
     RESET_CONTROLLERS = 9  # channel (-1 = all): bend 0, pedal up
-    TIMBRE_XY = 10         # a = x, b = y, c = glide (s)
+    TIMBRE_XY = 10         # a = x, b = y, c = glide (s), note_id = timbre generation; leaves an exact bank
     SET_GAIN = 11          # channel = layer (GAIN_SAMPLER/GAIN_GRU/GAIN_MASTER), a = linear gain
-    SET_ADSR = 12          # a = attack (s), b = decay (s), c = sustain level; note_id = release (ms)
+    SELECT_BANK = 12       # note_id = slot id of an exact bank, a = timbre generation: plays that
+                           # bank with its envelope unless a newer timbre request was applied
     PANIC = 13             # all voices fade out, pending schedule cleared
 
+
+DEFAULT_ADSR = (0.003, 0.3, 1.0, 0.25)
+"""(attack s, decay s, sustain level, release s) of grid points and banks without their own."""
 
 GAIN_SAMPLER = 0
 GAIN_GRU = 1

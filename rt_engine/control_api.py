@@ -63,8 +63,9 @@ class EngineControl(Protocol):
 
     def timbre_audio(self, path: str, on_done: Callable[[], None],
                      on_fail: Callable[[str], None]) -> None:
-        """Derive a timbre from a one-shot sound file. Returns at once; calls `on_done` when the
-        timbre is playable or `on_fail(reason)` (e.g. missing or unreadable file)."""
+        """Derive a timbre from a one-shot sound file. Returns at once; calls `on_done` (from
+        another thread) once the held pitches play in the new timbre, or `on_fail(reason)` (e.g.
+        missing or unreadable file)."""
 
     def gru_glide(self, seconds: float, at_frame: int | None = None) -> bool:
         """Portamento time of the monophonic GRU voice (seconds)."""

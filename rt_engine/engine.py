@@ -25,12 +25,10 @@ import numpy as np
 
 from rt_engine import voice_kernel as vk
 from rt_engine.commands import (
-    COMMAND_DTYPE, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
+    COMMAND_DTYPE, DEFAULT_ADSR, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
     CommandKind, CommandQueue, Counter, channel_slot,
 )
 
-DEFAULT_ADSR = (0.003, 0.3, 1.0, 0.25)
-"""(attack s, decay s, sustain level, release s) for grid points and unknown presets."""
 PRESET_ADSR = {
     "organ": (0.01, 0.1, 1.0, 0.08),
     "flute": (0.04, 0.3, 0.9, 0.2),
@@ -85,11 +83,12 @@ class Engine:
         self._clock = np.full(1, np.nan)   # estimated wall time of frame 0 (s since epoch)
         self._held: dict[tuple[int, float], int] = {}
         self._control_lock = threading.Lock()
-        self._on_virtual_point = False
+        self._timbre_generation = 0
         self.stream_layer = stream_layer
         self._gru_ring = np.zeros(GRU_RING_CAPACITY if stream_layer else 1, dtype=np.float32)
         self._gru_pos = np.zeros(2, dtype=np.int64)
         self._params[vk.P_GRU_PRESENT] = 1.0 if stream_layer else 0.0
+        banks.bind(self.select_bank)
         self._warm_up()
         if stream_layer is not None:
             stream_layer.set_mix_gain(gru_gain)  # a layer at gain 0 is not computed
@@ -120,6 +119,8 @@ class Engine:
         p[vk.P_LIMIT_CEILING] = 10 ** (-0.3 / 20)
         p[vk.P_LIMIT_RELEASE] = np.exp(-1.0 / (0.08 * rate))
         (p[vk.P_ATTACK_S], p[vk.P_DECAY_S], p[vk.P_SUSTAIN], p[vk.P_RELEASE_S]) = DEFAULT_ADSR
+        (p[vk.P_GRID_ATTACK_S], p[vk.P_GRID_DECAY_S], p[vk.P_GRID_SUSTAIN], p[vk.P_GRID_RELEASE_S]) = DEFAULT_ADSR
+        p[vk.P_EXACT_SLOT] = -1.0
         p[vk.P_VELOCITY_EXPONENT] = velocity_exponent
         p[vk.P_BEND_SMOOTH] = np.exp(-1.0 / (0.004 * rate))
         p[vk.P_FADE_FRAMES] = round(0.004 * rate)
@@ -274,35 +275,33 @@ class Engine:
                 del self._held[key]
 
     # ---- EngineControl: timbre, mix -----------------------------------------------------
+    def _next_generation(self) -> int:
+        with self._control_lock:
+            self._timbre_generation += 1
+            return self._timbre_generation
+
     def timbre_xy(self, x: float, y: float, glide_s: float = 0.0, at_frame: int | None = None) -> bool:
         x, y = float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0))
-        self.banks.request_xy(x, y)
+        generation = self._next_generation()
+        self.banks.request_xy(x, y, generation)
         if self.stream_layer is not None:
             self.stream_layer.timbre_xy(x, y, glide_s, self._layer_frame(at_frame))
-        if self._on_virtual_point:  # leaving a preset's point: default envelope, no glide
-            self._on_virtual_point = False
-            glide_s = 0.0
-            self._push(CommandKind.SET_ADSR, at_frame, -1, int(DEFAULT_ADSR[3] * 1000), *DEFAULT_ADSR[:3])
-        return self._push(CommandKind.TIMBRE_XY, at_frame, -1, -1, x, y, max(glide_s, 0.0))
-
-    def _go_to_point(self, point: tuple[float, float], adsr: tuple[float, float, float, float]) -> None:
-        self._on_virtual_point = True
-        self._push(CommandKind.SET_ADSR, None, -1, int(adsr[3] * 1000), *adsr[:3])
-        self._push(CommandKind.TIMBRE_XY, None, -1, -1, point[0], point[1], 0.0)
+        return self._push(CommandKind.TIMBRE_XY, at_frame, -1, generation, x, y, max(glide_s, 0.0))
 
     def timbre_preset(self, name: str) -> None:
         if name not in self.banks.preset_names():
             raise KeyError(f"unknown preset {name!r}; known: {', '.join(self.banks.preset_names())}")
-        adsr = PRESET_ADSR.get(name, DEFAULT_ADSR)
-        self.banks.request_preset(name, lambda point: self._go_to_point(point, adsr))
+        self.banks.request_preset(name, self._next_generation(), PRESET_ADSR.get(name, DEFAULT_ADSR))
 
     def timbre_audio(self, path: str, on_done: Callable[[], None],
                      on_fail: Callable[[str], None]) -> None:
-        def landed(point):
-            self._go_to_point(point, DEFAULT_ADSR)
-            on_done()
+        self.banks.request_audio(path, self._next_generation(), on_done, on_fail)
 
-        self.banks.request_audio(path, landed, on_fail)
+    def select_bank(self, slot: int, generation: int) -> bool:
+        """Stage 3 of a bank load (called by the bank provider once the held pitches' rows of exact
+        bank `slot` are playable): the callback plays it, with its envelope, unless a newer timbre
+        request (`generation`) was applied meanwhile."""
+        return self._push(CommandKind.SELECT_BANK, None, -1, int(slot), float(generation))
 
     def gru_glide(self, seconds: float, at_frame: int | None = None) -> bool:
         if self.stream_layer is not None:

@@ -60,7 +60,10 @@ P_TIMBRE_FRAMES_LEFT = 23  # glide frames remaining
 P_GRID_N = 24              # grid nodes per side (spacing 1 / (n - 1))
 P_LOOP_START, P_LOOP_END = 25, 26   # loop region in each bank row (frames)
 P_GRU_PRESENT = 27         # 1 when a stream layer feeds the ring
-N_PARAMS = 28
+P_EXACT_SLOT = 28          # slot id of the selected exact bank (-1: blend the grid at the point)
+P_TIMBRE_GENERATION = 29   # newest timbre request applied: older bank selections are ignored
+P_GRID_ATTACK_S, P_GRID_DECAY_S, P_GRID_SUSTAIN, P_GRID_RELEASE_S = 30, 31, 32, 33  # grid envelope
+N_PARAMS = 34
 
 # --- voices: float64 [n_voices + n_tail, N_VOICE_FIELDS]
 V_STATE = 0        # FREE / HELD / RELEASED / FADING
@@ -95,8 +98,9 @@ N_CHANNEL_FIELDS = 3
 S_KIND, S_X, S_Y = 0, 1, 2
 S_USAGE = 3   # written by the kernel: target + voice weights on the slot after the last block
 S_SEEN = 4    # written by the kernel: absolute frame at the end of the block S_USAGE belongs to
+S_ATTACK_S, S_DECAY_S, S_SUSTAIN, S_RELEASE_S = 5, 6, 7, 8  # the bank's envelope (s, s, level, s)
 SLOT_EMPTY, SLOT_GRID, SLOT_EXACT = 0.0, 1.0, 2.0
-N_SLOT_FIELDS = 5
+N_SLOT_FIELDS = 9
 
 SILENCE_LEVEL = 1e-4  # a released voice below this envelope level (-80 dB) is freed
 
@@ -237,16 +241,16 @@ def _copy_record(src, i, dst, j):
 
 @numba.njit(cache=True, nogil=True)
 def _slot_targets(params, slots, target):
-    """Slot weights for the current timbre point: the exact bank when one sits on the point,
-    else bilinear weights of the grid nodes around it."""
+    """Slot weights for the current timbre: the selected exact bank (`P_EXACT_SLOT`) while it is
+    live, else bilinear weights of the grid nodes around the timbre point."""
     n_slots = slots.shape[0]
     x, y = params[P_TIMBRE_X], params[P_TIMBRE_Y]
     for s in range(n_slots):
         target[s] = 0.0
-    for s in range(n_slots):
-        if slots[s, S_KIND] == SLOT_EXACT and abs(slots[s, S_X] - x) < 1e-4 and abs(slots[s, S_Y] - y) < 1e-4:
-            target[s] = 1.0
-            return
+    exact = int(params[P_EXACT_SLOT])
+    if 0 <= exact < n_slots and slots[exact, S_KIND] == SLOT_EXACT:
+        target[exact] = 1.0
+        return
     last = params[P_GRID_N] - 1.0
     gx, gy = min(max(x, 0.0), 1.0) * last, min(max(y, 0.0), 1.0) * last
     ix = min(max(int(math.floor(gx)), 0), int(last) - 1)
@@ -303,6 +307,14 @@ def _nearest_row(row_pitch, slots, row_ready, pitch):
                     best, best_distance = r, distance
                     break
     return best if best >= 0 else best_any
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_envelope(params, attack_s, decay_s, sustain, release_s):
+    params[P_ATTACK_S] = max(attack_s, 0.0)
+    params[P_DECAY_S] = max(decay_s, 0.0)
+    params[P_SUSTAIN] = min(max(sustain, 0.0), 1.0)
+    params[P_RELEASE_S] = max(release_s, 0.0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -432,7 +444,12 @@ def _apply(cmd, frame, voices, voice_w, w_step, channels, params, counters, slot
             if voices[v, V_STATE] != FREE and (slot == 0 or kind == CommandKind.PANIC or voices[v, V_CHANNEL] == slot):
                 _start_fade(voices, v, params[P_FADE_FRAMES])
     elif kind == CommandKind.TIMBRE_XY:
-        params[P_TIMBRE_TX] = cmd["a"]  # outside [0, 1]: a preset's or a sound's own point
+        params[P_TIMBRE_GENERATION] = max(params[P_TIMBRE_GENERATION], float(cmd["note_id"]))
+        if params[P_EXACT_SLOT] >= 0.0:  # back to the grid and its envelope
+            params[P_EXACT_SLOT] = -1.0
+            _set_envelope(params, params[P_GRID_ATTACK_S], params[P_GRID_DECAY_S],
+                          params[P_GRID_SUSTAIN], params[P_GRID_RELEASE_S])
+        params[P_TIMBRE_TX] = cmd["a"]
         params[P_TIMBRE_TY] = cmd["b"]
         params[P_TIMBRE_FRAMES_LEFT] = max(math.floor(cmd["c"] * sample_rate), 0.0)
         if params[P_TIMBRE_FRAMES_LEFT] == 0.0:
@@ -443,11 +460,13 @@ def _apply(cmd, frame, voices, voice_w, w_step, channels, params, counters, slot
         index = P_GAIN_SAMPLER_T if layer == GAIN_SAMPLER else (P_GAIN_GRU_T if layer == GAIN_GRU else P_GAIN_MASTER_T)
         if layer == GAIN_SAMPLER or layer == GAIN_GRU or layer == GAIN_MASTER:
             params[index] = max(cmd["a"], 0.0)
-    elif kind == CommandKind.SET_ADSR:
-        params[P_ATTACK_S] = max(cmd["a"], 0.0)
-        params[P_DECAY_S] = max(cmd["b"], 0.0)
-        params[P_SUSTAIN] = min(max(cmd["c"], 0.0), 1.0)
-        params[P_RELEASE_S] = max(cmd["note_id"] / 1000.0, 0.0)
+    elif kind == CommandKind.SELECT_BANK:
+        s = cmd["note_id"]
+        if cmd["a"] >= params[P_TIMBRE_GENERATION] and 0 <= s < slots.shape[0] and slots[s, S_KIND] == SLOT_EXACT:
+            params[P_TIMBRE_GENERATION] = cmd["a"]
+            params[P_EXACT_SLOT] = s
+            _set_envelope(params, slots[s, S_ATTACK_S], slots[s, S_DECAY_S], slots[s, S_SUSTAIN],
+                          slots[s, S_RELEASE_S])
     counters[Counter.COMMANDS] += 1
 
 

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+import soundfile
 
 from models.bank_source import TimbreRequest
 from models.procedural_source import ProceduralBankSource
@@ -71,29 +72,49 @@ def test_worker_delivers_the_initial_bank_through_shared_memory(manager):
     assert manager.state() == "ready"
 
 
-def test_a_point_gets_its_grid_neighbours_then_its_exact_bank(manager):
-    manager.request_xy(0.3, 0.6)
+def test_a_point_gets_its_grid_neighbours_then_its_exact_bank_selected_by_slot_id(manager):
+    selected = []
+    manager.bind(lambda slot, generation: selected.append((slot, generation)))
+    manager.request_xy(0.3, 0.6, 7)
     assert manager.wait_ready(60.0)
     published = {(float(x), float(y), float(kind)) for kind, x, y, *_ in manager.slots if kind != vk.SLOT_EMPTY}
     for x, y, _ in grid_nodes_around(0.3, 0.6, 5):
         assert (x, y, vk.SLOT_GRID) in published
     assert (0.3, 0.6, vk.SLOT_EXACT) in published
+    exact = [s for s in range(len(manager.slots)) if manager.slots[s, vk.S_KIND] == vk.SLOT_EXACT]
+    assert selected == [(exact[0], 7)]
 
 
-def test_preset_and_audio_requests_report_back(manager, tmp_path):
-    landed, failed = [], []
-    manager.request_preset("organ", landed.append)
-    deadline = time.monotonic() + 60.0
-    while not landed and time.monotonic() < deadline:
-        # stand in for the kernel: blocks go by and nothing plays the retired slots
+def _let_blocks_pass(manager, done, timeout_s=60.0):
+    """Stand in for the kernel: blocks go by and nothing plays the retired slots."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
         manager.slots[:, vk.S_USAGE] = 0.0
         manager.slots[:, vk.S_SEEN] += 1e6
         time.sleep(0.02)
-    assert landed == [(-1.0 - manager.preset_names().index("organ"), -1.0)]
+
+
+def test_a_preset_bank_is_selected_with_its_envelope_and_audio_reports_back(manager, tmp_path):
+    selected, done, failed = [], [], []
+    manager.bind(lambda slot, generation: selected.append((slot, generation)))
+    manager.note_requested(69, [69])
+    manager.request_preset("organ", 11, (0.01, 0.1, 1.0, 0.08))
+    _let_blocks_pass(manager, lambda: selected)
+    [(slot, generation)] = selected
+    assert generation == 11 and manager.slots[slot, vk.S_KIND] == vk.SLOT_EXACT
+    assert manager.row_ready[slot, 1]  # the held pitch's row was playable when it was selected
+    np.testing.assert_allclose(manager.slots[slot, [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]],
+                               (0.01, 0.1, 1.0, 0.08))
     with pytest.raises(KeyError, match="organ"):
-        manager.request_preset("kazoo", landed.append)
-    manager.request_audio(str(tmp_path / "missing.wav"), landed.append, failed.append)
-    assert failed and "missing.wav" in failed[0]
+        manager.request_preset("kazoo", 12)
+    manager.request_audio(str(tmp_path / "missing.wav"), 13, lambda: done.append(1), failed.append)
+    assert failed and "missing.wav" in failed[0] and not done
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, 0.5 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000).astype(np.float32), 16000)
+    manager.request_audio(str(path), 14, lambda: done.append(1), failed.append)
+    _let_blocks_pass(manager, lambda: done)
+    assert done == [1] and selected[-1][1] == 14
+    manager.note_requested(69, [])
 
 
 def test_a_bad_model_folder_is_a_clear_error(tmp_path):

@@ -162,7 +162,8 @@ def _two_slot_banks(second_hz_ratio=2.0):
     other = StaticBanks(_sine_rows(PITCHES, hz_of=lambda p: _hz(p) * second_hz_ratio),
                         PITCHES, SOURCE_RATE, RATE)
     banks.banks = np.concatenate([banks.banks, other.banks])
-    banks.slots = np.array([[vk.SLOT_EXACT, 0.5, 0.5, 0, 0], [vk.SLOT_EMPTY, 0.5, 0.5, 0, 0]])
+    banks.slots = np.concatenate([banks.slots, banks.slots])
+    banks.slots[1, vk.S_KIND] = vk.SLOT_EMPTY
     banks.row_ready = np.ones((2, len(PITCHES)), dtype=np.uint8)
     return banks
 
@@ -172,13 +173,47 @@ def test_a_bank_swap_crossfades_without_a_click():
     engine = _engine(banks=banks)
     engine.note_on(69, 127)
     before = _render(engine, 8192)[0]
-    banks.slots[1, vk.S_KIND] = vk.SLOT_EXACT  # the new exact bank lands ...
-    banks.slots[0, vk.S_KIND] = vk.SLOT_EMPTY  # ... the old one retires
+    banks.slots[1, vk.S_KIND] = vk.SLOT_EXACT  # the new exact bank lands in slot 1 ...
+    engine.select_bank(1, 1)                   # ... is selected by its id ...
+    _render(engine, 256)
+    banks.slots[0, vk.S_KIND] = vk.SLOT_EMPTY  # ... and the old one retires
     across = _render(engine, RATE // 2)[0]
     steady = _max_step(before[4096:])
     assert _max_step(across) < 2.5 * steady  # the new bank is an octave up: twice the slope
     assert abs(_peak_hz(across[RATE // 10:]) / 880.0 - 1) < 0.002
     assert banks.slots[0, vk.S_USAGE] == 0.0
+
+
+def test_a_bank_selection_older_than_the_latest_timbre_request_is_ignored():
+    banks = _two_slot_banks()
+    banks.slots[1, vk.S_KIND] = vk.SLOT_EXACT
+    engine = _engine(banks=banks)
+    engine.timbre_xy(0.5, 0.5)          # generation 1
+    engine.select_bank(1, 0)            # a bank load requested before it lands late
+    engine.note_on(69, 127)
+    out = _render(engine, RATE // 2)[0]
+    assert abs(_peak_hz(out[RATE // 10:]) / 440.0 - 1) < 0.002  # slot 0 still plays (nearest)
+    engine.select_bank(1, 1)
+    engine.note_on(69, 127)
+    out = _render(engine, RATE // 2)[0]
+    assert abs(_peak_hz(out[RATE // 10:]) / 880.0 - 1) < 0.002
+
+
+def test_a_selected_bank_brings_its_envelope_and_the_grid_restores_its_own():
+    banks = _two_slot_banks()
+    banks.slots[1, vk.S_KIND] = vk.SLOT_EXACT
+    banks.slots[1, [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]] = (0.2, 0.3, 1.0, 0.25)
+    engine = _engine(banks=banks)
+    engine.select_bank(1, 1)
+    engine.note_on(69, 127)
+    slow = _render(engine, RATE // 10)[0]
+    engine.note_off(69)
+    engine.timbre_xy(0.5, 0.5)          # leaves the exact bank: the grid's default attack
+    _render(engine, RATE)
+    engine.note_on(69, 127)
+    fast = _render(engine, RATE // 10)[0]
+    early = slice(0, RATE // 100)       # the first 10 ms
+    assert np.abs(slow[early]).max() < 0.3 * np.abs(fast[early]).max()
 
 
 def test_grid_neighbours_blend_bilinearly():
