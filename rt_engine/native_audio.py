@@ -92,8 +92,8 @@ def _call_clock_gettime(typingctx, function, clock_id, timespec):
         int32, int64 = context.get_value_type(types.int32), context.get_value_type(types.int64)
         fnty = ir.FunctionType(int32, [int32, int64.as_pointer()])
         fn = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(fn, [builder.trunc(args[1], int32),
-                                 builder.inttoptr(args[2], int64.as_pointer())])
+        clock = context.cast(builder, args[1], signature.args[1], types.int32)
+        return builder.call(fn, [clock, builder.inttoptr(args[2], int64.as_pointer())])
 
     return types.int32(function, clock_id, timespec), codegen
 
@@ -107,8 +107,8 @@ def _call_port_get_buffer(typingctx, function, port, n_frames):
         int8 = ir.IntType(8)
         fnty = ir.FunctionType(int8.as_pointer(), [int8.as_pointer(), ir.IntType(32)])
         fn = builder.inttoptr(args[0], fnty.as_pointer())
-        buffer = builder.call(fn, [builder.inttoptr(args[1], int8.as_pointer()),
-                                   builder.trunc(args[2], ir.IntType(32))])
+        frames = context.cast(builder, args[2], signature.args[2], types.uint32)
+        buffer = builder.call(fn, [builder.inttoptr(args[1], int8.as_pointer()), frames])
         return builder.bitcast(buffer, context.get_value_type(result))
 
     return result(function, port, n_frames), codegen
