@@ -1,7 +1,8 @@
 """`latentsynth bench [NAME [ARGS...]]`: run bench/NAME.py with this Python and pass its output through.
 
 With no NAME, lists the benchmarks. Benchmarks are the scripts in the repository's `bench/` folder;
-each prints JSON and exits 0 (they never pass or fail on their figures).
+each prints JSON and exits 0 (they never pass or fail on their figures). They are not installed with
+the package: an installed `latentsynth` without the checkout beside it says so and exits 2.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, bench_dir: Path = BENCH_DIR) -> int:
+    if not bench_dir.is_dir():
+        print(f"latentsynth bench needs a source checkout: the benchmarks are the scripts in its bench/ "
+              f"folder, which an installed package does not include (looked in {bench_dir})", file=sys.stderr)
+        return 2
     names = benchmark_names(bench_dir)
     if args.name is None:
         if not names:

@@ -1,6 +1,8 @@
 """`latentsynth bench`: lists, runs and refuses benchmarks by name."""
 import argparse
 import sys
+import tomllib
+from pathlib import Path
 
 from rt_engine import bench_command
 
@@ -34,3 +36,16 @@ def test_an_unknown_benchmark_names_the_known_ones(tmp_path, capsys):
 
 def test_the_shipped_benchmarks_are_found():
     assert {"inversion", "latency", "polyphony", "stability"} <= set(bench_command.benchmark_names())
+
+
+def test_without_a_checkout_it_says_the_benchmarks_need_one(tmp_path, capsys):
+    for name in (None, "latency"):
+        code = bench_command.main(argparse.Namespace(name=name, bench_args=[]), tmp_path / "site-packages" / "bench")
+        assert code == 2 and "needs a source checkout" in capsys.readouterr().err
+
+
+def test_the_default_training_configs_are_package_data():
+    root = Path(bench_command.__file__).resolve().parents[1]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path for pattern in package_data["training"] for path in (root / "training").glob(pattern)}
+    assert {root / "training" / "configs" / f"{kind}_default.json" for kind in ("gan", "features", "grid", "gru")} <= shipped
