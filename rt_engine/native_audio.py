@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import time
 
 import numba
 import numpy as np
@@ -263,12 +264,17 @@ class NativeBlock:
         """Blocks the native path has rendered."""
         return int(self.control[K_BLOCKS])
 
-    def stage_voices(self, staged: tuple) -> None:
-        """Control thread: hand a resized voice pool (voices, voice_w, w_step) to the callback,
-        which adopts it at its next block start. The arrays stay referenced here until then."""
-        if self.control[K_STAGED] == 0:
-            self._staged = self._staged[-1:]   # the pool in use now; older ones are released
-        self.control[K_STAGED] = 0
+    def stage_voices(self, staged: tuple, timeout_s: float = 1.0) -> None:
+        """Control thread: hand a resized voice pool (voices, voice_w, w_step) to the running
+        callback, which adopts it at its next block start. A pool staged before is adopted first
+        (waited for, at most `timeout_s`: RuntimeError if the callback does not run); the pool in
+        use stays referenced here."""
+        deadline = time.monotonic() + timeout_s
+        while self.control[K_STAGED] != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the native callback did not adopt the staged voice pool")
+            time.sleep(0.001)
+        self._staged = self._staged[-1:]   # the pool in use now; older ones are released
         for row, array in zip((R_STAGED_VOICES, R_STAGED_W, R_STAGED_STEP), staged):
             _row(self.table, row, array)
         self._staged.append(staged)

@@ -219,3 +219,17 @@ def test_portaudio_backend_runs_the_native_callback_through_jack():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["callback"] == "native" and result["pointer_is_native"]
     assert result["blocks"] > 10 and 0 <= result["onset"] < RATE // 10
+
+
+def test_a_second_staged_pool_waits_until_the_callback_adopted_the_first():
+    engine = _engine()
+    native = na.NativeBlock(engine)
+    engine.native_block = native
+    engine.set_polyphony(4)
+    with pytest.raises(RuntimeError, match="did not adopt"):
+        native.stage_voices(engine._allocate_voices(5), timeout_s=0.05)
+    native.process(256)
+    engine.set_polyphony(5)
+    native.process(256)
+    assert engine.polyphony == 5
+    assert native.table[na.R_VOICES, 1] == 5 + vk.N_TAIL_VOICES
