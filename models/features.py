@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.checkpoint import load_config, load_state_into
+from models.pitch import midi_to_hz
 from models.spectral import mel_filterbank as core_mel_filterbank
 
 
@@ -123,7 +124,7 @@ def harmonic_template(config, pitches) -> np.ndarray:
     fb = mel_filterbank(config)
     rows = []
     for pitch in np.asarray(pitches, dtype=np.float64):
-        f0_hz = 440.0 * 2.0 ** ((pitch - 69.0) / 12.0)
+        f0_hz = midi_to_hz(pitch)
         harmonics = np.arange(1, int(config.sample_rate / 2 // f0_hz) + 1)
         comb = np.zeros(n_bins)
         for k in harmonics:

@@ -12,6 +12,8 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import resample_poly
 
+from models.pitch import midi_to_hz
+
 SEARCH_CENTS = 100.0
 """How far from the nominal pitch the fundamental is looked for (cents)."""
 MIN_HARMONIC_PROMINENCE_DB = 12.0
@@ -31,7 +33,7 @@ def measure_detune_cents(notes: np.ndarray, pitches, sample_rate: int,
     candidates_cents = np.arange(-search_cents, search_cents + 0.5, 1.0)
     detune = np.full(len(notes), np.nan)
     for row, pitch in enumerate(pitches):
-        nominal_hz = 440.0 * 2.0 ** ((float(pitch) - 69.0) / 12.0)
+        nominal_hz = midi_to_hz(float(pitch))
         f0_hz = nominal_hz * 2.0 ** (candidates_cents / 1200.0)               # [n_candidates]
         n_harmonics = int(max(1, min(10, (0.45 * sample_rate) // (f0_hz.max()))))
         harmonic_hz = f0_hz[:, None] * np.arange(1, n_harmonics + 1)[None, :]

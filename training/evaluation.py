@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.pitch import midi_to_hz
+
 EVAL_PITCHES = tuple(range(28, 97))
 """MIDI 28-96: the range the pitch-accuracy target is defined over."""
 HIGH_BAND_HZ = (8_000.0, 15_000.0)
@@ -57,7 +59,7 @@ def pitch_accuracy(audio: np.ndarray, pitches, sample_rate: int, tolerance_cents
     [n]. Returns (accuracy in [0, 1], cents error float64 [n], nan where unvoiced)."""
     cents = np.empty(len(pitches))
     for row, pitch in enumerate(pitches):
-        expected_hz = 440.0 * 2.0 ** ((pitch - 69) / 12.0)
+        expected_hz = midi_to_hz(pitch)
         f0_hz = estimate_f0_hz(audio[row], sample_rate, expected_hz)
         cents[row] = 1200.0 * np.log2(f0_hz / expected_hz) if np.isfinite(f0_hz) else np.nan
     correct = np.isfinite(cents) & (np.abs(np.nan_to_num(cents, nan=1e9)) <= tolerance_cents)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from models.mu_law import mu_law_encode
+from models.pitch import midi_to_hz
 
 DATA_FORMAT = "latentsynth-gru-data"
 
@@ -254,7 +255,7 @@ def window_phase(mu: np.ndarray, pitch: np.ndarray, sample_rate: int, n_classes:
 
     x = mu_law_decode(np.asarray(mu), n_classes).astype(np.float64)
     n = np.arange(x.shape[1], dtype=np.float64)
-    omega = 2.0 * np.pi * 440.0 * 2.0 ** ((np.asarray(pitch, np.float64) - 69.0) / 12.0) / float(sample_rate)
+    omega = 2.0 * np.pi * midi_to_hz(pitch) / float(sample_rate)
     angles = omega[:, None, None] * np.arange(1, n_harmonics + 1)[None, :, None] * n[None, None, :]
     basis = np.concatenate([np.cos(angles), np.sin(angles)], axis=1)  # [batch, 2K, samples]
     weights = np.hanning(x.shape[1] + 2)[1:-1]

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from models.pitch import midi_to_hz
 from training.config_files import build_dataclass, read_config_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
@@ -156,7 +157,7 @@ def pitch_report(notes: np.ndarray, pitches: np.ndarray, sample_rate: int) -> di
     errors = []
     for note, pitch in zip(notes, pitches):
         f0_hz = estimate_f0_hz(note[len(note) // 2:], sample_rate)
-        target_hz = 440.0 * 2.0 ** ((float(pitch) - 69.0) / 12.0)
+        target_hz = midi_to_hz(float(pitch))
         errors.append(float(1200 * np.log2(f0_hz / target_hz)) if np.isfinite(f0_hz) else float("nan"))
     errors_array = np.array(errors)
     within = np.isfinite(errors_array) & (np.abs(np.nan_to_num(errors_array, nan=1e9)) <= 50)
