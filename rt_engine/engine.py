@@ -212,8 +212,11 @@ class Engine:
     # ---- EngineControl: notes -----------------------------------------------------------
     def note_on(self, pitch: float, velocity: float, note_id: int = -1, channel: int = -1,
                 at_frame: int | None = None) -> bool:
-        if velocity <= 0:
+        if velocity <= 0:  # the one place "velocity 0 is off" is decided (OSC and MIDI alike)
+            if note_id >= 0:
+                return self.note_off(note_id=note_id, channel=channel, at_frame=at_frame)
             return self.note_off(pitch=pitch, channel=channel, at_frame=at_frame)
+        velocity = min(max(float(velocity), 1.0), 127.0)
         slot = channel_slot(channel)
         with self._control_lock:
             self._held[(slot, float(pitch))] = note_id
@@ -311,6 +314,11 @@ class Engine:
     def gru_temperature(self, value: float, at_frame: int | None = None) -> bool:
         if self.stream_layer is not None:
             self.stream_layer.set_temperature(max(float(value), 0.0), self._layer_frame(at_frame))
+        return True
+
+    def gru_voices(self, n_voices: int) -> bool:
+        if self.stream_layer is not None:
+            self.stream_layer.set_voices(int(n_voices))
         return True
 
     def set_gain(self, layer: str, gain: float, at_frame: int | None = None) -> bool:

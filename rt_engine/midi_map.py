@@ -199,11 +199,11 @@ class MidiMapper:
 
     def _dispatch(self, kind: int, channel: int, d1: int, d2: int, at_frame: int | None) -> bool:
         engine = self.engine
-        if kind == 0x90 and d2 > 0:
+        if kind == 0x90:  # velocity 0 is a note-off: the engine decides
             engine.note_on(float(d1), float(d2), note_id=midi_note_id(channel, d1), channel=channel,
                            at_frame=at_frame)
             return True
-        if kind in (0x80, 0x90):
+        if kind == 0x80:
             engine.note_off(note_id=midi_note_id(channel, d1), channel=channel, at_frame=at_frame)
             return True
         if kind == 0xE0:

@@ -214,13 +214,7 @@ def choose_form(command: Command, args: Sequence[Any]) -> tuple[Form, Sequence[A
 
 def _note_on(engine, address, v, at_frame, reply, hooks):
     note_id = -1 if v["id"] is None else v["id"]
-    if v["velocity"] == 0.0:
-        if note_id >= 0:
-            engine.note_off(note_id=note_id, at_frame=at_frame)
-        else:
-            engine.note_off(pitch=v["pitch"], at_frame=at_frame)
-        return
-    engine.note_on(v["pitch"], max(v["velocity"], 1.0), note_id=note_id, at_frame=at_frame)
+    engine.note_on(v["pitch"], v["velocity"], note_id=note_id, at_frame=at_frame)  # 0: off
 
 
 def _note_off(engine, address, v, at_frame, reply, hooks):

@@ -272,6 +272,16 @@ def test_a_polyphony_change_staged_while_the_callback_adopts_is_not_lost(monkeyp
     assert engine.polyphony == 5
 
 
+def test_velocity_zero_releases_the_note_by_its_id_and_small_velocities_play_at_one():
+    engine = _engine()
+    engine.note_on(69, 0.25, note_id=7)
+    quiet = np.abs(_render(engine, 4096)[0, 2048:]).max()
+    assert quiet > 0.0
+    engine.note_on(69, 0, note_id=7)
+    _render(engine, RATE)
+    assert engine.status()["voices"] == 0
+
+
 def test_panic_silences_and_drops_scheduled_notes():
     engine = _engine()
     engine.note_on(69, 100)
