@@ -166,7 +166,7 @@ def _start_serve(server, port: int, gru: str, callback: str, checkout: Path) -> 
                "--gru", "auto" if gru == "on" else "none"]
     if callback != "before":
         command += ["--audio-callback", callback]
-    serve = ServeProcess(command, port, env, 300.0, cwd=checkout)
+    serve = ServeProcess(command, port, env, 600.0, cwd=checkout)
     audio = " / ".join(line.strip() for line in serve.output
                        if line.startswith(("audio:", "GRU voice:")))
     return serve, audio

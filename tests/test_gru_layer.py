@@ -250,7 +250,7 @@ class _TemperatureLayer:
 
 
 def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
-    from rt_engine.bank_manager import StaticBanks
+    from tests.support.static_banks import StaticBanks
     from rt_engine.engine import Engine
 
     rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
