@@ -34,7 +34,7 @@ def engine_seconds(n_voices: int, seconds: float) -> float:
     """Wall time (s) to render `seconds` of audio with `n_voices` held notes."""
     from models.bank_source import TimbreRequest
     from models.procedural_source import ProceduralBankSource
-    from rt_engine.bank_manager import StaticBanks
+    from tests.support.static_banks import StaticBanks
     from rt_engine.engine import Engine
 
     pitches = list(range(36, 100))

@@ -21,8 +21,6 @@ request carries a generation number, so a load that lands after a newer request 
   kernel reports it unused (`S_USAGE` 0) once it was retired;
 - when idle, the grid nodes around the current cell are rendered ahead into free slots.
 Its one thread blocks on the worker's result queue (20 Hz tick) and stays light.
-
-`StaticBanks` is the same provider interface over fixed banks (tests, benchmarks).
 """
 from __future__ import annotations
 
@@ -124,51 +122,6 @@ def ring_nodes(x: float, y: float, grid_n: int) -> list[tuple[float, float]]:
              if abs(i - cx) <= 2 and abs(j - cy) <= 2]
     nodes.sort(key=lambda node: (node[0] - cx) ** 2 + (node[1] - cy) ** 2)
     return [(i / last, j / last) for i, j in nodes]
-
-
-class StaticBanks:
-    """Bank provider over fixed banks, already at the device rate: every slot is an exact bank
-    at the initial point (tests, benchmarks). Timbre requests are accepted and change nothing."""
-
-    grid_n = DEFAULT_GRID_N
-    initial_point = (0.5, 0.5)
-
-    def __init__(self, rows: np.ndarray, pitches: Sequence[float], source_rate: int,
-                 device_rate: int):
-        self.layout = BankLayout.create(source_rate, device_rate, rows.shape[1])
-        self.banks = prepare_rows(rows, self.layout)[None]
-        self.row_pitch = np.asarray(pitches, dtype=np.float64)
-        self.row_ready = np.ones((1, len(pitches)), dtype=np.uint8)
-        self.slots = np.zeros((1, vk.N_SLOT_FIELDS))
-        self.slots[0, [vk.S_KIND, vk.S_X, vk.S_Y]] = vk.SLOT_EXACT, 0.5, 0.5
-        self.slots[0, ENVELOPE_FIELDS] = DEFAULT_ADSR
-        self.loop_start, self.loop_end = self.layout.loop_start, self.layout.loop_end
-
-    def bind(self, select: Callable[[int, int], bool]) -> None:
-        """Select the one exact bank at once."""
-        select(0, 0)
-
-    def preset_names(self) -> list[str]:
-        return []
-
-    def note_requested(self, pitch: float, held: Sequence[float]) -> None:
-        """Nothing to prioritise: every row is ready."""
-
-    def request_xy(self, x: float, y: float, generation: int) -> None:
-        """Fixed banks: the point does not change the sound."""
-
-    def request_preset(self, name: str, generation: int, envelope=DEFAULT_ADSR) -> None:
-        raise KeyError(f"unknown preset {name!r}: static banks have no presets")
-
-    def request_audio(self, path: str, generation: int, on_done: Callable[[], None],
-                      on_fail: Callable[[str], None]) -> None:
-        on_fail("static banks cannot derive a timbre from audio")
-
-    def state(self) -> str:
-        return "ready"
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:

@@ -44,7 +44,7 @@ GRU_RING_CAPACITY = 16384
 class Engine:
     """Polyphonic sampler engine with an optional stream layer, played through `EngineControl`.
 
-    `banks` is the bank provider (`rt_engine.bank_manager.BankManager` or `StaticBanks`):
+    `banks` is the bank provider (`rt_engine.bank_manager.BankManager`; tests use fixed banks):
     it owns the slot arrays the kernel reads and answers timbre requests."""
 
     def __init__(self, banks, sample_rate: int = 48_000, max_block: int = 1024,

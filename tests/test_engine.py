@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rt_engine import voice_kernel as vk
-from rt_engine.bank_manager import StaticBanks
 from rt_engine.engine import Engine
+from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
 SOURCE_RATE = 16_000

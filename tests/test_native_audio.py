@@ -17,8 +17,8 @@ from numba.core.runtime import _nrt_python, rtsys
 from rt_engine import native_audio as na
 from rt_engine import voice_kernel as vk
 from rt_engine.audio_backends import JackBackend
-from rt_engine.bank_manager import StaticBanks
 from rt_engine.engine import Engine
+from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
 PITCHES = [57, 60, 69, 72]
