@@ -27,6 +27,7 @@ args)`, `encode_bundle(timetag, packets)`, `flatten(packet)`, `unix_to_timetag(t
 """
 from __future__ import annotations
 
+import collections
 import hmac
 import math
 import selectors
@@ -54,8 +55,16 @@ TCP_SNDBUF = 65536
 bounded output (GuardConfig.tcp_output_limit_bytes)."""
 SWEEP_S = 0.25
 """How often the server thread checks its time limits (s)."""
-UDP_DRAIN = 256
+UDP_DRAIN = 1024
 """Datagrams read per wake-up before looking at the other sockets again."""
+UDP_BACKLOG = 512
+"""Datagrams of one source waiting to be handled; beyond, new ones are dropped and counted."""
+UDP_QUANTUM = 16
+"""Datagrams of one source handled per round: sources take turns (deficit round robin), so a
+flooding sender delays another's packet by a round, not by its whole backlog."""
+REPLY_PRECHECK_BYTES = 1024
+"""A message that always replies (/status, /sync, ...) is not even run for a source with less
+reply credit than this (counted in osc_replies_over_budget)."""
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 
 
@@ -393,6 +402,7 @@ class OscServer:
         self._lock = threading.RLock()  # sources, credit and watchers: replies come from any thread
         self._notify: dict[tuple, _Watcher] = {}
         self._clients: dict[socket.socket, _TcpClient] = {}
+        self._backlog: dict[tuple, collections.deque] = {}  # UDP source -> datagrams waiting
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -492,7 +502,7 @@ class OscServer:
 
     def _run(self) -> None:
         while not self._stopping:
-            for key, mask in self._selector.select(timeout=SWEEP_S):
+            for key, mask in self._selector.select(timeout=0.0 if self._backlog else SWEEP_S):
                 if self._stopping:
                     return
                 try:
@@ -503,6 +513,7 @@ class OscServer:
                 except Exception as error:  # never let one client kill the server
                     self.counters["osc_malformed"] += 1
                     print(f"osc server: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            self._serve_backlog()
             self._tend_clients()
             now = time.monotonic()
             if now >= self._next_sweep:
@@ -538,6 +549,7 @@ class OscServer:
                     del self._notify[key]
 
     def _on_udp(self, sock: socket.socket) -> None:
+        """Read what is waiting into the per-source backlog (handled by `_serve_backlog`)."""
         for _ in range(UDP_DRAIN):
             try:
                 data, addr = sock.recvfrom(65536)
@@ -549,9 +561,26 @@ class OscServer:
             if not self.policy.permits(host) or (self._password is not None and not is_loopback(host)):
                 self.counters["osc_refused"] += 1
                 continue
-            target = (host, self.reply_port or addr[1])
-            origin = _Origin(("udp", host, addr[1]), lambda packet, t=target: self._udp_send(packet, t))
-            self._handle_packet(data, origin)
+            key = ("udp", host, addr[1])
+            queue = self._backlog.get(key)
+            if queue is None:
+                queue = self._backlog[key] = collections.deque()
+            if len(queue) >= UDP_BACKLOG:
+                self.counters["osc_packets"] += 1
+                self.counters["osc_dropped"] += 1
+                continue
+            queue.append(data)
+
+    def _serve_backlog(self) -> None:
+        """One round: up to UDP_QUANTUM packets of each source with a backlog."""
+        for key in list(self._backlog):
+            queue = self._backlog[key]
+            target = (key[1], self.reply_port or key[2])
+            origin = _Origin(key, lambda packet, t=target: self._udp_send(packet, t))
+            for _ in range(min(UDP_QUANTUM, len(queue))):
+                self._handle_packet(queue.popleft(), origin)
+            if not queue:
+                del self._backlog[key]
 
     def _udp_send(self, packet: bytes, target: tuple) -> None:
         try:
@@ -728,6 +757,9 @@ class OscServer:
                 self.counters["osc_failed"] += 1
                 continue
             command = REGISTRY.get(message.address)
+            if command is not None and command.replies and source.credit < REPLY_PRECHECK_BYTES:
+                self.counters["osc_replies_over_budget"] += 1
+                continue
             dated = False
             if at_frame is not None and command is not None and command.timed:
                 if now_frame is None:

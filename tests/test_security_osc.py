@@ -4,8 +4,8 @@ resources, file access). One server is shared by the module; every loop is bound
 time."""
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -21,27 +21,17 @@ from rt_engine.osc_server import IMMEDIATE, decode_packet, encode_bundle, encode
 from rt_engine.serve_command import network_warning
 from rt_engine.sound_access import OUTSIDE
 from tests.serve_process import ServeProcess
+from tests.support.osc_udp import Udp, procedural_model, rss_kb, tcp_sync
+from tests.support.processes import signalled_cleanly
 from tests.test_patches import free_port
 
 GUARD = GuardConfig()
 PARTIAL_S = 1.0
 
 
-def rss_kb(pid: int) -> int:
-    """Resident memory of process `pid` (kB)."""
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return int(next(line.split()[1] for line in status if line.startswith("VmRSS")))
-
-
 def serve_command(port: int, model_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
             "--gru", "none", "--model", str(model_dir), "--osc-port", str(port), *extra]
-
-
-def procedural_model(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps({"bank_source": "procedural"}))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -55,53 +45,10 @@ def server(tmp_path_factory, sounds):
     port = free_port()
     process = ServeProcess(serve_command(port, model, "--sounds", str(sounds),
                                          "--tcp-partial-s", str(PARTIAL_S)), port, dict(os.environ),
-                           ready_timeout_s=60.0)
+                           ready_timeout_s=180.0)
     process.rss_at_start_kb = rss_kb(process.process.pid)
     yield process
     process.stop()
-
-
-class Udp:
-    """A UDP client that counts the bytes it sends and receives."""
-
-    def __init__(self, port: int, timeout_s: float = 1.0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(timeout_s)
-        self.port, self.sent = port, 0
-
-    def send(self, data: bytes) -> None:
-        self.sent += len(data)
-        self.sock.sendto(data, ("127.0.0.1", self.port))
-
-    def message(self, address: str, *args) -> None:
-        self.send(encode_message(address, args))
-
-    def receive(self, address: str | None = None):
-        while True:
-            message = decode_packet(self.sock.recv(65536))
-            if address is None or message.address == address:
-                return message
-
-    def drain(self, quiet_s: float = 0.3) -> list[bytes]:
-        """Everything that arrives until nothing has for `quiet_s` (bounded to 10 s)."""
-        self.sock.settimeout(quiet_s)
-        packets, deadline = [], time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            try:
-                packets.append(self.sock.recv(65536))
-            except socket.timeout:
-                break
-        self.sock.settimeout(1.0)
-        return packets
-
-    def status(self) -> dict:
-        self.message("/status")
-        args = self.receive("/status.reply").args
-        return dict(zip(args[0::2], args[1::2]))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _proc_net_local_addresses(port: int, table: str) -> set[str]:
@@ -249,23 +196,12 @@ def _framed(packet: bytes) -> bytes:
     return struct.pack(">i", len(packet)) + packet
 
 
-def _tcp_sync(sock: socket.socket, sync_id: int) -> bool:
-    sock.sendall(_framed(encode_message("/sync", [sync_id])))
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack(">i", data[:4])[0]:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return False
-        data += chunk
-    return decode_packet(data[4:]).args == (sync_id,)
-
-
 def test_idle_tcp_connections_cannot_lock_out_a_new_client(server):
     idle = [_tcp(server.port) for _ in range(GUARD.tcp_per_host + 8)]
     try:
         time.sleep(PARTIAL_S + 0.5)
         with _tcp(server.port) as fresh:
-            assert _tcp_sync(fresh, 11)
+            assert tcp_sync(fresh, 11)
         status = Udp(server.port).status()
         assert status["osc_tcp_clients"] <= GUARD.tcp_per_host
         assert status["osc_tcp_refused"] + status["osc_tcp_evicted"] >= 8
@@ -356,3 +292,11 @@ def test_rss_stays_flat_across_the_attacks(server):
     assert client.status()["osc_sources"] <= GUARD.max_sources
     assert rss_kb(server.process.pid) - server.rss_at_start_kb < 100_000
     client.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_ends_serve_cleanly(server):
+    """Runs last: it stops the shared server."""
+    assert signalled_cleanly(server.process, signal.SIGTERM, expected_code=0)
+    time.sleep(0.2)
+    assert "stopped" in "".join(server.output)

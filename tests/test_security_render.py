@@ -9,7 +9,7 @@ import mido
 import pytest
 
 from rt_engine.cli import main as cli_main
-from tests.test_security_osc import procedural_model
+from tests.support.osc_udp import procedural_model
 
 
 def _render(tmp_path, *inputs: str) -> list[str]:
