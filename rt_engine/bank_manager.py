@@ -21,6 +21,9 @@ request carries a generation number, so a load that lands after a newer request 
   kernel reports it unused (`S_USAGE` 0) once it was retired;
 - when idle, the grid nodes around the current cell are rendered ahead into free slots.
 Its one thread blocks on the worker's result queue (20 Hz tick) and stays light.
+Rendered rows of a model are kept on disk (`rt_engine.bank_cache`; `cache_dir` "auto" is
+`default_cache_dir()`, None turns it off), so a
+restarted server or another render reads them instead of running the model again.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from rt_engine import voice_kernel as vk
+from rt_engine.bank_cache import BankCache, default_cache_dir
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
 from models.timbre_sources import load_bank_source
 from rt_engine.bank_tuning import measure_detune_cents, retune
@@ -135,7 +139,7 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         resource_tracker.register = register
 
 
-def _worker_main(model_dir: str | None, requests, results) -> None:
+def _worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
     """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
     first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
@@ -155,6 +159,10 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
 
             torch.set_num_threads(1)
         source = load_bank_source(model_dir)
+        cache = None
+        if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
+            cache = BankCache(cache_dir, model_dir, source.n_samples)
+            cache.prune()
         results.put(("hello", source.preset_names(), int(source.sample_rate), int(source.n_samples)))
     except Exception as error:  # any load failure is reported to the manager, which raises
         results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
@@ -195,7 +203,8 @@ def _worker_main(model_dir: str | None, requests, results) -> None:
                 pitches = [int(round(row_pitch[r])) for r in chunk]
                 if job["conditioning"] is None:  # once per request: file reads and f run here
                     job["conditioning"] = source.conditioning_for(job["request"])
-                notes = source.render_pitches(job["conditioning"], pitches)
+                notes = (source.render_pitches(job["conditioning"], pitches) if cache is None
+                         else cache.rows(source, job["conditioning"], pitches))
                 notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
                 banks[job["slot"], chunk] = prepare_rows(notes, layout)
             except Exception as error:  # a bad timbre (file, preset) fails its job only
@@ -250,7 +259,7 @@ class BankManager:
     def __init__(self, model_dir: str | None, device_rate: int, n_slots: int = DEFAULT_N_SLOTS,
                  grid_n: int = DEFAULT_GRID_N, pitches: Sequence[int] = KEYBOARD_PITCHES,
                  render_ahead: bool = True, exact_delay_s: float = 0.15,
-                 start_timeout_s: float = 120.0):
+                 start_timeout_s: float = 120.0, cache_dir: str | Path | None = "auto"):
         if n_slots < 5:
             raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
         if grid_n < 2:
@@ -259,10 +268,13 @@ class BankManager:
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
         self.render_ahead = render_ahead
         self.exact_delay_s = exact_delay_s
+        if cache_dir == "auto":
+            cache_dir = default_cache_dir()
         context = multiprocessing.get_context("spawn")
         self._requests, self._results = context.Queue(), context.Queue()
         self._process = context.Process(target=_worker_main, name="latentsynth-banks", daemon=True,
                                         args=(None if model_dir is None else str(model_dir),
+                                              None if cache_dir is None else str(cache_dir),
                                               self._requests, self._results))
         self._process.start()
         hello, deadline = None, time.monotonic() + start_timeout_s
