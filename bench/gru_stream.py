@@ -8,7 +8,8 @@ float activations) and fp32 weights, at several control intervals, beside a torc
 step loop (`GruSynth.forward` one sample at a time + multinomial sampling, same process, one
 thread) as the baseline, and the limits set by memory bandwidth (weight bytes per sample x 16000
 against measured L2/L3 read bandwidth) and by arithmetic (multiply-adds per sample against a
-measured in-L1 fp32 rate), and the recurrent matrix-vector products alone with fp32, bf16 and int8
+measured in-L1 fp32 rate), the cost of one GRU voice (the layer runs one kernel per sounding
+voice), and the recurrent matrix-vector products alone with fp32, bf16 and int8
 weight storage (which compression is fastest here). It reports the CPU's vector flags, the compile
 target (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES: e.g. an AVX2-only target on an AVX-512 machine) and
 which path the GRU layer runs by default.
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         runs["control_16_argmax"] = kernel_rtf(weights, n_samples, 16, 0.0, args.repeats, sample_rate, path)
         kernels[name] = {
             "path": kernel_path(new_state(weights, path=path)),
+            # each GRU voice runs its own kernel: a voice costs this fraction of a core
+            "core_fraction_per_voice": 1.0 / runs["control_16"]["cpu"],
+            "voices_per_core": int(runs["control_16"]["cpu"]),
             "weight_bytes_per_sample": bytes_per_sample,
             "working_set_bytes": bytes_per_sample + weights.table.nbytes,
             "fits_2mb_l2": bool(fits_l2),

@@ -74,6 +74,9 @@ class EngineControl(Protocol):
         """Sampling temperature of the GRU voice, 0..2 (0 = argmax: cleanest; 1 = the trained
         distribution; higher = breathier), applied at `at_frame` sample-accurately."""
 
+    def gru_voices(self, n_voices: int) -> bool:
+        """How many notes the GRU layer plays at once (1..16; sounding GRU notes are released)."""
+
     def set_gain(self, layer: GainLayer, gain: float, at_frame: int | None = None) -> bool:
         """Linear gain of a layer; 0 skips rendering that layer."""
 

@@ -1,4 +1,4 @@
-"""The monophonic GRU voice: a `StreamLayer` (rt_engine.layer_api) that streams the Sound Model
+"""The GRU voices: a `StreamLayer` (rt_engine.layer_api) that streams the Sound Model
 Factory GRU at 16 kHz, resamples it to the device rate and writes it ahead of the audio callback.
 
 A worker thread (or, offline, the caller via `render_available`) renders blocks of `block_samples`
@@ -14,11 +14,15 @@ so the change reaches the ring exactly at `at_frame`. `latency_frames` (the rend
 plus the resampler delay) is what the engine adds to events so that they arrive before that sample
 is rendered; events that arrive later apply at the next unrendered sample (counted in `late_events`).
 
-Voice: last-note priority over held notes; a new note while one sounds glides over the portamento
-time (`set_glide`), from silence it starts at once from a fresh recurrent state; `note_pitch` glides
-the sounding note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend
+Voices (`set_voices`, default 4; `rt_engine.gru_voices`): each has its own recurrent state, pitch,
+glide and envelope; a new note takes a voice as the sampler's notes do (the same key, else a free
+voice, else the quietest released, else the oldest held: a steal, counted). With one voice the layer
+is monophonic with last-note priority over held notes: a new note while one is held glides over the
+portamento time (`set_glide`, legato) or, in retrigger mode (`set_legato(False)`), restarts the
+voice's recurrent state and attack; from silence a note starts at once from a fresh recurrent state.
+`note_pitch` glides the newest held note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend (every voice)
 is smoothed by a one-pole (5 ms); the amplitude envelope is a linear attack/release, so the output is
-exactly zero once released and the GRU stops running (idle costs only the resampler). The sampling
+exactly zero once released and that voice's GRU stops running (idle costs only the resampler). The sampling
 temperature (`set_temperature`, 0 = argmax) steps at its event's sample, unsmoothed: a new
 temperature changes only how the next classes are drawn, so the step itself makes no click.
 
@@ -28,8 +32,8 @@ the gain reaches 0 (the engine's 5 ms gain smoothing fades it out meanwhile). Wh
 a sounding note restarts from a fresh recurrent state at that sample, as from silence.
 
 Bounds: pending events wait in a heap (ordered by model sample, then arrival; O(log n) per event) of at
-most `EVENT_CAPACITY`; held notes (the last-note-priority stack) are at most `HELD_CAPACITY`, the
-oldest dropped first. Overflowing events are counted in `dropped_events`.
+most `EVENT_CAPACITY`; held notes are at most the voices, or with one voice (the last-note-priority
+stack) `HELD_CAPACITY`, the oldest dropped first. Overflowing events are counted in `dropped_events`.
 """
 from __future__ import annotations
 
@@ -42,24 +46,22 @@ import numba
 import numpy as np
 
 from models.gru_stream import gru_stream_sample, kernel_path, new_state
-from models.mu_law import mu_law_decode_table, mu_law_zero
+from models.mu_law import mu_law_decode_table
+from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
+                                  C_PITCH, C_X, C_Y, GLIDES, N_CONTROL, GruVoice, allocate)
 from rt_engine.stream_resampler import StreamResampler
 
-# control-state fields (float64 [N_CONTROL])
-(C_PITCH, C_PITCH_STEP, C_PITCH_LEFT, C_PITCH_TARGET, C_X, C_X_STEP, C_X_LEFT, C_X_TARGET,
- C_Y, C_Y_STEP, C_Y_LEFT, C_Y_TARGET, C_BEND, C_BEND_TARGET, C_BEND_COEFF,
- C_ENV, C_ENV_TARGET, C_ENV_UP, C_ENV_DOWN) = range(19)
-N_CONTROL = 19
+__all__ = ["GruLayer", "control_block", "control_block_reference", "N_CONTROL", "MAX_VOICES"]
 EVENT_CAPACITY = 1024
 """Events waiting for the worker thread (queued, and pending in the heap); more are counted in
 `dropped_events` and dropped."""
 HELD_CAPACITY = 32
 """Held notes remembered for last-note priority; a new note beyond them forgets the oldest."""
+MAX_VOICES = 16
+"""Most GRU voices (`set_voices`)."""
 MUTE_TAIL_S = 0.05
 """Seconds the GRU keeps running after its mix gain reaches 0 (10 time constants of the engine's
 5 ms gain smoothing: -87 dB)."""
-_GLIDES = ((C_PITCH, C_PITCH_STEP, C_PITCH_LEFT, C_PITCH_TARGET), (C_X, C_X_STEP, C_X_LEFT, C_X_TARGET),
-           (C_Y, C_Y_STEP, C_Y_LEFT, C_Y_TARGET))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -89,7 +91,7 @@ def control_block(control, conditioning, envelope):
 def control_block_reference(control, conditioning, envelope):
     """NumPy twin of `control_block` (same arguments and updates)."""
     for t in range(envelope.shape[0]):
-        for value, step, left, target in _GLIDES:
+        for value, step, left, target in GLIDES:
             if control[left] > 0.0:
                 control[left] -= 1.0
                 control[value] = control[target] if control[left] <= 0.0 else control[value] + control[step]
@@ -103,19 +105,20 @@ def control_block_reference(control, conditioning, envelope):
 
 
 @numba.njit(nogil=True, cache=True)
-def _decode_into(mu, decode_table, envelope, gain, audio):
-    """audio[t] = decode_table[mu[t]] * envelope[t] * gain for t < len(mu)."""
+def _decode_add(mu, decode_table, envelope, gain, audio):
+    """audio[t] += decode_table[mu[t]] * envelope[t] * gain for t < len(mu)."""
     for t in range(mu.shape[0]):
-        audio[t] = decode_table[mu[t]] * envelope[t] * gain
+        audio[t] += decode_table[mu[t]] * envelope[t] * gain
 
 
 class GruLayer:
-    """Monophonic GRU voice streaming into the engine's ring (see the module docstring)."""
+    """GRU voices streaming into the engine's ring (see the module docstring)."""
 
     def __init__(self, weights, model_rate_hz: int = 16000, *, temperature: float = 1.0,
                  control_interval: int = 16, block_samples: int = 64, ahead_s: float = 0.02,
                  attack_s: float = 0.005, release_s: float = 0.08, smooth_s: float = 0.005,
-                 gain: float = 1.0, seed: int = 0, sample_rate: int = 48000, threaded: bool = True):
+                 gain: float = 1.0, seed: int = 0, sample_rate: int = 48000, threaded: bool = True,
+                 voices: int = 4, legato: bool = True):
         if block_samples < 1 or control_interval < 1 or temperature < 0 or ahead_s < 0:
             raise ValueError("GruLayer: block_samples and control_interval must be >= 1, temperature and "
                              f"ahead_s >= 0 (got {block_samples}, {control_interval}, {temperature}, {ahead_s})")
@@ -127,22 +130,19 @@ class GruLayer:
         self.gain = float(gain)
         self.threaded = bool(threaded)
         self.glide_s = 0.0
+        self.legato = bool(legato)
         self.late_events = 0
         self.dropped_events = 0
-        self._gru = new_state(weights, seed=seed)
+        self.steals = 0
+        self._seed = int(seed)
         self._decode_table = mu_law_decode_table(weights.table.shape[0])
-        self._control = np.zeros(N_CONTROL, np.float64)
-        self._control[[C_PITCH, C_PITCH_TARGET]] = 60.0
-        self._control[[C_X, C_X_TARGET, C_Y, C_Y_TARGET]] = 0.5
-        self._control[C_BEND_COEFF] = np.exp(-1.0 / max(smooth_s * model_rate_hz, 1e-9))
-        self._control[C_ENV_UP] = 1.0 / max(attack_s * model_rate_hz, 1.0)
-        self._control[C_ENV_DOWN] = 1.0 / max(release_s * model_rate_hz, 1.0)
-        self._held: list[list[float]] = []
+        self._voices = self._new_voices(0, self._checked_voices(voices))
+        self._note_count = 0
+        self._held: list[list[float]] = []  # one voice: the last-note-priority stack [key, sounding pitch]
         self._events: collections.deque = collections.deque()
         self._pending: list[tuple] = []  # heap of (model sample, arrival count, event)
         self._mix_gain = 1.0
         self._mute_left = 0              # model samples still computed after the mix gain reached 0
-        self._stale = False              # samples were skipped while sounding: restart before computing
         self.computed_samples = 0        # model samples the GRU kernel has generated
         self._event_count = 0
         self._conditioning = np.zeros((block_samples, 3), np.float32)
@@ -189,8 +189,8 @@ class GruLayer:
         self.ring, self.positions = ring, positions
         warm_state = new_state(self.weights)
         gru_stream_sample(self.weights, warm_state, self._conditioning[:1] + 60.0, 1, 1.0, self._mu[:1])
-        control_block(self._control.copy(), self._conditioning[:1], self._envelope[:1])
-        _decode_into(self._mu[:1], self._decode_table, self._envelope[:1], 0.0, self._audio[:1])
+        control_block(self._voices[0].control.copy(), self._conditioning[:1], self._envelope[:1])
+        _decode_add(self._mu[:1], self._decode_table, self._envelope[:1], 0.0, self._audio[:1])
 
     def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray) -> None:
         """Prepare, then render in a daemon worker thread until `stop`. With `threaded=False` (offline
@@ -242,6 +242,27 @@ class GruLayer:
     def set_glide(self, seconds: float) -> None:
         self.glide_s = max(float(seconds), 0.0)
 
+    def set_legato(self, legato: bool) -> None:
+        """One voice: a note while another is held glides (True) or retriggers (False)."""
+        self.legato = bool(legato)
+
+    def set_voices(self, n_voices: int) -> None:
+        """Play up to `n_voices` (1..MAX_VOICES) notes at once from the next rendered sample: the
+        sounding notes are released and voices beyond the new count stop. The states are allocated
+        here, off the worker thread."""
+        n_voices = self._checked_voices(n_voices)
+        self._post((None, "voices", n_voices, self._new_voices(len(self._voices), n_voices)))
+
+    @staticmethod
+    def _checked_voices(n_voices) -> int:
+        if not 1 <= int(n_voices) <= MAX_VOICES:
+            raise ValueError(f"GruLayer: voices must be 1..{MAX_VOICES}, got {n_voices}")
+        return int(n_voices)
+
+    def _new_voices(self, first: int, stop: int) -> list[GruVoice]:
+        return [GruVoice(self.weights, self._seed + index, self.model_rate_hz, self.attack_s, self.release_s,
+                         self.smooth_s) for index in range(first, stop)]
+
     def set_temperature(self, temperature: float, at_frame: int | None = None) -> None:
         """Sample from softmax(logits / temperature) from `at_frame` on (0 = argmax); a negative or
         NaN temperature is a ValueError."""
@@ -256,24 +277,36 @@ class GruLayer:
     @property
     def kernel_path(self) -> str:
         """Which GRU kernel path runs (`models.gru_stream.kernel_path`, e.g. 'int8_dot/avx2')."""
-        return kernel_path(self._gru)
+        return kernel_path(self._voices[0].gru)
+
+    @property
+    def n_voices(self) -> int:
+        return len(self._voices)
 
     def panic(self) -> None:
         self._post((None, "panic"))
 
     def is_active(self) -> bool:
-        return bool(self._held) or self._control[C_ENV] > 0.0
+        return bool(self._held) or any(voice.held or voice.control[C_ENV] > 0.0 for voice in self._voices)
+
+    def _newest(self) -> GruVoice:
+        """The voice of the newest note (held first)."""
+        return max(self._voices, key=lambda voice: (voice.held, voice.order))
 
     def snapshot(self) -> dict:
-        """Smoothed parameters at the last rendered sample: pitch (MIDI, without bend), bend
-        (semitones), x, y, envelope (0..1), sampling temperature, plus held notes, late and dropped
-        events, whether the GRU runs, its kernel path and the samples rendered and computed
-        (for status/debugging)."""
-        control = self._control
-        return {"pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
+        """Smoothed parameters of the newest note at the last rendered sample: pitch (MIDI, without
+        bend), bend (semitones), x, y, envelope (0..1); the sampling temperature, held notes, the
+        voices (count, sounding, steals), late and dropped events, whether a GRU runs, the kernel path
+        and the samples rendered and computed (voice-samples) (for status/debugging)."""
+        control = self._newest().control
+        held = [entry[0] for entry in self._held] if len(self._voices) == 1 else \
+            [voice.key for voice in sorted(self._voices, key=lambda voice: voice.order) if voice.held]
+        return {"voices": len(self._voices), "sounding_voices": sum(voice.sounding() for voice in self._voices),
+                "steals": self.steals, "pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
                 "y": float(control[C_Y]), "envelope": float(control[C_ENV]), "temperature": self.temperature,
-                "held": [entry[0] for entry in self._held], "late_events": self.late_events,
-                "dropped_events": self.dropped_events, "computing": self._computing(),
+                "held": held, "late_events": self.late_events,
+                "dropped_events": self.dropped_events,
+                "computing": any(self._computing(voice) for voice in self._voices),
                 "kernel_path": self.kernel_path, "rendered_samples": self._next_sample,
                 "computed_samples": self.computed_samples}
 
@@ -327,91 +360,124 @@ class GruLayer:
         self._next_sample = start + n
         return self._resampler.process(self._audio, self._frames)
 
-    def _computing(self) -> bool:
-        """True while the GRU runs: a note sounds and the mix gain is up (or fading out)."""
-        sounding = self._control[C_ENV] > 0.0 or self._control[C_ENV_TARGET] > 0.0
-        return sounding and (self._mix_gain > 0.0 or self._mute_left > 0)
+    def _computing(self, voice: GruVoice) -> bool:
+        """True while the voice's GRU runs: its note sounds and the mix gain is up (or fading out)."""
+        return voice.sounding() and (self._mix_gain > 0.0 or self._mute_left > 0)
 
     def _render_segment(self, begin: int, end: int) -> None:
-        conditioning, envelope = self._conditioning[begin:end], self._envelope[begin:end]
-        sounding = self._control[C_ENV] > 0.0 or self._control[C_ENV_TARGET] > 0.0
-        computing = self._computing()
+        conditioning, envelope, mu = self._conditioning[begin:end], self._envelope[begin:end], self._mu[begin:end]
+        computing = [self._computing(voice) for voice in self._voices]
         if self._mix_gain <= 0.0:
             self._mute_left = max(self._mute_left - (end - begin), 0)
-        control_block(self._control, conditioning, envelope)
-        if computing:
-            if self._stale:
-                self._reset_voice()
-                self._stale = False
-            gru_stream_sample(self.weights, self._gru, conditioning, self.control_interval, self.temperature,
-                              self._mu[begin:end])
+        self._audio[begin:end] = 0.0
+        for voice, compute in zip(self._voices, computing):
+            sounding = voice.sounding()
+            control_block(voice.control, conditioning, envelope)
+            if not compute:
+                voice.stale = voice.stale or sounding
+                continue
+            if voice.stale:
+                voice.reset()
+            gru_stream_sample(self.weights, voice.gru, conditioning, self.control_interval, self.temperature, mu)
             self.computed_samples += end - begin
-            _decode_into(self._mu[begin:end], self._decode_table, envelope, self.gain, self._audio[begin:end])
-        else:
-            self._stale = self._stale or sounding
-            self._audio[begin:end] = 0.0
+            _decode_add(mu, self._decode_table, envelope, self.gain, self._audio[begin:end])
 
-    def _glide(self, fields: tuple, target: float, seconds: float) -> None:
-        value, step, left, goal = fields
-        n_samples = int(round(seconds * self.model_rate_hz))
-        self._control[goal] = target
-        if n_samples < 1:
-            self._control[value], self._control[left] = target, 0.0
-        else:
-            self._control[step] = (target - self._control[value]) / n_samples
-            self._control[left] = float(n_samples)
+    def _samples(self, seconds: float) -> int:
+        return int(round(seconds * self.model_rate_hz))
 
     def _apply(self, event: tuple) -> None:
-        kind, control = event[0], self._control
+        kind = event[0]
         if kind == "on":
-            pitch, velocity = event[1], event[2]
-            sounding = bool(self._held)
-            others = [entry for entry in self._held if entry[0] != pitch]
-            self._held = others[max(len(others) - HELD_CAPACITY + 1, 0):] + [[pitch, pitch]]
-            if sounding:
-                self._glide(_GLIDES[0], pitch, self.glide_s)
+            velocity = min(max(event[2], 0.0), 127.0) / 127.0
+            if len(self._voices) == 1:
+                self._mono_on(event[1], velocity)
             else:
-                if control[C_ENV] <= 0.0:
-                    self._reset_voice()
-                self._glide(_GLIDES[0], pitch, 0.0)
-            control[C_ENV_TARGET] = min(max(velocity, 0.0), 127.0) / 127.0
+                self._poly_on(event[1], velocity)
         elif kind == "off":
-            index = next((i for i, entry in enumerate(self._held) if event[1] in entry), None)
-            if index is None:
+            if len(self._voices) == 1:
+                self._mono_off(event[1])
                 return
-            was_top = index == len(self._held) - 1
-            del self._held[index]
-            if not self._held:
-                control[C_ENV_TARGET] = 0.0
-            elif was_top:
-                self._glide(_GLIDES[0], self._held[-1][1], self.glide_s)
-        elif kind == "pitch":
-            if self._held:
-                self._held[-1][1] = event[1]
-                self._glide(_GLIDES[0], event[1], event[2])
+            for voice in self._voices:
+                if voice.held and voice.key == event[1]:
+                    voice.held = False
+                    voice.control[C_ENV_TARGET] = 0.0
+        elif kind == "pitch":  # the newest held note glides; note-offs still name its key
+            voice = self._newest()
+            if voice.held:
+                if self._held:
+                    self._held[-1][1] = event[1]
+                voice.glide(GLIDES[0], event[1], self._samples(event[2]))
         elif kind == "bend":
-            control[C_BEND_TARGET] = event[1]
+            for voice in self._voices:
+                voice.control[C_BEND_TARGET] = event[1]
         elif kind == "xy":
-            seconds = event[3] if event[3] > 0.0 else self.smooth_s
-            self._glide(_GLIDES[1], event[1], seconds)
-            self._glide(_GLIDES[2], event[2], seconds)
+            n_samples = self._samples(event[3] if event[3] > 0.0 else self.smooth_s)
+            for voice in self._voices:
+                voice.glide(GLIDES[1], event[1], n_samples)
+                voice.glide(GLIDES[2], event[2], n_samples)
         elif kind == "temperature":
             self.temperature = event[1]
         elif kind == "mix":
-            if event[1] <= 0.0 < self._mix_gain and self._computing():  # fade out what sounds
-                self._mute_left = int(round(MUTE_TAIL_S * self.model_rate_hz))
+            if event[1] <= 0.0 < self._mix_gain and any(map(self._computing, self._voices)):  # fade out
+                self._mute_left = self._samples(MUTE_TAIL_S)
             self._mix_gain = event[1]
+        elif kind == "voices":
+            self._voices = self._voices[:event[1]] + event[2]
+            self._held = []
+            for voice in self._voices:
+                voice.held = False
+                voice.control[C_ENV_TARGET] = 0.0
         elif kind == "panic":
             self._held = []
             self._pending = []
-            control[C_ENV_TARGET] = 0.0
-            control[C_ENV] = min(control[C_ENV], 0.005 * self.model_rate_hz * control[C_ENV_DOWN])
+            for voice in self._voices:
+                voice.held = False
+                control = voice.control
+                control[C_ENV_TARGET] = 0.0
+                control[C_ENV] = min(control[C_ENV], 0.005 * self.model_rate_hz * control[C_ENV_DOWN])
 
-    def _reset_voice(self) -> None:
-        """Fresh recurrent state (hidden, held conditioning, oscillator phase, previous sample = silence);
-        the RNG runs on."""
-        self._gru.hidden[:] = 0.0
-        self._gru.phase[0] = 0.0
-        self._gru.cond_gates[:] = 0.0
-        self._gru.counters[0] = mu_law_zero(self.weights.table.shape[0])
-        self._gru.counters[1] = 0
+    def _start_note(self, voice: GruVoice, pitch: float, velocity: float) -> None:
+        """`voice` plays `pitch` at once (from a fresh recurrent state when it was silent)."""
+        if voice.control[C_ENV] <= 0.0:
+            voice.reset()
+        voice.glide(GLIDES[0], pitch, 0)
+        self._note_count += 1
+        voice.key, voice.held, voice.order = pitch, True, self._note_count
+        voice.control[C_ENV_TARGET] = velocity
+
+    def _poly_on(self, pitch: float, velocity: float) -> None:
+        voice, stolen = allocate(self._voices, pitch)
+        if stolen:
+            self.steals += 1
+            voice.reset()
+            voice.control[C_ENV] = 0.0
+        self._start_note(voice, pitch, velocity)
+
+    def _mono_on(self, pitch: float, velocity: float) -> None:
+        voice = self._voices[0]
+        sounding = bool(self._held)
+        others = [entry for entry in self._held if entry[0] != pitch]
+        self._held = others[max(len(others) - HELD_CAPACITY + 1, 0):] + [[pitch, pitch]]
+        if sounding and self.legato:
+            voice.glide(GLIDES[0], pitch, self._samples(self.glide_s))
+            self._note_count += 1
+            voice.key, voice.order = pitch, self._note_count
+            voice.control[C_ENV_TARGET] = velocity
+            return
+        if sounding:  # retrigger: a fresh state and attack
+            voice.reset()
+            voice.control[C_ENV] = 0.0
+        self._start_note(voice, pitch, velocity)
+
+    def _mono_off(self, pitch: float) -> None:
+        voice = self._voices[0]
+        index = next((i for i, entry in enumerate(self._held) if pitch in entry), None)
+        if index is None:
+            return
+        was_top = index == len(self._held) - 1
+        del self._held[index]
+        if not self._held:
+            voice.held = False
+            voice.control[C_ENV_TARGET] = 0.0
+        elif was_top:
+            voice.glide(GLIDES[0], self._held[-1][1], self._samples(self.glide_s))

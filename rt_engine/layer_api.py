@@ -1,5 +1,5 @@
 """The seam between the engine and a streaming layer that renders ahead of the audio callback
-(the monophonic GRU voice).
+(the GRU voices).
 
 A streaming layer runs in its own thread (its heavy work is a `nogil` Numba kernel, so it does not
 hold the GIL), writes mono audio at the device rate into a ring buffer the engine owns, and the
@@ -33,7 +33,8 @@ class StreamLayer(Protocol):
         """Stop the rendering thread and join it."""
 
     def note_on(self, pitch: float, velocity: float, at_frame: int | None = None) -> None:
-        """Last-note priority: a new note takes over the voice (gliding if a note is held)."""
+        """Start a note: on a free (or stolen) voice; with one voice last-note priority (gliding if a
+        note is held)."""
 
     def note_off(self, pitch: float, at_frame: int | None = None) -> None:
         """Release `pitch`; falls back to the previous held note if any."""
@@ -52,6 +53,9 @@ class StreamLayer(Protocol):
 
     def set_temperature(self, temperature: float, at_frame: int | None = None) -> None:
         """Sampling temperature (>= 0, 0 = argmax) from `at_frame` on (`/gru/temperature`)."""
+
+    def set_voices(self, n_voices: int) -> None:
+        """Play up to `n_voices` notes at once (`/gru/voices`)."""
 
     def set_mix_gain(self, gain: float, at_frame: int | None = None) -> None:
         """The engine's gain for this layer (`/mix/gru`) from `at_frame` on; a layer may skip its

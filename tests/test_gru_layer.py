@@ -1,5 +1,6 @@
 """The GRU stream layer with a tiny random model: timing, ring protocol, voice behaviour."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,11 +8,12 @@ import torch
 
 from models.gru import GruSynth, GruSynthConfig, save_gru
 from models.gru_stream import copy_state, stream_weights
-from rt_engine.gru_layer import (EVENT_CAPACITY, HELD_CAPACITY, MUTE_TAIL_S, N_CONTROL, GruLayer, control_block,
-                                 control_block_reference)
+from rt_engine.gru_layer import (EVENT_CAPACITY, HELD_CAPACITY, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, GruLayer,
+                                 control_block, control_block_reference)
 
 RATE = 48000
 TINY = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=4, conditioning_size=4)
+DEFAULT_GRU = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "default" / "gru"
 
 
 def _weights(seed=0):
@@ -21,7 +23,7 @@ def _weights(seed=0):
 
 def _layer(**options):
     ring, positions = np.zeros(8192, np.float32), np.zeros(2, np.int64)
-    layer = GruLayer(_weights(), 16000, **options)
+    layer = GruLayer(_weights(), 16000, **{"voices": 1, **options})
     layer.prepare(RATE, ring, positions)
     return layer, ring, positions
 
@@ -189,7 +191,7 @@ def test_a_temperature_event_switches_to_the_argmax_chain_at_its_sample(monkeypa
 
     def recording_kernel(weights, state, conditioning, control_interval, temperature, out_mu):
         gru_stream_sample(weights, state, conditioning, control_interval, temperature, out_mu)
-        if state is layer._gru:
+        if state is layer._voices[0].gru:
             segments.append((np.full(out_mu.shape[0], temperature), conditioning.copy(), out_mu.copy()))
 
     monkeypatch.setattr(gru_layer_module, "gru_stream_sample", recording_kernel)
@@ -248,6 +250,9 @@ class _TemperatureLayer:
     def set_mix_gain(self, gain, at_frame=None):
         pass
 
+    def set_voices(self, n_voices):
+        self.calls.append(("voices", n_voices))
+
 
 def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     from tests.support.static_banks import StaticBanks
@@ -258,6 +263,7 @@ def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     engine = Engine(StaticBanks(rows, [60], 16000, RATE), RATE, max_block=256, stream_layer=layer)
     assert engine.gru_temperature(0.25, at_frame=1000) and engine.gru_temperature(2.0)
     assert layer.calls == [(0.25, 1000 + 512), (2.0, engine.frame + engine.block + 512)]
+    assert engine.gru_voices(3) and layer.calls[-1] == ("voices", 3)
     engine.close()
 
 
@@ -317,3 +323,69 @@ def test_held_notes_are_bounded_oldest_forgotten_first():
         layer.note_off(pitch)
     _consume(layer, ring, positions, RATE // 2)
     assert not layer.is_active()
+
+
+def test_a_fifth_note_on_four_voices_steals_the_oldest():
+    layer, ring, positions = _layer(voices=4)
+    for k, pitch in enumerate((60.0, 62.0, 64.0, 65.0, 67.0)):
+        layer.note_on(pitch, 100.0, at_frame=480 * k)
+    _consume(layer, ring, positions, 4800)
+    snapshot = layer.snapshot()
+    assert snapshot["held"] == [62.0, 64.0, 65.0, 67.0] and snapshot["steals"] == 1
+    assert snapshot["sounding_voices"] == 4 and snapshot["pitch"] == 67.0
+    layer.note_off(64.0)
+    layer.note_on(69.0, 100.0)  # takes the released voice, not a held one
+    _consume(layer, ring, positions, 4800)
+    assert layer.snapshot()["held"] == [62.0, 65.0, 67.0, 69.0] and layer.snapshot()["steals"] == 1
+    for pitch in (62.0, 65.0, 67.0, 69.0):
+        layer.note_off(pitch)
+    _consume(layer, ring, positions, RATE // 2)
+    assert not layer.is_active() and layer.snapshot()["sounding_voices"] == 0
+
+
+def test_one_voice_retriggers_or_glides_by_the_legato_mode():
+    for legato in (True, False):
+        layer, ring, positions = _layer(voices=1, legato=legato, attack_s=0.05)
+        layer.set_glide(0.1)
+        layer.note_on(60.0, 127.0, at_frame=0)
+        layer.note_on(64.0, 127.0, at_frame=RATE // 5)
+        _consume(layer, ring, positions, RATE // 5 + 480)
+        snapshot = layer.snapshot()
+        if legato:
+            assert 60.0 < snapshot["pitch"] < 64.0 and snapshot["envelope"] == 1.0
+        else:  # at once, from a fresh state and a new attack
+            assert snapshot["pitch"] == 64.0 and snapshot["envelope"] < 1.0
+
+
+def test_voice_count_is_bounded_and_changes_live():
+    with pytest.raises(ValueError, match="voices"):
+        _layer(voices=0)
+    layer, ring, positions = _layer(voices=2)
+    with pytest.raises(ValueError, match="voices"):
+        layer.set_voices(MAX_VOICES + 1)
+    layer.note_on(60.0, 100.0)
+    layer.set_voices(3)
+    _consume(layer, ring, positions, RATE // 2)
+    assert layer.n_voices == 3 and not layer.is_active()
+
+
+@pytest.mark.skipif(not (DEFAULT_GRU / "config.json").is_file(), reason="needs the shipped GRU")
+@pytest.mark.parametrize("voices", [4, 1])
+def test_a_three_note_chord_sounds_its_three_pitches(voices):
+    ring, positions = np.zeros(8192, np.float32), np.zeros(2, np.int64)
+    layer = GruLayer.from_dir(DEFAULT_GRU, temperature=0.0, voices=voices)
+    layer.prepare(RATE, ring, positions)
+    chord = (48.0, 52.0, 55.0)
+    for pitch in chord:
+        layer.note_on(pitch, 100.0, at_frame=0)
+    out = _consume(layer, ring, positions, RATE)[RATE // 4:]
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(out.size)))
+    hz = np.fft.rfftfreq(out.size, 1.0 / RATE)
+
+    def peak(midi):  # strongest bin within a quarter tone of the note's fundamental
+        f0 = 440.0 * 2 ** ((midi - 69) / 12)
+        return spectrum[(hz > f0 * 2 ** (-0.5 / 12)) & (hz < f0 * 2 ** (0.5 / 12))].max()
+
+    floor = np.median(spectrum[(hz > 100) & (hz < 250)])
+    sounding = [peak(midi) > 30 * floor for midi in chord]
+    assert sounding == ([True] * 3 if voices > 1 else [False, False, True])  # one voice: the last note
