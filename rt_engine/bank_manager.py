@@ -1,6 +1,6 @@
 """Sample banks for the engine: a worker process renders them into shared-memory slots.
 
-The worker process owns the `BankSource` (`models.bank_source.load_bank_source(model_dir)`: the
+The worker process owns the `BankSource` (`models.timbre_sources.load_bank_source(model_dir)`: the
 GAN, or the procedural stand-in); torch, inversion and file I/O never run in the audio process.
 Each rendered row is resampled once to the device rate and given its crossfaded sustain loop
 (`prepare_rows`) in the worker, then written into a slot of one `multiprocessing.shared_memory`
