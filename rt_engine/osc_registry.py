@@ -48,6 +48,8 @@ MAX_TEMPERATURE = 2.0
 """Highest sampling temperature of the GRU voice (/gru/temperature)."""
 MAX_GAIN = 4.0
 MAX_POLYPHONY = 1024
+MAX_GRU_VOICES = 16
+"""Most GRU voices (rt_engine.gru_layer.MAX_VOICES)."""
 MAX_AHEAD_S = 60.0
 """A bundle timetag further ahead than this (seconds) is rejected."""
 MAX_BUNDLE_DEPTH = 8
@@ -259,6 +261,10 @@ def _gru_temperature(engine, address, v, at_frame, reply, hooks):
     engine.gru_temperature(v["temperature"], at_frame=at_frame)
 
 
+def _gru_voices(engine, address, v, at_frame, reply, hooks):
+    engine.gru_voices(v["n"])
+
+
 def _gain(layer: str) -> Handler:
     def handler(engine, address, v, at_frame, reply, hooks):
         engine.set_gain(layer, v["gain"], at_frame=at_frame)
@@ -368,14 +374,19 @@ COMMANDS: tuple[Command, ...] = (
             timed=False),
     Command("/gru/glide", (Form((ArgSpec("seconds", "float", "portamento between legato notes", "s",
                                          0.0, MAX_GLIDE_S, clamp=True),)),),
-            "Portamento time of the monophonic GRU voice.", _gru_glide),
+            "Portamento time between legato notes of a one-voice GRU layer (`/gru/voices 1`).", _gru_glide),
     Command("/gru/temperature", (Form((ArgSpec(
         "temperature", "float", "the GRU samples each 16 kHz sample from softmax(logits / temperature): "
         "0 = argmax (cleanest, steadiest pitch), 1 = the trained distribution, higher = breathier",
         "", 0.0, MAX_TEMPERATURE),)),),
-            "Sampling temperature of the monophonic GRU voice, applied at its sample (no smoothing). "
+            "Sampling temperature of the GRU voices, applied at its sample (no smoothing). "
             "The start value is the model's `sampling_temperature` (metadata.json) or 1, or "
             "`--gru-temperature`.", _gru_temperature),
+    Command("/gru/voices", (Form((ArgSpec("n", "int", "notes the GRU layer plays at once (default 4)", "voices",
+                                          1, MAX_GRU_VOICES),)),),
+            "Number of GRU voices, each with its own recurrent state, pitch, glide and envelope; one "
+            "voice is monophonic with last-note priority. Sounding GRU notes are released "
+            "(not timed: acts on arrival).", _gru_voices, timed=False),
     _gain_command("/mix/sampler", "sampler", "the sampler (GAN bank) layer"),
     _gain_command("/mix/gru", "gru", "the GRU voice layer"),
     _gain_command("/master/gain", "master", "the master output (before the limiter)"),

@@ -389,3 +389,9 @@ def test_a_three_note_chord_sounds_its_three_pitches(voices):
     floor = np.median(spectrum[(hz > 100) & (hz < 250)])
     sounding = [peak(midi) > 30 * floor for midi in chord]
     assert sounding == ([True] * 3 if voices > 1 else [False, False, True])  # one voice: the last note
+
+
+def test_the_osc_voice_bound_is_the_layers():
+    from rt_engine.osc_registry import MAX_GRU_VOICES
+
+    assert MAX_GRU_VOICES == MAX_VOICES

@@ -95,6 +95,9 @@ class RecordingEngine:
     def gru_temperature(self, value, at_frame=None):
         return self._record("gru_temperature", value=value, at_frame=at_frame)
 
+    def gru_voices(self, n_voices):
+        return self._record("gru_voices", n_voices=n_voices)
+
     def set_gain(self, layer, gain, at_frame=None):
         return self._record("set_gain", layer=layer, gain=gain, at_frame=at_frame)
 
@@ -153,6 +156,7 @@ VALID_EXAMPLES = [
     ("/gru/glide", (0.1,), "gru_glide", {"seconds": 0.1}),
     ("/gru/temperature", (0.7,), "gru_temperature", {"value": 0.7}),
     ("/gru/temperature", (0,), "gru_temperature", {"value": 0.0}),
+    ("/gru/voices", (3,), "gru_voices", {"n_voices": 3}),
     ("/mix/sampler", (0.5,), "set_gain", {"layer": "sampler", "gain": 0.5}),
     ("/mix/gru", (0,), "set_gain", {"layer": "gru", "gain": 0.0}),
     ("/master/gain", (1.5,), "set_gain", {"layer": "master", "gain": 1.5}),
