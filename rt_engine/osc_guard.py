@@ -30,6 +30,9 @@ from typing import Iterable
 
 from rt_engine.commands import PENDING_CAPACITY
 
+MAX_CACHED_HOSTS = 4096
+"""Hosts whose access verdict `AccessPolicy` remembers."""
+
 
 @dataclass(frozen=True)
 class GuardConfig:
@@ -216,8 +219,17 @@ class AccessPolicy:
             except ValueError as error:
                 raise ValueError(f"--allow {text!r}: {error}") from None
         self.networks = tuple(networks)
+        self._verdicts: dict[str, bool] = {}  # host -> permits(host): parsing costs per packet
 
     def permits(self, host: str) -> bool:
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            if len(self._verdicts) >= MAX_CACHED_HOSTS:
+                self._verdicts.clear()
+            verdict = self._verdicts[host] = self._judge(host)
+        return verdict
+
+    def _judge(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

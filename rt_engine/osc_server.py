@@ -57,8 +57,10 @@ SWEEP_S = 0.25
 """How often the server thread checks its time limits (s)."""
 UDP_DRAIN = 1024
 """Datagrams read per wake-up before looking at the other sockets again."""
-UDP_BACKLOG = 512
+UDP_BACKLOG = 2048
 """Datagrams of one source waiting to be handled; beyond, new ones are dropped and counted."""
+UDP_BACKLOG_BYTES = 16 << 20
+"""Bytes of datagrams waiting, all sources together; beyond, new ones are dropped and counted."""
 UDP_QUANTUM = 16
 """Datagrams of one source handled per round: sources take turns (deficit round robin), so a
 flooding sender delays another's packet by a round, not by its whole backlog."""
@@ -403,6 +405,7 @@ class OscServer:
         self._notify: dict[tuple, _Watcher] = {}
         self._clients: dict[socket.socket, _TcpClient] = {}
         self._backlog: dict[tuple, collections.deque] = {}  # UDP source -> datagrams waiting
+        self._backlog_bytes = 0
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -565,11 +568,12 @@ class OscServer:
             queue = self._backlog.get(key)
             if queue is None:
                 queue = self._backlog[key] = collections.deque()
-            if len(queue) >= UDP_BACKLOG:
+            if len(queue) >= UDP_BACKLOG or self._backlog_bytes + len(data) > UDP_BACKLOG_BYTES:
                 self.counters["osc_packets"] += 1
                 self.counters["osc_dropped"] += 1
                 continue
             queue.append(data)
+            self._backlog_bytes += len(data)
 
     def _serve_backlog(self) -> None:
         """One round: up to UDP_QUANTUM packets of each source with a backlog."""
@@ -578,7 +582,9 @@ class OscServer:
             target = (key[1], self.reply_port or key[2])
             origin = _Origin(key, lambda packet, t=target: self._udp_send(packet, t))
             for _ in range(min(UDP_QUANTUM, len(queue))):
-                self._handle_packet(queue.popleft(), origin)
+                data = queue.popleft()
+                self._backlog_bytes -= len(data)
+                self._handle_packet(data, origin)
             if not queue:
                 del self._backlog[key]
 
