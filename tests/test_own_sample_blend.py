@@ -15,12 +15,12 @@ from tests.test_gan_bank import make_tiny_model
 RATE = 16_000
 
 
-def harmonic_note(pitch: float, n_samples: int = RATE, first_harmonic: int = 1) -> np.ndarray:
+def harmonic_note(pitch: float, n_samples: int = RATE, first_harmonic: int = 1, rate: int = RATE) -> np.ndarray:
     """A decaying tone with harmonics 1/k from `first_harmonic` up to Nyquist, float32 [n_samples]."""
-    t = np.arange(n_samples) / RATE
+    t = np.arange(n_samples) / rate
     f0_hz = float(midi_to_hz(pitch))
     tone = sum(np.sin(2 * np.pi * k * f0_hz * t + k) / k
-               for k in range(first_harmonic, 30) if k * f0_hz < RATE / 2)
+               for k in range(first_harmonic, 30) if k * f0_hz < rate / 2)
     return (tone * np.exp(-2.0 * t)).astype(np.float32)
 
 
@@ -49,9 +49,10 @@ def test_resampling_moves_a_tone_by_the_interval(semitones):
     assert abs(1200 * np.log2(peak_hz(moved[:RATE // 4]) / expected_hz)) < 5.0
 
 
+@pytest.mark.parametrize("rate", [16_000, 32_000])
 @pytest.mark.parametrize("pitch", [24.0, 36.0, 47.3, 60.0, 72.0, 96.0])
-def test_yin_finds_the_pitch_of_harmonic_tones(pitch):
-    assert abs(estimate_pitch_midi(harmonic_note(pitch), RATE) - pitch) < 0.15
+def test_yin_finds_the_pitch_of_harmonic_tones_at_any_rate(pitch, rate):
+    assert abs(estimate_pitch_midi(harmonic_note(pitch, rate, rate=rate), rate) - pitch) < 0.15
 
 
 def test_yin_finds_a_missing_fundamental_and_rejects_noise():

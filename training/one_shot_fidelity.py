@@ -8,7 +8,8 @@ reference pitch (MIDI 60) goes through the one-shot timbre path of the model
 bank is rendered at the comparison pitches (MIDI 36-84 every 4 semitones). Beside it, at the same
 pitches: the one-shot resampled (a plain sampler), the preset nearest in f, the preset of the same
 GM name (when the model has it), and the bank with the own-sample blend
-(`models.own_sample_blend`) for a few settings. Distance: RMS log-mel difference (dB) over the
+(`models.own_sample_blend`) for each of BLEND_CANDIDATES, centred as the live path centres it (on
+the input's estimated pitch) and on the known reference pitch. Distance: RMS log-mel difference (dB) over the
 first 0.5 s to the font's real note at each pitch (`training.evaluation.log_mel_distance_db`),
 averaged over the pitches. The font is rendered at the model's own rate and note length and
 preprocessed as the training data is.
@@ -23,7 +24,7 @@ Public API:
     is_held_out(program, config) -> bool
     head_distance_db(a [n, n_samples], b [n, n_samples], config, seconds) -> float64 [n] (dB)
     render_font_notes(sf2, programs, pitches, sample_rate, n_samples, velocity) -> {program: {pitch: [n_samples]}}
-    instrument_fidelity(source, reference, real, pitches, ...) -> dict     one instrument's distances
+    instrument_fidelity(source, h, one_shot, real, preset_bank, ...) -> dict   one instrument's distances
     summarise(records) -> dict                                              per-method means and win shares
     evaluate_one_shot_fidelity(model_dir, sf2, out_dir, config) -> dict     renders the font, writes JSON + PNG
     fidelity_of_notes(source, font_notes, out_dir, config) -> dict          the same on given notes
@@ -45,15 +46,19 @@ from models.bank_source import TimbreRequest
 from models.features import denormalise_log_mel, log_mel
 from models.gan_bank import GanBankSource
 from models.one_shot import load_one_shot
-from models.own_sample_blend import OwnSampleBlend, blend_own_sample, estimate_pitch_midi, resample_to_pitch
+from models.own_sample_blend import (OwnSampleBlend, blend_rows, estimate_pitch_midi, own_sample_weights,
+                                     resample_to_pitch)
 from training.evaluation import log_mel_distance_db
 from training.sf2_render import (GM_PROGRAM_NAMES, SILENCE_PEAK, open_soundfont, preprocess_note,
                                  render_program_notes)
 
 DEFAULT_SF2 = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 BLEND_CANDIDATES = (OwnSampleBlend(0.5, 0.0), OwnSampleBlend(1.0, 2.0), OwnSampleBlend(3.0, 2.0),
-                    OwnSampleBlend(6.0, 2.0))
+                    OwnSampleBlend(6.0, 2.0), OwnSampleBlend(9.0, 2.0), OwnSampleBlend(12.0, 2.0))
 """Own-sample blend settings the evaluation compares (interval, crossfade in semitones)."""
+REFERENCE_PITCH_SUFFIX = "_at_reference_pitch"
+"""Key suffix of a blend centred on the known reference pitch instead of the input's estimated
+pitch: what a user who names the input's pitch would get (not a choice the live path can make)."""
 FIGURE_PITCHES = (36, 48, 60, 72, 84)
 
 
@@ -121,9 +126,14 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
              "nearest_preset": preset_bank(nearest, pitches)}
     if same_name is not None:
         banks["same_named_preset"] = preset_bank(same_name, pitches)
-    for blend in BLEND_CANDIDATES:
-        banks[_blend_key(blend)] = blend_own_sample(generated, pitches, one_shot, source_pitch, source.sample_rate,
-                                                    blend)
+    own = (np.stack([resample_to_pitch(one_shot, p - source_pitch, source.sample_rate) for p in pitches])
+           if np.isfinite(source_pitch) else None)
+    for blend in BLEND_CANDIDATES:  # as the one-shot bank path blends (`blend_own_sample`), rows resampled once
+        key = _blend_key(blend)
+        banks[key] = generated if own is None else blend_rows(generated, own,
+                                                              own_sample_weights(pitches, source_pitch, blend))
+        banks[key + REFERENCE_PITCH_SUFFIX] = blend_rows(generated, banks["resampled"],
+                                                         own_sample_weights(pitches, config.reference_pitch, blend))
     flat = head_distance_db(np.concatenate(list(banks.values())), np.tile(target, (len(banks), 1)), source.config,
                             config.seconds).reshape(len(banks), len(pitches))
     distances = dict(zip(banks, flat))
