@@ -1,7 +1,8 @@
 """Agreement of the sample-level GRU with the GAN it was trained on (Sound Model Factory, sec. 5).
 
 For every grid point (x, y) and MIDI pitch the GAN renders its note (`GanBankSource`, the teacher)
-and the GRU generates its own from the same (x, y, pitch) conditioning (`stream_generate`). Measured:
+and the GRU generates its own from the same (x, y, pitch) conditioning (`stream_generate`); a GAN at
+another rate than the GRU's is resampled to the GRU's, where both are compared. Measured:
 - pitch accuracy of both (pyin voiced-median f0 within +-50 cents of the nominal pitch,
   `training.evaluation.pitch_accuracy`), side by side at the same points;
 - the log-mel distance (dB) between each GRU note and its GAN note, and as a reference scale the
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from training.evaluation import pitch_accuracy
 
@@ -132,16 +135,20 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     started = time.perf_counter()
     gan = GanBankSource.from_dir(model_dir)
     gru = load_gru(model_dir / "gru")
-    if gru.config.sample_rate != gan.sample_rate:
-        raise ValueError(f"{model_dir}: GRU rate {gru.config.sample_rate} Hz differs from the GAN's {gan.sample_rate} Hz")
+    rate = int(gru.config.sample_rate)  # both voices are compared at the GRU's rate
+    divisor = math.gcd(rate, int(gan.sample_rate))
+    n_gan_samples = gan.n_samples * rate // int(gan.sample_rate)
     n_points, n_pitches = len(points), len(pitch_list)
-    n_gru_samples = int(round(seconds * gan.sample_rate))
-    gan_notes = np.zeros((n_pitches, n_points, gan.n_samples), np.float32)
+    n_gru_samples = int(round(seconds * rate))
+    gan_notes = np.zeros((n_pitches, n_points, n_gan_samples), np.float32)
     gru_notes = np.zeros((n_pitches, n_points, n_gru_samples), np.float32)
     with torch.no_grad(), tqdm(total=n_points * (n_pitches + 1), desc="GRU vs GAN notes",
                                disable=not progress) as bar:
         for j, (x, y) in enumerate(points):
-            gan_notes[:, j] = gan.render_bank(TimbreRequest(kind="xy", x=float(x), y=float(y)), pitch_list)
+            bank = gan.render_bank(TimbreRequest(kind="xy", x=float(x), y=float(y)), pitch_list)
+            if rate != gan.sample_rate:
+                bank = resample_poly(bank, rate // divisor, int(gan.sample_rate) // divisor, axis=1)
+            gan_notes[:, j] = bank[:, :n_gan_samples]
             bar.update()
             for k, pitch in enumerate(pitch_list):
                 conditioning = np.tile(np.array([x, y, pitch], np.float32), (n_gru_samples, 1))
@@ -149,13 +156,13 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
                 bar.update()
 
     flat_pitches = np.repeat(pitch_list, n_points)
-    gan_accuracy, gan_cents = pitch_accuracy(gan_notes.reshape(-1, gan.n_samples), flat_pitches,
-                                             gan.sample_rate, TOLERANCE_CENTS)
+    gan_accuracy, gan_cents = pitch_accuracy(gan_notes.reshape(-1, n_gan_samples), flat_pitches,
+                                             rate, TOLERANCE_CENTS)
     gru_accuracy, gru_cents = pitch_accuracy(gru_notes.reshape(-1, n_gru_samples), flat_pitches,
-                                             gan.sample_rate, TOLERANCE_CENTS)
+                                             rate, TOLERANCE_CENTS)
     # [k, i, j]: GRU note of point i vs GAN note of point j; GAN vs GAN for the reference scale
-    gru_to_gan = np.stack([log_mel_distance_db(gru_notes[k], gan_notes[k], gan.sample_rate) for k in range(n_pitches)])
-    gan_to_gan = np.stack([log_mel_distance_db(gan_notes[k], gan_notes[k], gan.sample_rate) for k in range(n_pitches)])
+    gru_to_gan = np.stack([log_mel_distance_db(gru_notes[k], gan_notes[k], rate) for k in range(n_pitches)])
+    gan_to_gan = np.stack([log_mel_distance_db(gan_notes[k], gan_notes[k], rate) for k in range(n_pitches)])
     upper = np.triu(np.ones((n_points, n_points), dtype=bool), k=1)
     own = np.diagonal(gru_to_gan, axis1=1, axis2=2)
 
@@ -167,6 +174,7 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
         "grid_points": points.tolist(),
         "pitches": pitch_list,
         "seconds": seconds,
+        "compared_at_hz": rate,
         "temperature": temperature,
         "seed": seed,
         "tolerance_cents": TOLERANCE_CENTS,
