@@ -488,6 +488,7 @@ class OscServer:
         status["osc_notify_clients"] = len(self._notify)
         status["osc_sources"] = len(self._sources)
         status["osc_dated_ahead"] = len(self._dated)
+        status["osc_backlog"] = sum(len(queue) for queue in list(self._backlog.values()))
         return status
 
     # -- the thread
