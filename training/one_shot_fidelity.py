@@ -262,7 +262,7 @@ def write_fidelity_figure(records: list[dict], notes: list[dict], spectral_confi
                 if index == 0 and k == 0:
                     axis.set_title(f"MIDI {pitch}", fontsize=7)
     fig.suptitle("one-shot at MIDI 60 -> bank: real vs model vs resampled (log-mel dB)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(png_path, dpi=60)
     plt.close(fig)
 
