@@ -70,7 +70,7 @@ def test_an_osc_note_sounds_at_440_hz_within_the_declared_latency(jack_server):
         assert latency_s < 2 * PERIOD / RATE + 0.1
         start = onset - capture.first_frame + RATE // 10
         note = capture.buffer[0, start:start + RATE // 2]
-        # the engine's own harmonic-sum pitch measure: the A4 bank note, resampled 16 -> 48 kHz and
+        # the engine's own harmonic-sum pitch measure: the A4 bank note, resampled to 48 kHz and
         # played through JACK, is in tune (a rate mismatch would be hundreds of cents off: NaN here).
         # The strongest spectral peak is not a pitch: the shipped GAN's A4 at the grid centre has its
         # 2nd harmonic as strong as the fundamental, and its lowest partial sits ~12 cents above
