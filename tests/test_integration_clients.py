@@ -26,7 +26,7 @@ import pytest
 
 from rt_engine.bank_tuning import measure_detune_cents
 from rt_engine.osc_registry import REGISTRY
-from rt_engine.osc_server import IMMEDIATE, encode_bundle, encode_message, unix_to_timetag
+from rt_engine.osc_codec import IMMEDIATE, encode_bundle, encode_message, unix_to_timetag
 from tests.serve_process import ServeProcess
 from tests.test_patches import free_port
 

@@ -17,9 +17,9 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.parsing.ntp import system_time_to_ntp
 
-from rt_engine.osc_server import (IMMEDIATE, Bundle, Message, OscDecodeError, OscServer, decode_packet,
-                                  encode_bundle, encode_message, flatten, slip_decode, slip_encode,
-                                  timetag_to_unix, unix_to_timetag)
+from rt_engine.osc_codec import (IMMEDIATE, Bundle, Message, OscDecodeError, decode_packet, encode_bundle, encode_message,
+                                 flatten, slip_decode, slip_encode, timetag_to_unix, unix_to_timetag)
+from rt_engine.osc_server import OscServer
 from rt_engine.osc_guard import GuardConfig
 from tests.test_osc_registry import RecordingEngine
 

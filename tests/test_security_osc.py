@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from rt_engine.osc_guard import AccessPolicy, GuardConfig
-from rt_engine.osc_server import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag
+from rt_engine.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag
 from rt_engine.serve_command import network_warning
 from rt_engine.sound_access import OUTSIDE
 from tests.serve_process import ServeProcess
