@@ -4,6 +4,7 @@ Public API:
     exponential_fade(n_samples, sample_rate, fade_seconds, decay) -> float32 [n_samples] gain curve
     preprocess_note(audio [n_samples], sample_rate, fade_seconds, decay) -> float32 [n_samples]
         GANStrument's preprocessing: peak normalisation (peak 1.0), then the exponential fade-out
+    read_sound_file(path, what) -> (float32 [n_samples, n_channels], rate Hz), clear errors naming the file
     load_one_shot(path, sample_rate, n_samples) -> float32 [n_samples] (a sound file, preprocessed)
 """
 from __future__ import annotations
@@ -36,17 +37,25 @@ def preprocess_note(audio: np.ndarray, sample_rate: int, fade_seconds: float, de
     return faded
 
 
+def read_sound_file(path: str | Path, what: str = "audio") -> tuple[np.ndarray, int]:
+    """Samples of the sound file at `path`: (float32 [n_samples, n_channels], rate (Hz)). A missing
+    file raises FileNotFoundError, an unreadable one ValueError, each naming `what` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile raises several types for bad files
+        raise ValueError(f"cannot read {what} file {path}: {error}") from error
+    return audio, int(rate)
+
+
 def load_one_shot(path: str | Path, sample_rate: int, n_samples: int) -> np.ndarray:
     """A one-shot sound file -> float32 [n_samples] at `sample_rate` (Hz): mono, resampled, leading
     silence (below -60 dB of the peak) trimmed, cut or zero-padded, then the training data's
     preprocessing (peak normalisation, exponential fade-out)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"timbre audio file not found: {path}")
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises several types for bad files
-        raise ValueError(f"cannot read audio file {path}: {error}") from error
+    audio, rate = read_sound_file(path, "timbre audio")
     mono = audio.mean(axis=1)
     if mono.size == 0 or not np.all(np.isfinite(mono)) or np.abs(mono).max() <= 0:
         raise ValueError(f"audio file {path} is empty, silent or holds non-finite samples")

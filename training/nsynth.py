@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from models.one_shot import read_sound_file
 from training.sf2_render import SILENCE_PEAK, preprocess_note
 
 NSYNTH_SAMPLE_RATE = 16_000
@@ -49,14 +50,7 @@ def read_examples(split_dir: str | Path) -> dict:
 
 
 def _read_note(path: Path, n_samples: int) -> np.ndarray:
-    import soundfile
-
-    if not path.is_file():
-        raise FileNotFoundError(f"NSynth audio file not found: {path}")
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises several types for bad files
-        raise ValueError(f"cannot read NSynth audio file {path}: {error}") from error
+    audio, rate = read_sound_file(path, "NSynth audio")
     if rate != NSYNTH_SAMPLE_RATE:
         raise ValueError(f"{path}: sample rate {rate} Hz, NSynth is {NSYNTH_SAMPLE_RATE} Hz")
     mono = audio.mean(axis=1)[:n_samples]
