@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.timbre_sources import DEFAULT_MODEL_DIR  # noqa: E402 (after the checkout joins sys.path)
 
 
-def _median_ms(function, repeats: int) -> float:
+def median_ms(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -101,10 +101,10 @@ def main() -> int:
 
         for warm_up in (features, generate_one, invert_one, generate_88, invert_88):
             warm_up()  # compile Numba kernels, build the mel inverter, warm torch
-        timings = {name: _median_ms(function, args.repeats) for name, function in
+        timings = {name: median_ms(function, args.repeats) for name, function in
                    (("features_ms", features), ("generator_one_ms", generate_one), ("inversion_one_ms", invert_one),
                     ("generator_88_ms", generate_88), ("inversion_88_ms", invert_88))}
-        baseline_ms = _median_ms(baseline_invert_88, max(1, args.repeats // 2))
+        baseline_ms = median_ms(baseline_invert_88, max(1, args.repeats // 2))
     first_note_ms = timings["features_ms"] + timings["generator_one_ms"] + timings["inversion_one_ms"]
     bank_ms = timings["generator_88_ms"] + timings["inversion_88_ms"]
     report = {

@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bench.bank import median_ms  # noqa: E402
 from models.bank_source import KEYBOARD_PITCHES  # noqa: E402
 from models.features import log_mel  # noqa: E402
 from models.gan import GanConfig  # noqa: E402
@@ -54,15 +54,6 @@ def _render(sf2: str, rate: int, programs, pitches) -> tuple[np.ndarray, list[in
                 notes.append(preprocess_note(raw, rate, 0.1, 5.0))
                 kept.append(int(pitch))
     return np.stack(notes), kept
-
-
-def _median_ms(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(1000.0 * (time.perf_counter() - started))
-    return float(np.median(times))
 
 
 def _spectral_config(rate: int) -> GanConfig:
@@ -94,7 +85,7 @@ def measure_rate(sf2: str, rate: int, pitches, repeats: int) -> dict:
         log_mel_to_audio(keyboard_x, config, pitches=keyboard_pitches)
 
     invert_88()  # compile and build the inverter once
-    inversion_ms = _median_ms(invert_88, repeats)
+    inversion_ms = median_ms(invert_88, repeats)
     return {
         "sample_rate": rate, "n_fft": config.n_fft, "hop_length": config.hop_length, "n_frames": config.n_frames,
         "n_mels": config.n_mels, "mel_top_hz": rate / 2, "n_notes": len(kept),
