@@ -20,8 +20,10 @@ from training.train_gru import (
     load_train_config,
     pitch_report,
     prepare_dataset,
+    render_retuned,
     train_gru,
 )
+from rt_engine.bank_tuning import measure_detune_cents
 
 SAMPLE_RATE = 16000
 TINY_CONFIG = DEFAULT_CONFIG.parent / "gru_tiny.json"
@@ -207,3 +209,25 @@ def test_shipped_gru_loads_and_plays_a_finite_audible_note():
     mu, _ = model.sample(conditioning, temperature=1.0, seed=0)
     audio = mu_law_decode(mu.numpy()[0])
     assert np.all(np.isfinite(audio)) and np.sqrt(np.mean(audio[1000:] ** 2)) > 0.01
+
+
+class DetunedSource:
+    """A 32 kHz stand-in for the GAN: 0.5 s harmonic tones 30 cents sharp of the asked pitch."""
+
+    sample_rate = 32000
+
+    def render_conditioning(self, h, pitches, seed=0):
+        time_s = np.arange(16000) / self.sample_rate
+        f0_hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64)[:, None] - 69 + 0.30) / 12)
+        return (np.sin(2 * np.pi * f0_hz * time_s) + 0.5 * np.sin(4 * np.pi * f0_hz * time_s)).astype(np.float32)
+
+
+def test_gru_renders_are_retuned_and_resampled_to_the_gru_rate():
+    pitches = np.array([48, 60, 72])
+    source = DetunedSource()
+    before = measure_detune_cents(source.render_conditioning(None, pitches), pitches, source.sample_rate)
+    audio = render_retuned(source, np.zeros((3, 2), np.float32), pitches, SAMPLE_RATE)
+    after = measure_detune_cents(audio, pitches, SAMPLE_RATE)
+    assert audio.shape == (3, 8000) and audio.dtype == np.float32
+    np.testing.assert_allclose(before, 30.0, atol=2.0)
+    np.testing.assert_allclose(after, 0.0, atol=2.0)

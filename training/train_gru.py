@@ -59,6 +59,9 @@ class GruTrainConfig:
     clip_seconds: float = 1.0
     peak: float = 0.9
     render_seed: int = 0
+    sample_rate: int = 16_000
+    """The GRU's rate (Hz). G's renders are retuned as the banks are (`rt_engine.bank_tuning`) and
+    resampled to it; 0 keeps the GAN's rate. A sample-level GRU costs in proportion to its rate."""
     window: int = 256
     batch_size: int = 128
     steps: int = 100_000
@@ -203,11 +206,34 @@ def prepare_dataset(config: GruTrainConfig, progress: bool = True):
                                        clip_start_s=config.clip_start_s,
                                        clip_seconds=config.clip_seconds, peak=config.peak, seed=config.render_seed)
 
-        def render(h: np.ndarray, pitches: np.ndarray) -> np.ndarray:
-            return source.render_conditioning(h, pitches, seed=config.render_seed)
+        rate = config.sample_rate or source.sample_rate
 
-        build_gru_dataset(folder, grid.nodes, render, source.sample_rate, data_config, progress=progress)
-    return GruDataset(folder, window=config.window)
+        def render(h: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+            return render_retuned(source, h, pitches, rate, seed=config.render_seed)
+
+        build_gru_dataset(folder, grid.nodes, render, rate, data_config, progress=progress)
+    dataset = GruDataset(folder, window=config.window)
+    if config.sample_rate and dataset.sample_rate != config.sample_rate:
+        raise ValueError(f"GRU dataset {folder} is at {dataset.sample_rate} Hz, the config asks for "
+                         f"{config.sample_rate} Hz: point dataset_dir at a new folder to render it")
+    return dataset
+
+
+def render_retuned(source, h: np.ndarray, pitches: np.ndarray, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """G's notes for conditionings h [batch, dim] at MIDI pitches [batch], retuned to their nominal
+    pitch as the engine's banks are, at `sample_rate` (Hz): float32 [batch, n_samples]."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    from rt_engine.bank_tuning import measure_detune_cents, retune
+
+    audio = source.render_conditioning(h, pitches, seed=seed)
+    audio = retune(audio, measure_detune_cents(audio, pitches, source.sample_rate))
+    if sample_rate != source.sample_rate:
+        ratio = Fraction(int(sample_rate), int(source.sample_rate))
+        audio = resample_poly(audio, ratio.numerator, ratio.denominator, axis=1)
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def _optimizer_tensors(optimizer) -> dict:
