@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rt_engine.audio_backends import connect_ports  # noqa: E402
-from rt_engine.osc_codec import encode_message# noqa: E402
+from rt_engine.osc_codec import encode_message  # noqa: E402
 from tests.serve_process import ServeProcess  # noqa: E402
 from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSender  # noqa: E402
 
@@ -168,7 +168,7 @@ def _start_serve(server, port: int, gru: str, callback: str, checkout: Path) -> 
         command += ["--audio-callback", callback]
     serve = ServeProcess(command, port, env, 600.0, cwd=checkout)
     audio = " / ".join(line.strip() for line in serve.output
-                       if line.startswith(("audio:", "GRU voice:")))
+                       if line.startswith(("audio:", "GRU voice:", "MIDI input:")))
     return serve, audio
 
 

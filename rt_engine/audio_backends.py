@@ -17,7 +17,9 @@ a preallocated ring, a writer thread drains it to the file, off the audio thread
 The JACK and PortAudio backends run the native callback (`rt_engine.native_audio`: machine code
 calling the block kernel, no Python and no GIL per block) and fall back to a Python callback
 around `Engine.process` where it cannot load, or with a recorder; `backend.callback` ("native" or
-"python") and `callback_note` (why the fallback) say which one runs.
+"python") and `callback_note` (why the fallback) say which one runs. The JACK backend's native
+callback can also read JACK MIDI (`reads_midi`): a MIDI input port `latentsynth` on the same
+client, read in the callback (`rt_engine.native_midi`); `backend.native_midi` is set while it does.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ import numpy as np
 from rt_engine import native_audio
 
 AUDIO_CHOICES = "auto|DEVICE|jack|null"
+MIDI_PORT_NAME = "latentsynth"
+"""The JACK MIDI input port the native callback reads (named like rtmidi's virtual port)."""
 
 
 class Recorder:
@@ -107,6 +111,12 @@ class _Backend:
         self.recorder: Recorder | None = None
         self.callback = "python"
         self.callback_note = ""
+        self.native_midi = None  # rt_engine.native_midi.NativeMidi while the callback reads MIDI
+
+    def reads_midi(self, native_midi, recorder: Recorder | None = None) -> bool:
+        """Ask the native callback to read MIDI into `native_midi` once started; True when it
+        will (a JACK backend whose native callback loads and no recorder), else False."""
+        return False
 
     def _render(self, n_frames: int) -> np.ndarray:
         out = self.engine.process(n_frames)
@@ -262,6 +272,18 @@ class JackBackend(_Backend):
         self._ports = [self._client.outports.register(f"out_{k}") for k in (1, 2)]
         self._client.set_xrun_callback(self._xrun)
         self._connect = connect
+        self._midi_wanted = None
+
+    @property
+    def client(self):
+        """The JACK client (jack.Client)."""
+        return self._client
+
+    def reads_midi(self, native_midi, recorder: Recorder | None = None) -> bool:
+        if not self._want_native or recorder is not None or native_audio.native_available():
+            return False
+        self._midi_wanted = native_midi
+        return True
 
     def _process(self, frames: int) -> None:
         out = self._render(frames)
@@ -280,12 +302,18 @@ class JackBackend(_Backend):
             def address(pointer) -> int:
                 return int(jack._ffi.cast("uintptr_t", pointer))
 
+            midi = self._midi_wanted
+            midi_port = self._client.midi_inports.register(MIDI_PORT_NAME) if midi else None
             try:
-                native_audio.register_jack_process(address(self._client._ptr), block,
-                                                   [address(port._ptr) for port in self._ports])
+                native_audio.register_jack_process(
+                    address(self._client._ptr), block, [address(port._ptr) for port in self._ports],
+                    midi, address(midi_port._ptr) if midi_port else 0)
                 self._adopt_native(block)
+                self.native_midi = midi
             except OSError as error:
                 self.callback_note = str(error)
+                if midi_port is not None:
+                    midi_port.unregister()
         if self.callback != "native":
             self._client.set_process_callback(self._process)
         self._client.activate()

@@ -11,6 +11,12 @@ the callback adopts a staged set that is not already its own (a copy without all
 the reference, and the old arrays are dropped later off the audio thread. A change staged while the
 callback adopts the previous one is adopted at the next block.
 
+Held notes: one table keyed by note id (`rt_engine.held_notes.HeldNotes`, bounded by the polyphony)
+that `note_on`/`note_off`/`note_pitch` write once under the control lock; the sampler voices (the
+command record carries the id), the stream layer (each note's id, and with a release the newest
+note still held) and the bank manager's boost (the held pitches) all read it. A note without an id
+gets one from its channel and pitch.
+
 Latency the engine adds (reported by `status()["latency_s"]`): one block of scheduling (an
 undated command waits for the next block start) plus the backend's declared output latency. The
 limiter has no look-ahead. A stream layer's own render-ahead is reported as `gru_latency_s`.
@@ -28,6 +34,7 @@ from rt_engine.commands import (
     COMMAND_DTYPE, DEFAULT_ADSR, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
     CommandKind, CommandQueue, Counter, channel_slot,
 )
+from rt_engine.held_notes import HeldNotes, pitch_note_id
 
 PRESET_ADSR = {
     "organ": (0.01, 0.1, 1.0, 0.08),
@@ -62,6 +69,7 @@ class Engine:
         self.output_latency_s = 0.0
         self._xruns = np.zeros(1, dtype=np.int64)  # counted by the backend (native or Python)
         self.audio_callback = "none"  # which callback renders: "native" or "python" (backend)
+        self.midi_input = "none"      # which MIDI path runs: "native-jack", "rtmidi" (serve)
         self.native_block = None      # rt_engine.native_audio.NativeBlock when a native one does
         self.block = self.max_block
         self._pending = np.zeros(PENDING_CAPACITY, dtype=COMMAND_DTYPE)
@@ -81,7 +89,7 @@ class Engine:
         self._sinc = vk.make_sinc_table()
         self._cpu = np.zeros(2)            # (smoothed load, peak load) of the callback
         self._clock = np.full(1, np.nan)   # estimated wall time of frame 0 (s since epoch)
-        self._held: dict[tuple[int, float], int] = {}
+        self._held = HeldNotes(self.polyphony)  # the one held-note table (rt_engine.held_notes)
         self._control_lock = threading.Lock()
         self._timbre_generation = 0
         self.stream_layer = stream_layer
@@ -211,71 +219,89 @@ class Engine:
 
     # ---- EngineControl: notes -----------------------------------------------------------
     def note_on(self, pitch: float, velocity: float, note_id: int = -1, channel: int = -1,
-                at_frame: int | None = None) -> bool:
+                at_frame: int | None = None, applied: bool = False) -> bool:
+        # applied (note_on, note_off, pitch_bend): the native callback already applied the command
+        # at its frame (JACK MIDI read in the callback); only the control-side work runs here
         if velocity <= 0:  # the one place "velocity 0 is off" is decided (OSC and MIDI alike)
             if note_id >= 0:
-                return self.note_off(note_id=note_id, channel=channel, at_frame=at_frame)
-            return self.note_off(pitch=pitch, channel=channel, at_frame=at_frame)
+                return self.note_off(note_id=note_id, channel=channel, at_frame=at_frame, applied=applied)
+            return self.note_off(pitch=pitch, channel=channel, at_frame=at_frame, applied=applied)
         velocity = min(max(float(velocity), 1.0), 127.0)
         slot = channel_slot(channel)
+        key = note_id if note_id >= 0 else pitch_note_id(slot, pitch)
         with self._control_lock:
-            self._held[(slot, float(pitch))] = note_id
-            self.banks.note_requested(pitch, [p for _, p in self._held])
-        if self.stream_layer is not None:
-            self.stream_layer.note_on(pitch, velocity, self._layer_frame(at_frame))
-        return self._push(CommandKind.NOTE_ON, at_frame, channel, note_id, pitch, velocity)
+            forgotten = self._held.press(key, float(pitch), slot)
+            self.banks.note_requested(pitch, self._held.pitches())
+            if self.stream_layer is not None:
+                frame = self._layer_frame(at_frame)
+                self._layer_release(forgotten, frame)
+                self.stream_layer.note_on(key, float(pitch), velocity, frame)
+        return applied or self._push(CommandKind.NOTE_ON, at_frame, channel, note_id, pitch, velocity)
 
     def note_off(self, pitch: float | None = None, note_id: int | None = None, channel: int = -1,
-                 at_frame: int | None = None) -> bool:
+                 at_frame: int | None = None, applied: bool = False) -> bool:
         if (pitch is None) == (note_id is None):
             raise ValueError("note_off needs exactly one of pitch or note_id")
         slot = channel_slot(channel)
         with self._control_lock:
-            for key, held_id in list(self._held.items()):
-                if (note_id is not None and held_id == note_id) or (
-                        pitch is not None and key[1] == float(pitch) and (slot == 0 or key[0] == slot)):
-                    if self.stream_layer is not None:
-                        self.stream_layer.note_off(key[1], self._layer_frame(at_frame))
-                    del self._held[key]
+            if note_id is not None:
+                released = [int(note_id)] if self._held.release(int(note_id)) is not None else []
+            else:
+                released = self._held.release_pitch(float(pitch), slot)
+            if self.stream_layer is not None:
+                self._layer_release(released, self._layer_frame(at_frame))
+        if applied:
+            return True
         if note_id is not None:
             return self._push(CommandKind.NOTE_OFF_ID, at_frame, channel, int(note_id))
         return self._push(CommandKind.NOTE_OFF_PITCH, at_frame, channel, -1, float(pitch))
 
+    def _layer_release(self, note_ids: list[int], frame: int | None) -> None:
+        """Tell the stream layer that `note_ids` were released (control lock held), each with the
+        newest note still held, which a monophonic layer falls back to."""
+        newest = self._held.newest()
+        fallback = None if newest is None else (newest.note_id, newest.pitch)
+        for note_id in note_ids:
+            self.stream_layer.note_off(note_id, frame, fallback)
+
     def note_pitch(self, note_id: int, pitch: float, glide_s: float = 0.0,
                    at_frame: int | None = None) -> bool:
-        if self.stream_layer is not None:
-            self.stream_layer.note_pitch(pitch, glide_s, self._layer_frame(at_frame))
+        with self._control_lock:
+            self._held.set_pitch(int(note_id), float(pitch))
+            if self.stream_layer is not None:
+                self.stream_layer.note_pitch(int(note_id), float(pitch), max(glide_s, 0.0),
+                                             self._layer_frame(at_frame))
         return self._push(CommandKind.NOTE_PITCH, at_frame, -1, int(note_id), pitch, max(glide_s, 0.0))
 
-    def pitch_bend(self, channel: int, semitones: float, at_frame: int | None = None) -> bool:
+    def pitch_bend(self, channel: int, semitones: float, at_frame: int | None = None,
+                   applied: bool = False) -> bool:
         channel_slot(channel)
         if self.stream_layer is not None:
             self.stream_layer.pitch_bend(semitones, self._layer_frame(at_frame))
-        return self._push(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones))
+        return applied or self._push(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones))
 
     def sustain(self, channel: int, down: bool, at_frame: int | None = None) -> bool:
         channel_slot(channel)
         return self._push(CommandKind.SUSTAIN, at_frame, channel, -1, 1.0 if down else 0.0)
 
     def all_notes_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
-        self._forget_held(channel)
+        self._forget_held(channel, at_frame)
         return self._push(CommandKind.ALL_NOTES_OFF, at_frame, channel)
 
     def all_sound_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
-        self._forget_held(channel)
+        self._forget_held(channel, at_frame)
         return self._push(CommandKind.ALL_SOUND_OFF, at_frame, channel)
 
     def reset_controllers(self, channel: int = -1, at_frame: int | None = None) -> bool:
         channel_slot(channel)
         return self._push(CommandKind.RESET_CONTROLLERS, at_frame, channel)
 
-    def _forget_held(self, channel: int) -> None:
+    def _forget_held(self, channel: int, at_frame: int | None = None) -> None:
         slot = channel_slot(channel)
         with self._control_lock:
-            for key in [k for k in self._held if slot == 0 or k[0] == slot]:
-                if self.stream_layer is not None:
-                    self.stream_layer.note_off(key[1])
-                del self._held[key]
+            released = self._held.release_channel(slot)
+            if self.stream_layer is not None:
+                self._layer_release(released, self._layer_frame(at_frame))
 
     # ---- EngineControl: timbre, mix -----------------------------------------------------
     def _next_generation(self) -> int:
@@ -330,6 +356,10 @@ class Engine:
 
     def set_polyphony(self, n_voices: int) -> None:
         staged = self._allocate_voices(int(n_voices))  # stage 1: allocate here, off the audio thread
+        with self._control_lock:
+            forgotten = self._held.resize(int(n_voices))
+            if self.stream_layer is not None:
+                self._layer_release(forgotten, None)
         self._retired_voices = None                    # stage 4: drop what the callback swapped out
         if self.native_block is not None:              # stage 2-3 in the native table
             self.native_block.stage_voices(staged)
@@ -363,6 +393,7 @@ class Engine:
             "cpu_peak": round(cpu_peak, 4),  # since the previous status()
             "xruns": int(self.xruns),
             "audio_callback": self.audio_callback,
+            "midi_input": self.midi_input,
             "sample_rate": self.sample_rate,
             "block": int(self.block),
             "latency_s": round(self.latency_s, 6),

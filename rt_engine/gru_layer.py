@@ -15,12 +15,16 @@ plus the resampler delay) is what the engine adds to events so that they arrive 
 is rendered; events that arrive later apply at the next unrendered sample (counted in `late_events`).
 
 Voices (`set_voices`, default 4; `rt_engine.gru_voices`): each has its own recurrent state, pitch,
-glide and envelope; a new note takes a voice as the sampler's notes do (the same key, else a free
-voice, else the quietest released, else the oldest held: a steal, counted). With one voice the layer
-is monophonic with last-note priority over held notes: a new note while one is held glides over the
-portamento time (`set_glide`, legato) or, in retrigger mode (`set_legato(False)`), restarts the
-voice's recurrent state and attack; from silence a note starts at once from a fresh recurrent state.
-`note_pitch` glides the newest held note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend (every voice)
+glide and envelope and plays one note id (the engine's held-note table's, `rt_engine.held_notes`: two
+notes at one pitch with different ids are two voices). A new note takes a voice as the sampler's notes
+do (the same id, else a free voice, else the quietest released, else the oldest held: a steal,
+counted). With one voice the layer is monophonic with last-note priority over the held notes: a new
+note while one is held glides over the portamento time (`set_glide`, legato) or, in retrigger mode
+(`set_legato(False)`), restarts the voice's recurrent state and attack; from silence a note starts at
+once from a fresh recurrent state; releasing the sounding note glides to the fall-back the engine's
+table names with the release (its newest note still held). A stolen or retriggered note is not cut:
+a tail voice plays it on and fades it out over `FADE_S` (3 ms) while the new note starts.
+`note_pitch` glides its note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend (every voice)
 is smoothed by a one-pole (5 ms); the amplitude envelope is a linear attack/release, so the output is
 exactly zero once released and that voice's GRU stops running (idle costs only the resampler). The sampling
 temperature (`set_temperature`, 0 = argmax) steps at its event's sample, unsmoothed: a new
@@ -32,8 +36,8 @@ the gain reaches 0 (the engine's 5 ms gain smoothing fades it out meanwhile). Wh
 a sounding note restarts from a fresh recurrent state at that sample, as from silence.
 
 Bounds: pending events wait in a heap (ordered by model sample, then arrival; O(log n) per event) of at
-most `EVENT_CAPACITY`; held notes are at most the voices, or with one voice (the last-note-priority
-stack) `HELD_CAPACITY`, the oldest dropped first. Overflowing events are counted in `dropped_events`.
+most `EVENT_CAPACITY`; overflowing events are counted in `dropped_events`. The layer keeps no held-note
+list of its own: its voices hold at most `MAX_VOICES` notes, and the engine's table bounds the rest.
 """
 from __future__ import annotations
 
@@ -48,17 +52,18 @@ import numpy as np
 from models.gru_stream import gru_stream_sample, kernel_path, new_state
 from models.mu_law import mu_law_decode_table
 from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
-                                  C_PITCH, C_X, C_Y, GLIDES, N_CONTROL, GruVoice, allocate)
+                                  C_PITCH, C_PITCH_TARGET, C_X, C_Y, FADE_S, GLIDES, N_CONTROL, GruVoice,
+                                  allocate, hand_over)
 from rt_engine.stream_resampler import StreamResampler
 
-__all__ = ["GruLayer", "control_block", "control_block_reference", "N_CONTROL", "MAX_VOICES"]
+__all__ = ["GruLayer", "control_block", "control_block_reference", "FADE_S", "N_CONTROL", "MAX_VOICES"]
 EVENT_CAPACITY = 1024
 """Events waiting for the worker thread (queued, and pending in the heap); more are counted in
 `dropped_events` and dropped."""
-HELD_CAPACITY = 32
-"""Held notes remembered for last-note priority; a new note beyond them forgets the oldest."""
 MAX_VOICES = 16
 """Most GRU voices (`set_voices`)."""
+TAIL_VOICES = 2
+"""Tail voices that fade out stolen and retriggered notes."""
 MUTE_TAIL_S = 0.05
 """Seconds the GRU keeps running after its mix gain reaches 0 (10 time constants of the engine's
 5 ms gain smoothing: -87 dB)."""
@@ -137,8 +142,9 @@ class GruLayer:
         self._seed = int(seed)
         self._decode_table = mu_law_decode_table(weights.table.shape[0])
         self._voices = self._new_voices(0, self._checked_voices(voices))
+        self._tails = [GruVoice(weights, self._seed + MAX_VOICES + index, self.model_rate_hz, self.attack_s,
+                                self.release_s, self.smooth_s) for index in range(TAIL_VOICES)]
         self._note_count = 0
-        self._held: list[list[float]] = []  # one voice: the last-note-priority stack [key, sounding pitch]
         self._events: collections.deque = collections.deque()
         self._pending: list[tuple] = []  # heap of (model sample, arrival count, event)
         self._mix_gain = 1.0
@@ -223,14 +229,15 @@ class GruLayer:
         else:
             self._events.append(event)
 
-    def note_on(self, pitch: float, velocity: float, at_frame: int | None = None) -> None:
-        self._post((at_frame, "on", float(pitch), float(velocity)))
+    def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None) -> None:
+        self._post((at_frame, "on", int(note_id), float(pitch), float(velocity)))
 
-    def note_off(self, pitch: float, at_frame: int | None = None) -> None:
-        self._post((at_frame, "off", float(pitch)))
+    def note_off(self, note_id: int, at_frame: int | None = None,
+                 fallback: tuple[int, float] | None = None) -> None:
+        self._post((at_frame, "off", int(note_id), fallback))
 
-    def note_pitch(self, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
-        self._post((at_frame, "pitch", float(pitch), max(float(glide_s), 0.0)))
+    def note_pitch(self, note_id: int, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
+        self._post((at_frame, "pitch", int(note_id), float(pitch), max(float(glide_s), 0.0)))
 
     def pitch_bend(self, semitones: float, at_frame: int | None = None) -> None:
         self._post((at_frame, "bend", float(semitones)))
@@ -287,7 +294,7 @@ class GruLayer:
         self._post((None, "panic"))
 
     def is_active(self) -> bool:
-        return bool(self._held) or any(voice.held or voice.control[C_ENV] > 0.0 for voice in self._voices)
+        return any(voice.held or voice.control[C_ENV] > 0.0 for voice in self._voices + self._tails)
 
     def _newest(self) -> GruVoice:
         """The voice of the newest note (held first)."""
@@ -297,16 +304,17 @@ class GruLayer:
         """Smoothed parameters of the newest note at the last rendered sample: pitch (MIDI, without
         bend), bend (semitones), x, y, envelope (0..1); the sampling temperature, held notes, the
         voices (count, sounding, steals), late and dropped events, whether a GRU runs, the kernel path
-        and the samples rendered and computed (voice-samples) (for status/debugging)."""
+        and the samples rendered and computed (voice-samples) (for status/debugging). `held` lists the
+        pitches (glide targets) of the voices' held notes, oldest first."""
         control = self._newest().control
-        held = [entry[0] for entry in self._held] if len(self._voices) == 1 else \
-            [voice.key for voice in sorted(self._voices, key=lambda voice: voice.order) if voice.held]
+        held = [float(voice.control[C_PITCH_TARGET])
+                for voice in sorted(self._voices, key=lambda voice: voice.order) if voice.held]
         return {"voices": len(self._voices), "sounding_voices": sum(voice.sounding() for voice in self._voices),
                 "steals": self.steals, "pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
                 "y": float(control[C_Y]), "envelope": float(control[C_ENV]), "temperature": self.temperature,
                 "held": held, "late_events": self.late_events,
                 "dropped_events": self.dropped_events,
-                "computing": any(self._computing(voice) for voice in self._voices),
+                "computing": any(self._computing(voice) for voice in self._voices + self._tails),
                 "kernel_path": self.kernel_path, "rendered_samples": self._next_sample,
                 "computed_samples": self.computed_samples}
 
@@ -366,11 +374,12 @@ class GruLayer:
 
     def _render_segment(self, begin: int, end: int) -> None:
         conditioning, envelope, mu = self._conditioning[begin:end], self._envelope[begin:end], self._mu[begin:end]
-        computing = [self._computing(voice) for voice in self._voices]
+        voices = self._voices + self._tails
+        computing = [self._computing(voice) for voice in voices]
         if self._mix_gain <= 0.0:
             self._mute_left = max(self._mute_left - (end - begin), 0)
         self._audio[begin:end] = 0.0
-        for voice, compute in zip(self._voices, computing):
+        for voice, compute in zip(voices, computing):
             sounding = voice.sounding()
             control_block(voice.control, conditioning, envelope)
             if not compute:
@@ -388,25 +397,23 @@ class GruLayer:
     def _apply(self, event: tuple) -> None:
         kind = event[0]
         if kind == "on":
-            velocity = min(max(event[2], 0.0), 127.0) / 127.0
+            velocity = min(max(event[3], 0.0), 127.0) / 127.0
             if len(self._voices) == 1:
-                self._mono_on(event[1], velocity)
+                self._mono_on(event[1], event[2], velocity)
             else:
-                self._poly_on(event[1], velocity)
+                self._poly_on(event[1], event[2], velocity)
         elif kind == "off":
             if len(self._voices) == 1:
-                self._mono_off(event[1])
+                self._mono_off(event[1], event[2])
                 return
             for voice in self._voices:
-                if voice.held and voice.key == event[1]:
+                if voice.held and voice.note_id == event[1]:
                     voice.held = False
                     voice.control[C_ENV_TARGET] = 0.0
-        elif kind == "pitch":  # the newest held note glides; note-offs still name its key
-            voice = self._newest()
-            if voice.held:
-                if self._held:
-                    self._held[-1][1] = event[1]
-                voice.glide(GLIDES[0], event[1], self._samples(event[2]))
+        elif kind == "pitch":
+            for voice in self._voices:
+                if voice.note_id == event[1] and voice.sounding():
+                    voice.glide(GLIDES[0], event[2], self._samples(event[3]))
         elif kind == "bend":
             for voice in self._voices:
                 voice.control[C_BEND_TARGET] = event[1]
@@ -423,61 +430,54 @@ class GruLayer:
             self._mix_gain = event[1]
         elif kind == "voices":
             self._voices = self._voices[:event[1]] + event[2]
-            self._held = []
             for voice in self._voices:
                 voice.held = False
                 voice.control[C_ENV_TARGET] = 0.0
         elif kind == "panic":
-            self._held = []
             self._pending = []
-            for voice in self._voices:
+            for voice in self._voices + self._tails:
                 voice.held = False
                 control = voice.control
                 control[C_ENV_TARGET] = 0.0
                 control[C_ENV] = min(control[C_ENV], 0.005 * self.model_rate_hz * control[C_ENV_DOWN])
 
-    def _start_note(self, voice: GruVoice, pitch: float, velocity: float) -> None:
-        """`voice` plays `pitch` at once (from a fresh recurrent state when it was silent)."""
+    def _start_note(self, voice: GruVoice, note_id: int, pitch: float, velocity: float) -> None:
+        """`voice` plays note `note_id` at `pitch` at once (from a fresh recurrent state when it was
+        silent)."""
         if voice.control[C_ENV] <= 0.0:
             voice.reset()
         voice.glide(GLIDES[0], pitch, 0)
         self._note_count += 1
-        voice.key, voice.held, voice.order = pitch, True, self._note_count
+        voice.note_id, voice.held, voice.order = note_id, True, self._note_count
         voice.control[C_ENV_TARGET] = velocity
 
-    def _poly_on(self, pitch: float, velocity: float) -> None:
-        voice, stolen = allocate(self._voices, pitch)
+    def _poly_on(self, note_id: int, pitch: float, velocity: float) -> None:
+        voice, stolen = allocate(self._voices, note_id)
         if stolen:
             self.steals += 1
-            voice.reset()
-            voice.control[C_ENV] = 0.0
-        self._start_note(voice, pitch, velocity)
+            hand_over(self._tails, voice, self.model_rate_hz)
+        self._start_note(voice, note_id, pitch, velocity)
 
-    def _mono_on(self, pitch: float, velocity: float) -> None:
+    def _mono_on(self, note_id: int, pitch: float, velocity: float) -> None:
         voice = self._voices[0]
-        sounding = bool(self._held)
-        others = [entry for entry in self._held if entry[0] != pitch]
-        self._held = others[max(len(others) - HELD_CAPACITY + 1, 0):] + [[pitch, pitch]]
-        if sounding and self.legato:
+        if voice.held and self.legato:
             voice.glide(GLIDES[0], pitch, self._samples(self.glide_s))
             self._note_count += 1
-            voice.key, voice.order = pitch, self._note_count
+            voice.note_id, voice.order = note_id, self._note_count
             voice.control[C_ENV_TARGET] = velocity
             return
-        if sounding:  # retrigger: a fresh state and attack
-            voice.reset()
-            voice.control[C_ENV] = 0.0
-        self._start_note(voice, pitch, velocity)
+        if voice.held:  # retrigger: a fresh state and attack; the cut note fades out on a tail
+            hand_over(self._tails, voice, self.model_rate_hz)
+        self._start_note(voice, note_id, pitch, velocity)
 
-    def _mono_off(self, pitch: float) -> None:
+    def _mono_off(self, note_id: int, fallback: tuple[int, float] | None) -> None:
+        """The sounding note `note_id` ends: glide to `fallback` (id, pitch), or release."""
         voice = self._voices[0]
-        index = next((i for i, entry in enumerate(self._held) if pitch in entry), None)
-        if index is None:
+        if not voice.held or voice.note_id != note_id:
             return
-        was_top = index == len(self._held) - 1
-        del self._held[index]
-        if not self._held:
+        if fallback is None:
             voice.held = False
             voice.control[C_ENV_TARGET] = 0.0
-        elif was_top:
-            voice.glide(GLIDES[0], self._held[-1][1], self._samples(self.glide_s))
+        else:
+            voice.note_id = fallback[0]
+            voice.glide(GLIDES[0], fallback[1], self._samples(self.glide_s))

@@ -1,5 +1,12 @@
-"""MIDI input: a virtual input port named `latentsynth` plus chosen hardware ports, through
-python-rtmidi (ALSA sequencer or JACK MIDI), feeding `MidiMapper`.
+"""MIDI input: a virtual input port named `latentsynth` plus chosen hardware ports, feeding
+`MidiMapper`, by one of two paths (`path`, shown at start-up and in /status as `midi_input`):
+- "native-jack": with the JACK audio backend's native callback and the JACK MIDI API, the port
+  `latentsynth` belongs to the audio client and the callback reads it (`rt_engine.native_midi`):
+  notes, bends and sustain sound at their event's frame in the same block. A thread drains the
+  callback's event ring every DRAIN_PERIOD_S into the mapper, which does the rest (CC timbre,
+  program change, RPN, gains) and the control-side work of what the callback applied.
+  Hardware ports are connected to it (auto: JACK's physical MIDI outputs);
+- "rtmidi": python-rtmidi (ALSA sequencer or JACK MIDI), for ALSA and the Python callback.
 
 rtmidi calls our callback from its own thread for each message (no polling thread of ours); the
 callback only translates the message into `EngineControl` calls, which push fixed-size records.
@@ -11,7 +18,8 @@ the hardware inputs whose names contain one of its comma-separated substrings (c
 API (`api`): "alsa", "jack" or "auto" (ALSA, else JACK).
 
 Public API: `MidiInput(engine, ports="auto", map_file=None, api="auto")` with `.start() ->
-list[str]` (opened port names), `.stop()`, `.api_name`, `.mapper`.
+list[str]` (opened port names, rtmidi), `.wants_native_jack()`, `.native` (the callback's arrays),
+`.start_native(backend) -> list[str]`, `.stop()`, `.path`, `.api_name`, `.mapper`.
 """
 from __future__ import annotations
 
@@ -20,11 +28,44 @@ import threading
 import warnings
 from pathlib import Path
 
+from rt_engine import native_midi as nm
+from rt_engine.audio_backends import MIDI_PORT_NAME, connect_ports
 from rt_engine.control_api import EngineControl
 from rt_engine.midi_map import MidiMapper, load_midi_map
 
-VIRTUAL_PORT_NAME = "latentsynth"
+VIRTUAL_PORT_NAME = MIDI_PORT_NAME
 APIS = ("auto", "alsa", "jack")
+DRAIN_PERIOD_S = 0.002
+
+
+class _AppliedByCallback:
+    """The mapper's engine on the native path: for an event the callback already applied
+    (`applied`, with the bend it applied in `bend`), the engine's control-side work only; every
+    other call goes to the engine as it is (a bend that differs, e.g. after an RPN 0 range
+    change the callback had not seen yet, is sent again at the next block)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.applied, self.bend = False, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def note_on(self, pitch, velocity, note_id=-1, channel=-1, at_frame=None) -> bool:
+        return self._engine.note_on(pitch, velocity, note_id=note_id, channel=channel,
+                                    at_frame=at_frame, applied=self.applied)
+
+    def note_off(self, pitch=None, note_id=None, channel=-1, at_frame=None) -> bool:
+        return self._engine.note_off(pitch=pitch, note_id=note_id, channel=channel,
+                                     at_frame=at_frame, applied=self.applied)
+
+    def pitch_bend(self, channel, semitones, at_frame=None) -> bool:
+        applied = self.applied and semitones == self.bend
+        return self._engine.pitch_bend(channel, semitones, at_frame=at_frame if applied else None,
+                                       applied=applied)
+
+    def sustain(self, channel, down, at_frame=None) -> bool:
+        return True if self.applied else self._engine.sustain(channel, down, at_frame=at_frame)
 
 
 class MidiInput:
@@ -38,11 +79,71 @@ class MidiInput:
         if not ports:
             raise ValueError('MIDI ports must be "auto", "none" or a port-name substring')
         self.ports, self.api = ports, api
+        self.engine = engine
         self.mapper = MidiMapper(engine, load_midi_map(map_file))
+        self.native = nm.NativeMidi(self.mapper.map)
+        self._applied = _AppliedByCallback(engine)
         self.api_name = ""
+        self.path = "none"
         self.n_errors = 0
         self._inputs: list = []
         self._lock = threading.Lock()
+        self._drainer: threading.Thread | None = None
+        self._stop_drain = threading.Event()
+
+    def wants_native_jack(self) -> bool:
+        """True when MIDI may be read by the native JACK callback: ports are asked for and the
+        API is JACK (or auto without an ALSA sequencer, which auto would prefer)."""
+        return self.ports != "none" and (
+            self.api == "jack" or (self.api == "auto" and not os.path.exists("/dev/snd/seq")))
+
+    def start_native(self, backend) -> list[str]:
+        """After `backend.reads_midi(self.native)` and `backend.start`: drain the callback's
+        events into the mapper and connect the chosen hardware ports to the callback's port;
+        returns the port names. When the backend did not take MIDI after all (its native
+        callback could not load), the rtmidi path starts instead."""
+        if backend.native_midi is not self.native:
+            return self.start()
+        client = backend.client
+        own = f"{client.name}:{MIDI_PORT_NAME}"
+        opened = [MIDI_PORT_NAME]
+        sources = [port.name for port in client.get_ports(is_midi=True, is_output=True)
+                   if not port.name.startswith(client.name + ":")]
+        if self.ports == "auto":
+            physical = {port.name for port in client.get_ports(is_midi=True, is_output=True,
+                                                                is_physical=True)}
+            chosen = [(0, name) for name in sources if name in physical]
+        else:
+            chosen = self._select(sources)
+        for _, name in chosen:
+            connect_ports(client, name, own)
+            opened.append(name)
+        self.api_name, self.path = "JACK", "native-jack"
+        self._stop_drain.clear()
+        self._drainer = threading.Thread(target=self._drain_loop, name="latentsynth-midi",
+                                         daemon=True)
+        self._drainer.start()
+        return opened
+
+    def _drain_loop(self) -> None:
+        while not self._stop_drain.wait(DRAIN_PERIOD_S):
+            self.drain_native()
+
+    def drain_native(self) -> None:
+        """Control side of the native path: the callback's events, in order, into the mapper."""
+        engine = self._applied
+        self.mapper.engine = engine
+        for row in self.native.drain():
+            size = int(row[nm.E_SIZE])
+            data = [int(b) for b in row[nm.E_B0:nm.E_B0 + size]]
+            engine.applied, engine.bend = row[nm.E_APPLIED] > 0.5, float(row[nm.E_VALUE])
+            try:
+                with self._lock:
+                    self.mapper.handle(data, at_frame=int(row[nm.E_FRAME]) if engine.applied else None)
+            except Exception:  # a failing engine call must not end the drain
+                self.n_errors += 1
+            channel = data[0] & 0x0F
+            self.native.params[nm.M_BEND_RANGE + channel] = self.mapper.channels[channel].bend_range
 
     def start(self) -> list[str]:
         """Open the virtual port and the chosen hardware ports; returns their names. No MIDI
@@ -84,7 +185,7 @@ class MidiInput:
         virtual.set_callback(self._on_message)
         self._inputs.append(virtual)
         opened.append(VIRTUAL_PORT_NAME)
-        self.api_name = api_name
+        self.api_name, self.path = api_name, "rtmidi"
         wanted = self._select(virtual.get_ports())
         for index, port_name in wanted:
             midi_in = rtmidi.MidiIn(api, VIRTUAL_PORT_NAME)
@@ -117,7 +218,11 @@ class MidiInput:
             self.n_errors += 1
 
     def stop(self) -> None:
-        """Close every port. Safe to call twice."""
+        """Close every port and stop draining the native path. Safe to call twice."""
+        self._stop_drain.set()
+        if self._drainer is not None:
+            self._drainer.join(2.0)
+            self._drainer = None
         for midi_in in self._inputs:
             midi_in.cancel_callback()
             midi_in.close_port()

@@ -8,7 +8,9 @@ frame 0, render the block and measure the callback load. Two C callbacks (Numba 
 compiled once and cached) call it with the table as their user pointer:
 - `jack_process` (`int (*)(jack_nframes_t, void*)`), registered with libjack's
   `jack_set_process_callback` (ctypes, `libjack.so.0`): writes the two JACK output port buffers
-  (`jack_port_get_buffer`, called through its address in the table);
+  (`jack_port_get_buffer`, called through its address in the table) and, with a MIDI port
+  attached (`attach_midi`, rows R_MIDI_*), first reads the block's JACK MIDI events into the
+  pending schedule at their frames (`rt_engine.native_midi`);
 - `portaudio_callback` (PortAudio's `PaStreamCallback`), for a stream opened through ctypes on
   `libportaudio.so.2` (`PortAudioStream`): writes interleaved float32 stereo and counts output
   underflows as xruns.
@@ -33,6 +35,7 @@ from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
+from rt_engine import native_midi as nm
 from rt_engine import voice_kernel as vk
 from rt_engine.commands import COMMAND_DTYPE, Counter
 
@@ -60,7 +63,8 @@ R_CLOCK = 24                                 # float64 [1]: wall time of frame 0
 R_CPU = 25                                   # float64 [2]: (smoothed, peak) callback load
 R_XRUNS = 26                                 # int64 [1]
 R_CONTROL = 27                               # int64 [N_CONTROL]
-N_ROWS = 28
+R_MIDI_PARAMS, R_MIDI_RING, R_MIDI_POS, R_MIDI_STATE = 28, 29, 30, 31  # rt_engine.native_midi
+N_ROWS = 32
 
 # --- control: int64 [N_CONTROL]
 K_STAGED = 0          # 1 while a staged voice pool waits for the callback
@@ -185,6 +189,13 @@ def jack_process(n_frames, arg):
     table = carray(arg, (N_ROWS, 4))
     if n_frames > table[R_OUT, 2]:
         return 1
+    if table[R_MIDI_STATE, 0] != 0:
+        nm.read_jack_midi(_view1(table, R_MIDI_PARAMS, numba.float64),
+                          _view2(table, R_MIDI_RING, numba.float64),
+                          _view1(table, R_MIDI_POS, numba.int64),
+                          _view1(table, R_MIDI_STATE, numba.int64),
+                          _view1(table, R_PENDING, _RECORD), _view1(table, R_COUNTERS, numba.int64),
+                          n_frames)
     process_table(table, n_frames)
     control = _view1(table, R_CONTROL, numba.int64)
     out = _view2(table, R_OUT, numba.float32)
@@ -254,6 +265,13 @@ class NativeBlock:
             _row(self.table, row, array)
         self._staged: list = []
 
+    def attach_midi(self, midi: nm.NativeMidi) -> None:
+        """Read MIDI in the JACK callback with `midi`'s arrays (before the client activates)."""
+        for row, array in ((R_MIDI_PARAMS, midi.params), (R_MIDI_RING, midi.ring),
+                           (R_MIDI_POS, midi.ring_pos), (R_MIDI_STATE, midi.state)):
+            _row(self.table, row, array)
+        self._arrays.append(midi)
+
     @property
     def address(self) -> int:
         """Address of the table (the callbacks' user pointer)."""
@@ -297,12 +315,24 @@ def _libjack():
     return lib
 
 
-def register_jack_process(client_address: int, block: NativeBlock, ports_addresses) -> None:
+def _address(function) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def register_jack_process(client_address: int, block: NativeBlock, ports_addresses,
+                          midi: nm.NativeMidi | None = None, midi_port_address: int = 0) -> None:
     """Register `jack_process` on the (not yet active) JACK client at `client_address`, writing
-    to the two ports at `ports_addresses` (jack_port_t*). Raises OSError when libjack refuses."""
+    to the two ports at `ports_addresses` (jack_port_t*) and, with `midi`, reading the MIDI
+    input port at `midi_port_address` inside the callback. Raises OSError when libjack refuses."""
     lib = _libjack()
     block.control[K_PORT_L], block.control[K_PORT_R] = ports_addresses
-    block.control[K_PORT_GET_BUFFER] = ctypes.cast(lib.jack_port_get_buffer, ctypes.c_void_p).value
+    block.control[K_PORT_GET_BUFFER] = _address(lib.jack_port_get_buffer)
+    if midi is not None:
+        midi.state[nm.S_GET_BUFFER] = _address(lib.jack_port_get_buffer)
+        midi.state[nm.S_EVENT_COUNT] = _address(lib.jack_midi_get_event_count)
+        midi.state[nm.S_EVENT_GET] = _address(lib.jack_midi_event_get)
+        midi.state[nm.S_PORT] = midi_port_address
+        block.attach_midi(midi)
     if lib.jack_set_process_callback(client_address, jack_process.address, block.address) != 0:
         raise OSError("jack_set_process_callback refused the native callback")
 

@@ -196,9 +196,13 @@ def _serve(args: argparse.Namespace) -> int:
         # MIDI opens before the audio callback runs: python-rtmidi holds the GIL through its JACK
         # server calls, which starves (and with JACK MIDI can deadlock) a running Python callback
         midi = MidiInput(engine, ports=args.midi, map_file=args.midi_map, api=args.midi_api)
-        midi_ports = midi.start() if args.midi != "none" else []
+        native_midi = midi.wants_native_jack() and backend.reads_midi(midi.native, recorder)
+        midi_ports = midi.start() if args.midi != "none" and not native_midi else []
         backend.start(engine, recorder)
         started = True
+        if native_midi:  # the JACK callback reads the MIDI port (falls back to rtmidi if it cannot)
+            midi_ports = midi.start_native(backend)
+        engine.midi_input = midi.path
         note = f" ({backend.callback_note})" if backend.callback_note else ""
         _say(f"audio: {backend.name}, {backend.sample_rate} Hz, block {backend.block} frames, "
              f"{backend.callback} callback{note}; "
@@ -208,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         _say(f"GRU voice: on, render-ahead {layer.latency_frames / backend.sample_rate * 1000:.1f} ms, "
              f"temperature {layer.temperature:g}" if layer else "GRU voice: off")
         _say(f"MIDI ports: {', '.join(midi_ports) if midi_ports else 'none'}")
+        _say(f"MIDI input: {midi.path}")
         sounds = SoundAccess(args.sounds or default_sound_dirs())
         config = GuardConfig(tcp_idle_s=args.tcp_idle_s, tcp_partial_s=args.tcp_partial_s)
         osc = OscServer(engine, port=args.osc_port, host=args.bind, reply_port=args.reply_port,

@@ -7,6 +7,7 @@ import pytest
 
 from rt_engine import voice_kernel as vk
 from rt_engine.engine import Engine
+from rt_engine.held_notes import pitch_note_id
 from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
@@ -328,17 +329,17 @@ class _FakeLayer:
     def stop(self):
         self.events.append(("stop",))
 
-    def note_on(self, pitch, velocity, at_frame=None):
-        self.events.append(("note_on", pitch, at_frame))
+    def note_on(self, note_id, pitch, velocity, at_frame=None):
+        self.events.append(("note_on", note_id, pitch, at_frame))
 
     def set_mix_gain(self, gain, at_frame=None):
         self.events.append(("mix", gain, at_frame))
 
-    def note_off(self, pitch, at_frame=None):
-        self.events.append(("note_off", pitch, at_frame))
+    def note_off(self, note_id, at_frame=None, fallback=None):
+        self.events.append(("note_off", note_id, at_frame, fallback))
 
-    def note_pitch(self, pitch, glide_s, at_frame=None):
-        self.events.append(("note_pitch", pitch, at_frame))
+    def note_pitch(self, note_id, pitch, glide_s, at_frame=None):
+        self.events.append(("note_pitch", note_id, pitch, at_frame))
 
     def pitch_bend(self, semitones, at_frame=None):
         self.events.append(("bend", semitones, at_frame))
@@ -376,9 +377,10 @@ def test_stream_layer_gets_note_events_delayed_by_its_latency():
     engine.note_on(60, 100, at_frame=10_000)
     engine.timbre_xy(0.2, 0.3, 0.0, at_frame=20_000)
     engine.note_off(pitch=60, at_frame=30_000)
-    assert ("note_on", 60, 10_512) in layer.events
+    note_id = pitch_note_id(0, 60.0)  # a note without an id gets one from its pitch
+    assert ("note_on", note_id, 60.0, 10_512) in layer.events
     assert ("xy", 0.2, 0.3, 20_512) in layer.events
-    assert ("note_off", 60.0, 30_512) in layer.events
+    assert ("note_off", note_id, 30_512, None) in layer.events
 
 
 def test_frame_for_time_tracks_the_callback_clock():
