@@ -1,10 +1,5 @@
-"""Sample banks for the engine: a worker process renders them into shared-memory slots.
-
-The worker process owns the `BankSource` (`models.timbre_sources.load_bank_source(model_dir)`: the
-GAN, or the procedural stand-in); torch, inversion and file I/O never run in the audio process.
-Each rendered row is resampled once to the device rate and given its crossfaded sustain loop
-(`prepare_rows`) in the worker, then written into a slot of one `multiprocessing.shared_memory`
-block, float32 [n_slots, n_rows, bank_frames], which the engine's kernel reads directly.
+"""Sample banks for the engine: a worker process (`rt_engine.bank_worker`) renders them into
+shared-memory slots, float32 [n_slots, n_rows, bank_frames], which the engine's kernel reads directly.
 
 In the audio process, `BankManager` keeps the slot table the kernel reads (`slots`: kind, x, y,
 usage, envelope; `row_ready`: which rows of which slot are playable) and decides what to render.
@@ -12,7 +7,8 @@ A bank load is staged (SuperCollider's Stage 1-4): the worker renders it (1), it
 published into a slot by integer id (2), an exact bank is selected in the callback by a
 `SELECT_BANK` record carrying that id once the held pitches' rows are playable, with the envelope
 stored in its slot (3), and the request's `on_done` is answered from this side (4). Each timbre
-request carries a generation number, so a load that lands after a newer request is not played.
+request carries a generation number: a load that lands after a newer request is not played, and
+its requester hears `on_fail("superseded by a newer timbre request")`.
 - a timbre point needs the grid nodes around it (bilinear blend: instant response) and then the
   exact bank at the point (selected, and crossfaded to, when it lands);
 - held and requested pitches render first (`note_requested` moves them to the front); the first
@@ -21,6 +17,10 @@ request carries a generation number, so a load that lands after a newer request 
   kernel reports it unused (`S_USAGE` 0) once it was retired;
 - when idle, the grid nodes around the current cell are rendered ahead into free slots.
 Its one thread blocks on the worker's result queue (20 Hz tick) and stays light.
+The worker is watched: one that dies (a crash, the OOM killer) or grows past
+`worker_memory_limit_bytes` is restarted on the same shared memory; the banks already loaded keep
+playing meanwhile, the timbre requests it was rendering fail with the reason, the grid nodes are
+rendered again. More than `MAX_RESTARTS` restarts within `RESTART_WINDOW_S` set `failed`.
 Rendered rows of a model are kept on disk (`rt_engine.bank_cache`; `cache_dir` "auto" is
 `default_cache_dir()`, None turns it off), so a
 restarted server or another render reads them instead of running the model again.
@@ -28,79 +28,31 @@ restarted server or another render reads them instead of running the model again
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numba
 import numpy as np
-from scipy.signal import resample_poly
 
 from rt_engine import voice_kernel as vk
-from rt_engine.bank_cache import BankCache, default_cache_dir
+from rt_engine.bank_cache import default_cache_dir
+from rt_engine.bank_worker import CHUNK_ROWS, BACKGROUND_CHUNK_ROWS, BankLayout, start_worker
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
-from models.timbre_sources import load_bank_source
-from rt_engine.bank_tuning import measure_detune_cents, retune
 from rt_engine.commands import DEFAULT_ADSR
 
 DEFAULT_GRID_N = 5
 DEFAULT_N_SLOTS = 12
-CHUNK_ROWS = 8
+WORKER_MEMORY_LIMIT_BYTES = 4 << 30
+"""Resident memory past which the worker is restarted (bytes); the shipped model's worker holds
+about 0.6 GB."""
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
+SUPERSEDED = "superseded by a newer timbre request"
 ENVELOPE_FIELDS = [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]
-
-
-@dataclass(frozen=True)
-class BankLayout:
-    """Geometry of one prepared bank row at the device rate (all lengths in frames)."""
-
-    source_rate: int      # (Hz) rate of the rendered notes
-    device_rate: int      # (Hz)
-    n_source_samples: int
-    n_device_frames: int
-    loop_start: int
-    loop_end: int
-    xfade_frames: int
-    bank_frames: int
-
-    @staticmethod
-    def create(source_rate: int, device_rate: int, n_source_samples: int) -> "BankLayout":
-        """Layout `[HEAD_PAD zeros | audio | HEAD_PAD loop tail]` with a loop over the last
-        40% of the audio, crossfaded over half the loop."""
-        n_device = math.ceil(n_source_samples * device_rate / source_rate)
-        if n_device < 64:
-            raise ValueError(f"bank notes too short: {n_source_samples} samples at {source_rate} Hz")
-        loop_end = vk.HEAD_PAD + n_device
-        loop_length = max(n_device * 2 // 5, 32)
-        return BankLayout(source_rate, device_rate, n_source_samples, n_device,
-                          loop_end - loop_length, loop_end, loop_length // 2,
-                          loop_end + vk.HEAD_PAD)
-
-
-def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
-    """Resample notes float32 [n, n_source_samples] at `layout.source_rate` to the device rate
-    and bake the sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and
-    continuing at `loop_start` is seamless (the end of the loop is crossfaded into the audio
-    that precedes `loop_start`, and the tail repeats the loop's start)."""
-    rows = np.asarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] != layout.n_source_samples:
-        raise ValueError(f"bank rows must be [n, {layout.n_source_samples}], got {rows.shape}")
-    gcd = math.gcd(layout.device_rate, layout.source_rate)
-    resampled = resample_poly(rows, layout.device_rate // gcd, layout.source_rate // gcd, axis=1)
-    out = np.zeros((rows.shape[0], layout.bank_frames), dtype=np.float32)
-    n = min(resampled.shape[1], layout.n_device_frames)
-    out[:, vk.HEAD_PAD:vk.HEAD_PAD + n] = resampled[:, :n]
-    start, end, xfade = layout.loop_start, layout.loop_end, layout.xfade_frames
-    ramp = (np.arange(xfade, dtype=np.float32) + 1) / xfade
-    out[:, end - xfade:end] = (1 - ramp) * out[:, end - xfade:end] + ramp * out[:, start - xfade:start]
-    out[:, end:end + vk.HEAD_PAD] = out[:, start:start + vk.HEAD_PAD]
-    return out
 
 
 def grid_nodes_around(x: float, y: float, grid_n: int) -> list[tuple[float, float, float]]:
@@ -128,98 +80,6 @@ def ring_nodes(x: float, y: float, grid_n: int) -> list[tuple[float, float]]:
     return [(i / last, j / last) for i, j in nodes]
 
 
-def _attach_untracked(name: str) -> shared_memory.SharedMemory:
-    """Attach to the manager's block without registering it with the resource tracker (the
-    manager, which created it, unlinks it; Python < 3.13 has no `track=False`)."""
-    register = resource_tracker.register
-    resource_tracker.register = lambda *args, **kwargs: None
-    try:
-        return shared_memory.SharedMemory(name=name)
-    finally:
-        resource_tracker.register = register
-
-
-def _worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
-    """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
-    first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
-    os.nice(10)  # background work: the audio threads must win every contest for a core
-    try:  # ... and a batch thread: it never preempts a waking audio or control thread
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux
-        pass
-    # One compute thread: a second torch/OpenMP thread fights the audio process for the other
-    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2).
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
-    try:
-        numba.set_num_threads(1)
-        if model_dir is not None:
-            import torch  # heavy: the worker sets torch's threads before its source loads it
-
-            torch.set_num_threads(1)
-        source = load_bank_source(model_dir)
-        cache = None
-        if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
-            cache = BankCache(cache_dir, model_dir, source.n_samples)
-            cache.prune()
-        results.put(("hello", source.preset_names(), int(source.sample_rate), int(source.n_samples)))
-    except Exception as error:  # any load failure is reported to the manager, which raises
-        results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
-        return
-    _, shm_name, shape, layout, row_pitch = requests.get()
-    shm = _attach_untracked(shm_name)
-    banks = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
-    jobs: dict[int, dict] = {}
-    try:
-        while True:
-            messages = [requests.get()] if not jobs else []
-            while True:
-                try:
-                    messages.append(requests.get_nowait())
-                except queue.Empty:
-                    break
-            for message in messages:
-                if message[0] == "stop":
-                    return
-                if message[0] == "render":
-                    _, job_id, slot, request, rows, n_first, priority = message
-                    jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
-                                    "n_next": n_first, "priority": priority, "conditioning": None}
-                elif message[0] == "cancel":
-                    jobs.pop(message[1], None)
-                    results.put(("cancelled", message[1]))
-                elif message[0] == "boost":
-                    for job in jobs.values():
-                        front = [r for r in message[1] if r in job["rows"]]
-                        job["rows"] = front + [r for r in job["rows"] if r not in front]
-            if not jobs:
-                continue
-            job_id = min(jobs, key=lambda j: (jobs[j]["priority"], j))
-            job = jobs[job_id]
-            n_chunk, job["n_next"] = job["n_next"], CHUNK_ROWS
-            chunk, job["rows"] = job["rows"][:n_chunk], job["rows"][n_chunk:]
-            try:
-                pitches = [int(round(row_pitch[r])) for r in chunk]
-                if job["conditioning"] is None:  # once per request: file reads and f run here
-                    job["conditioning"] = source.conditioning_for(job["request"])
-                notes = (source.render_pitches(job["conditioning"], pitches) if cache is None
-                         else cache.rows(source, job["conditioning"], pitches))
-                notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
-                banks[job["slot"], chunk] = prepare_rows(notes, layout)
-            except Exception as error:  # a bad timbre (file, preset) fails its job only
-                results.put(("fail", job_id, str(error)))
-                del jobs[job_id]
-                continue
-            results.put(("rows", job_id, chunk))
-            if not job["rows"]:
-                results.put(("done", job_id))
-                del jobs[job_id]
-    finally:
-        del banks
-        shm.close()
-
-
 @dataclass
 class _Job:
     """One staged bank load: Stage 1 renders it in the worker, Stage 2 publishes its rows into
@@ -243,10 +103,19 @@ class _Job:
     boosted: set = field(default_factory=set)
 
     def update(self, priority: int, generation: int, envelope, on_done, on_fail) -> None:
-        """A newer request for the same bank takes this load over."""
+        """A newer request for the same bank joins this load: it takes the newer envelope and
+        generation, and every requester hears the outcome."""
         self.priority = min(self.priority, priority)
         self.generation, self.envelope = max(self.generation, generation), envelope
-        self.on_done, self.on_fail = on_done or self.on_done, on_fail or self.on_fail
+        self.on_done = _both(self.on_done, on_done)
+        self.on_fail = _both(self.on_fail, on_fail)
+
+
+def _both(first: Callable | None, second: Callable | None) -> Callable | None:
+    """One callback calling `first` then `second` (either may be None)."""
+    if first is None or second is None or first is second:
+        return first or second
+    return lambda *args: (first(*args), second(*args))
 
 
 class BankManager:
@@ -270,27 +139,13 @@ class BankManager:
         self.exact_delay_s = exact_delay_s
         if cache_dir == "auto":
             cache_dir = default_cache_dir()
-        context = multiprocessing.get_context("spawn")
-        self._requests, self._results = context.Queue(), context.Queue()
-        self._process = context.Process(target=_worker_main, name="latentsynth-banks", daemon=True,
-                                        args=(None if model_dir is None else str(model_dir),
-                                              None if cache_dir is None else str(cache_dir),
-                                              self._requests, self._results))
-        self._process.start()
-        hello, deadline = None, time.monotonic() + start_timeout_s
-        while hello is None:
-            try:
-                hello = self._results.get(timeout=0.2)
-            except queue.Empty:
-                if not self._process.is_alive() or time.monotonic() > deadline:
-                    self._process.kill()
-                    raise RuntimeError(f"bank worker did not start (exit code "
-                                       f"{self._process.exitcode}, {start_timeout_s} s allowed)") from None
-        if hello[0] == "fail":
-            self._process.join(5)
-            raise RuntimeError(hello[2])
-        _, presets, source_rate, n_samples = hello
-        self._presets = list(presets)
+        self._worker_args = (None if model_dir is None else str(model_dir),
+                             None if cache_dir is None else str(cache_dir), start_timeout_s)
+        self._worker = start_worker(*self._worker_args)
+        self.worker_memory_limit_bytes = WORKER_MEMORY_LIMIT_BYTES
+        self.worker_restarts: list[float] = []  # monotonic times of restarts
+        self._presets = self._worker.preset_names
+        source_rate, n_samples = self._worker.source_rate, self._worker.n_samples
         self.layout = BankLayout.create(source_rate, device_rate, n_samples)
         self.loop_start, self.loop_end = self.layout.loop_start, self.layout.loop_end
         shape = (n_slots, self.row_pitch.size, self.layout.bank_frames)
@@ -299,7 +154,7 @@ class BankManager:
         self.banks[:] = 0.0
         self.slots = np.zeros((n_slots, vk.N_SLOT_FIELDS))
         self.row_ready = np.zeros((n_slots, self.row_pitch.size), dtype=np.uint8)
-        self._requests.put(("attach", self._shm.name, shape, self.layout, self.row_pitch))
+        self._worker.requests.put(("attach", self._shm.name, shape, self.layout, self.row_pitch))
         self._lock = threading.RLock()
         self._slot_state = ["free"] * n_slots        # free, loading, loaded, retiring, cancelling
         self._slot_key: list[str | None] = [None] * n_slots
@@ -315,6 +170,8 @@ class BankManager:
         self._exact_wanted = False
         self._protected: set[str] = set()
         self._generation = 0
+        self._latest_generation = 0  # of any timbre request: an older exact load is superseded
+        self._restarting = False
         self._select: Callable[[int, int], bool] | None = None
         self.failed = ""
         self._stop = threading.Event()
@@ -322,6 +179,11 @@ class BankManager:
                                         daemon=True)
         self._thread.start()
         self.request_xy(*self.initial_point, 0)
+
+    @property
+    def worker_pid(self) -> int:
+        """The bank worker's process id (it changes when the worker is restarted)."""
+        return int(self._worker.process.pid)
 
     # ---- requests (control threads) ------------------------------------------------------
     def preset_names(self) -> list[str]:
@@ -337,6 +199,7 @@ class BankManager:
         with self._lock:
             self._point, self._point_time = (x, y), time.monotonic()
             self._generation = generation
+            self._latest_generation = max(self._latest_generation, generation)
             corners = grid_nodes_around(x, y, self.grid_n)
             on_node = len(corners) == 1
             self._protected = {TimbreRequest("xy", nx, ny).key() for nx, ny, _ in corners}
@@ -366,6 +229,7 @@ class BankManager:
     def _want_exact_bank(self, request: TimbreRequest, generation: int, envelope, on_done=None,
                          on_fail=None) -> None:
         with self._lock:
+            self._latest_generation = max(self._latest_generation, generation)
             self._drop_exact_jobs(keep=request.key())
             self._exact_wanted = False
             self._protected = {request.key()}
@@ -383,7 +247,7 @@ class BankManager:
             if lacking:
                 for job in lacking:
                     job.boosted.add(row)
-                self._requests.put(("boost", [row]))
+                self._worker.requests.put(("boost", [row]))
 
     def state(self) -> str:
         """'failed', 'rendering' (urgent banks outstanding) or 'ready'."""
@@ -418,14 +282,8 @@ class BankManager:
         self._stop.set()
         self._thread.join(2.0)
         try:
-            self._requests.put(("stop",))
-            self._process.join(5.0)
+            self._worker.close()
         finally:
-            if self._process.is_alive():
-                self._process.kill()
-            for channel in (self._requests, self._results):
-                channel.cancel_join_thread()  # unread messages must not hold up our exit
-                channel.close()
             del self.banks
             self._shm.close()
             self._shm.unlink()
@@ -442,7 +300,7 @@ class BankManager:
                     job.update(priority, generation, envelope, on_done, on_fail)
                 elif kind == vk.SLOT_EXACT:  # already playable: select it again at once
                     self.slots[slot, ENVELOPE_FIELDS] = envelope
-                    self._select_slot(slot, generation, on_done)
+                    self._select_slot(slot, generation, on_done, on_fail)
                 return
         for job in self._waiting:
             if job.key == key:
@@ -453,8 +311,14 @@ class BankManager:
         self._next_job += 1
         self._assign()
 
-    def _select_slot(self, slot: int, generation: int, on_done) -> None:
-        """Stage 3 and 4: the callback plays exact bank `slot`; the request hears `on_done`."""
+    def _select_slot(self, slot: int, generation: int, on_done, on_fail=None) -> None:
+        """Stage 3 and 4: the callback plays exact bank `slot`; the request hears `on_done`, or
+        `on_fail(SUPERSEDED)` when a newer timbre request came meanwhile (the callback would
+        not play it)."""
+        if generation < self._latest_generation:
+            if on_fail is not None:
+                on_fail(SUPERSEDED)
+            return
         if self._select is not None:
             self._select(slot, generation)
         if on_done is not None:
@@ -472,13 +336,19 @@ class BankManager:
         self._exact_wanted = False
 
     def _drop_exact_jobs(self, keep: str | None) -> None:
-        """Forget exact banks still outstanding for points the timbre has left."""
-        self._waiting = [j for j in self._waiting if j.kind != vk.SLOT_EXACT or j.key == keep]
+        """Forget exact banks still outstanding for timbres the performer has left; their
+        requesters hear `on_fail(SUPERSEDED)`."""
+        dropped = [j for j in self._waiting if j.kind == vk.SLOT_EXACT and j.key != keep]
+        self._waiting = [j for j in self._waiting if j not in dropped]
         for job in list(self._jobs.values()):
             if job.kind == vk.SLOT_EXACT and job.key != keep and not job.published:
-                self._requests.put(("cancel", job.job_id))
+                self._worker.requests.put(("cancel", job.job_id))
                 self._slot_state[job.slot] = "cancelling"
                 del self._jobs[job.job_id]
+                dropped.append(job)
+        for job in dropped:
+            if job.on_fail is not None:
+                job.on_fail(SUPERSEDED)
 
     def _free_slot(self, may_evict: bool) -> int:
         for slot, state in enumerate(self._slot_state):
@@ -500,6 +370,8 @@ class BankManager:
         return -1
 
     def _assign(self) -> None:
+        if self._restarting:
+            return  # the jobs wait for the new worker
         self._waiting.sort(key=lambda job: (job.priority, job.job_id))
         while self._waiting:
             job = self._waiting[0]
@@ -515,8 +387,9 @@ class BankManager:
             self._jobs[job.job_id] = job
             self.slots[slot, [vk.S_X, vk.S_Y]] = job.point
             self.slots[slot, ENVELOPE_FIELDS] = job.envelope
-            self._requests.put(("render", job.job_id, slot, job.request, self._row_order(),
-                                len(job.needed) or CHUNK_ROWS, job.priority))
+            first = len(job.needed) or (CHUNK_ROWS if job.priority == 0 else BACKGROUND_CHUNK_ROWS)
+            self._worker.requests.put(("render", job.job_id, slot, job.request, self._row_order(),
+                                       first, job.priority))
 
     def _row_order(self) -> list[int]:
         """Rows nearest the held pitches first, then outwards from them (or from middle C)."""
@@ -528,19 +401,73 @@ class BankManager:
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                message = self._results.get(timeout=0.05)
+                message = self._worker.results.get(timeout=0.05)
             except queue.Empty:
                 message = None
             except (EOFError, OSError):
-                self.failed = "bank worker connection lost"
-                return
+                message = None  # the worker is gone: the check below restarts it
             with self._lock:
                 if message is not None:
                     self._handle(message)
-                if not self._process.is_alive() and not self._stop.is_set():
-                    self.failed = f"bank worker exited with code {self._process.exitcode}"
-                    return
-                self._tick()
+                reason = self._worker_trouble()
+                if reason is None:
+                    self._tick()
+            if reason is not None and not self._restart_worker(reason):
+                return
+
+    def _worker_trouble(self) -> str | None:
+        """Why the worker must be restarted, or None while it is healthy."""
+        if self._stop.is_set():
+            return None
+        if not self._worker.process.is_alive():
+            return f"bank worker exited with code {self._worker.process.exitcode}"
+        memory = self._worker.memory_bytes()
+        if memory > self.worker_memory_limit_bytes:
+            return (f"bank worker used {memory / 2**20:.0f} MB, over its limit of "
+                    f"{self.worker_memory_limit_bytes / 2**20:.0f} MB")
+        return None
+
+    def _restart_worker(self, reason: str) -> bool:
+        """Replace the worker (see the module docstring). False when it cannot be restarted,
+        with `failed` set. The lock is not held while the new worker loads."""
+        now = time.monotonic()
+        self.worker_restarts = [t for t in self.worker_restarts if now - t < RESTART_WINDOW_S] + [now]
+        with self._lock:
+            self._restarting = True
+            lost = list(self._jobs.values())
+            for job in lost:
+                self._fail_job(job, f"{reason}; the bank worker was restarted")
+            for slot, state in enumerate(self._slot_state):
+                if state == "cancelling":  # its 'cancelled' reply will never come
+                    self._slot_state[slot], self._slot_key[slot], self._slot_job[slot] = "free", None, None
+            old = self._worker
+        old.close(timeout_s=1.0)
+        if len(self.worker_restarts) > MAX_RESTARTS:
+            self.failed = f"{reason} ({len(self.worker_restarts)} restarts in {RESTART_WINDOW_S:.0f} s)"
+            return False
+        try:
+            worker = start_worker(*self._worker_args)
+        except RuntimeError as error:
+            self.failed = f"{reason}; restarting it failed: {error}"
+            return False
+        worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
+        with self._lock:
+            self._worker, self._restarting = worker, False
+            for job in lost:
+                if job.kind == vk.SLOT_GRID:
+                    self._want(job.request, job.kind, job.point, job.priority)
+            self._assign()
+        return True
+
+    def _fail_job(self, job: _Job, reason: str) -> None:
+        """Retire a job's slot (its published rows may still be playing) and tell its requester."""
+        self.slots[job.slot, vk.S_KIND] = vk.SLOT_EMPTY
+        self._retired_at[job.slot] = self.slots[job.slot, vk.S_SEEN]
+        self._slot_state[job.slot] = "retiring" if job.published else "free"
+        self._slot_key[job.slot], self._slot_job[job.slot] = None, None
+        del self._jobs[job.job_id]
+        if job.on_fail is not None:
+            job.on_fail(reason)
 
     def _handle(self, message) -> None:
         if message[0] == "cancelled":
@@ -560,18 +487,12 @@ class BankManager:
             if (job.kind == vk.SLOT_EXACT and not job.selected
                     and all(self.row_ready[job.slot, row] for row in job.needed)):
                 job.selected = True
-                self._select_slot(job.slot, job.generation, job.on_done)
+                self._select_slot(job.slot, job.generation, job.on_done, job.on_fail)
         elif message[0] == "done":
             self._slot_state[job.slot], self._slot_job[job.slot] = "loaded", None
             del self._jobs[job.job_id]
         elif message[0] == "fail":
-            self.slots[job.slot, vk.S_KIND] = vk.SLOT_EMPTY
-            self._retired_at[job.slot] = self.slots[job.slot, vk.S_SEEN]
-            self._slot_state[job.slot] = "retiring" if job.published else "free"
-            self._slot_key[job.slot], self._slot_job[job.slot] = None, None
-            del self._jobs[job.job_id]
-            if job.on_fail is not None:
-                job.on_fail(message[2])
+            self._fail_job(job, message[2])
 
     def _tick(self) -> None:
         if self._exact_wanted and time.monotonic() - self._point_time >= self.exact_delay_s:

@@ -1,6 +1,8 @@
 """Banks: resampling and sustain loops, grid geometry, and the worker process delivering banks
 through shared memory."""
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -10,7 +12,9 @@ import soundfile
 from models.bank_source import TimbreRequest
 from models.procedural_source import ProceduralBankSource
 from rt_engine import voice_kernel as vk
-from rt_engine.bank_manager import BankLayout, BankManager, grid_nodes_around, prepare_rows
+from rt_engine import bank_manager as bank_manager_module
+from rt_engine.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
+from rt_engine.bank_worker import BankLayout, prepare_rows
 
 
 def _peak_hz(signal, rate):
@@ -121,3 +125,65 @@ def test_a_bad_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"bank_source": "nothing"}))
     with pytest.raises(RuntimeError, match=str(tmp_path.name)):
         BankManager(str(tmp_path), 48_000, n_slots=5, pitches=[60])
+
+
+def test_a_timbre_request_overtaken_by_a_newer_one_hears_superseded(manager):
+    outcomes = {"first": [], "second": [], "again": []}
+    manager.bind(lambda slot, generation: None)
+    with manager._lock:  # both requests land before the worker can answer the first
+        manager.request_preset("organ", 21)
+        manager.request_audio(__file__, 22, lambda: outcomes["first"].append("done"), outcomes["first"].append)
+        manager.request_preset("brass", 23)
+    _let_blocks_pass(manager, lambda: not manager.busy())
+    assert outcomes["first"] == [SUPERSEDED]
+
+
+def test_two_requests_for_one_bank_both_hear_it_land(manager, tmp_path):
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, 0.5 * np.sin(2 * np.pi * 330 * np.arange(8000) / 16000).astype(np.float32), 16000)
+    heard = []
+    manager.bind(lambda slot, generation: None)
+    with manager._lock:
+        manager.request_audio(str(path), 31, lambda: heard.append("a"), heard.append)
+        manager.request_audio(str(path), 32, lambda: heard.append("b"), heard.append)
+    _let_blocks_pass(manager, lambda: len(heard) == 2)
+    assert sorted(heard) == ["a", "b"]
+
+
+def _wait(condition, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_killed_worker_is_restarted_and_the_request_it_held_fails_with_the_reason():
+    banks = BankManager(None, 48_000, n_slots=6, pitches=[57, 69], render_ahead=False, exact_delay_s=0.0)
+    try:
+        assert banks.wait_ready(60.0)
+        first_pid, failed = banks.worker_pid, []
+        with banks._lock:  # the listener sees the death only after the request is in flight
+            os.kill(first_pid, signal.SIGKILL)
+            banks.request_audio(__file__, 5, lambda: failed.append("done"), failed.append)
+        assert _wait(lambda: failed and banks.worker_pid != first_pid)
+        assert "exited with code -9" in failed[0] and "restarted" in failed[0]
+        assert len(banks.worker_restarts) == 1 and not banks.failed
+        banks.request_xy(0.3, 0.6, 6)  # the new worker renders
+        assert banks.wait_ready(60.0)
+        published = {(float(x), float(y)) for kind, x, y, *_ in banks.slots if kind == vk.SLOT_GRID}
+        assert {(x, y) for x, y, _ in grid_nodes_around(0.3, 0.6, 5)} <= published
+    finally:
+        banks.close()
+
+
+def test_a_worker_over_its_memory_limit_is_restarted_then_given_up(monkeypatch):
+    monkeypatch.setattr(bank_manager_module, "MAX_RESTARTS", 1)
+    banks = BankManager(None, 48_000, n_slots=6, pitches=[57, 69], render_ahead=False, exact_delay_s=0.0)
+    try:
+        assert banks.wait_ready(60.0)
+        banks.worker_memory_limit_bytes = 1  # every worker is over it
+        assert _wait(lambda: banks.failed)
+        assert "over its limit" in banks.failed and "2 restarts" in banks.failed
+        assert banks.state() == "failed"
+    finally:
+        banks.close()
