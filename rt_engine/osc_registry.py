@@ -370,7 +370,9 @@ COMMANDS: tuple[Command, ...] = (
             replies=("/done /timbre/audio <path> when the timbre is playable",),
             errors=("outside the allowed sound folders (the same reason whether or not the path "
                     "exists); not a regular file, not a sound file, a rate, channel count or length "
-                    "out of bounds; a failed render (sent later, when known)",),
+                    "out of bounds; sent later, when known: a failed render, `superseded by a newer timbre "
+                    "request` (another timbre was asked for before this one played), or the bank worker "
+                    "restarted (it crashed or passed its memory limit) while rendering it",),
             timed=False),
     Command("/gru/glide", (Form((ArgSpec("seconds", "float", "portamento between legato notes", "s",
                                          0.0, MAX_GLIDE_S, clamp=True),)),),
