@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from training.evaluation import pitch_accuracy
-from training.gru_evaluation import (classified_alike_rate, default_grid_points, log_mel_distance_db,
-                                     main, TOLERANCE_CENTS)
+from training.gru_evaluation import (PointClassifier, TOLERANCE_CENTS, classified_alike_rate, default_grid_points,
+                                     log_mel_distance_db, main, timbre_features)
 
 RATE = 16_000
 
@@ -78,3 +78,21 @@ def test_command_line_names_a_bad_pitch_list(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "nowhere", "--out", "nowhere", "--pitches", "60,x"])
     assert "--pitches" in capsys.readouterr().err
+
+
+def test_the_point_classifier_tells_timbres_apart_at_unseen_pitches():
+    rate, t = 16000, np.arange(8000) / 16000
+
+    def tone(pitch, bright):  # harmonic k weighted bright**k: the timbre; pitch: the note
+        f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+        return sum(bright ** k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 8) if k * f0 < rate / 2)
+
+    brightness = [0.1, 0.5, 0.9]
+    train = [(tone(p, b), j) for j, b in enumerate(brightness) for p in (46, 47, 49, 50, 58, 59, 61, 62)]
+    train_pitches = [p for _ in brightness for p in (46, 47, 49, 50, 58, 59, 61, 62)]
+    classifier = PointClassifier().fit(
+        timbre_features(np.array([a for a, _ in train], np.float32), train_pitches, rate), np.array([j for _, j in train]))
+    test = np.array([tone(p, b) for b in brightness for p in (48, 60)], np.float32)
+    features = timbre_features(test, [48, 60] * 3, rate)
+    assert features.shape == (6, 2 * 16 + 1)
+    assert classifier.predict(features).tolist() == [0, 0, 1, 1, 2, 2]
