@@ -7,6 +7,9 @@ A model folder holds
     presets.json   {"presets": {name: h [h_dim]}, "programs": {name: GM program}, "corners": [a, b, c, d]}
     grid/          (optional) a SOM timbre grid (`models.timbre_grid`); else `xy` is bilinear
                    between the four corner presets: a at (0, 0), b at (1, 0), c at (0, 1), d at (1, 1)
+    hyper/         (optional) the hypernetwork H (`models.hypernetwork`): a one-shot request gets
+                   its own refined G, W * (1 + H(h, h_init)) with h_init = f(G(h, z, p)) at the
+                   input's estimated pitch p, computed once per request; its bank renders with it
 
 Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
 by PGHI then Fast Griffin-Lim (`models.phase_reconstruction`) -> peak-normalised waveform. The
@@ -22,7 +25,9 @@ Public API:
         .conditioning_for(timbre) -> float32 [conditioning_dim]
         .render_pitches(h [conditioning_dim], pitches) -> float32 [n, n_samples]
         .own_sample_blend   OwnSampleBlend | None: one-shot banks play the input near its pitch
-        .render_conditioning(h [batch, dim], pitches int [batch], seed) -> float32 [batch, n_samples]
+        .hyper              HyperNetwork | None (from hyper/)
+        .one_shot_generator(h [dim]) -> RefinedGenerator | None   H's refined G of a one-shot's h
+        .render_conditioning(h [batch, dim], pitches int [batch], seed, generator=None) -> float32 [batch, n_samples]
         .render_spectrogram(h, pitches, seed) -> float32 [batch, n_mels, n_frames] (natural-log mel magnitude)
         .features_of_audio(audio [batch, n_samples]) -> float32 [batch, dim]
     interpolate_conditioning(hs [m, dim], weights [m]) -> [dim]   HyperGANStrument: h = sum_i a_i h_i
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -46,9 +52,11 @@ from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError
 from models.features import denormalise_log_mel, load_feature_extractor, log_mel, mel_filterbank
 from models.gan import load_generator
+from models.hypernetwork import RefinedGenerator, first_reconstruction_features, fixed_z, load_hypernetwork
 from models.mel_inversion import MelInverter
 from models.one_shot import load_one_shot
-from models.own_sample_blend import DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi
+from models.own_sample_blend import (BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi,
+                                     parse_blend)
 from models.phase_reconstruction import griffin_lim
 from models.pitch import midi_to_hz
 from models.timbre_grid import load_grid
@@ -61,7 +69,9 @@ GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 _INVERTERS: dict[tuple, object] = {}
 ONE_SHOT_MEMORY = 8
-"""One-shot inputs kept (with their pitch) for the own-sample blend of later `render_pitches` calls."""
+"""One-shot inputs kept (with their pitch and refined G) for later `render_pitches` calls."""
+UNPITCHED_REFINEMENT_PITCH = 60
+"""MIDI pitch of H's first reconstruction for a one-shot without a clear pitch."""
 
 
 def _mel_inverter(config):
@@ -164,8 +174,10 @@ def bilinear_conditioning(corners: np.ndarray, x: float, y: float) -> np.ndarray
 class GanBankSource:
     """Banks of one-shot notes rendered by the GAN. Build with `from_dir`."""
 
-    def __init__(self, generator, extractor, presets: dict, corners: list[str], grid=None, model_dir: str = ""):
+    def __init__(self, generator, extractor, presets: dict, corners: list[str], grid=None, model_dir: str = "",
+                 hyper=None):
         self.generator = generator
+        self.hyper = hyper
         self.extractor = extractor
         self.config = generator.config
         self.presets = presets
@@ -177,7 +189,7 @@ class GanBankSource:
         self.conditioning_dim = int(self.config.h_dim)
         self.own_sample_blend = DEFAULT_BLEND
         """One-shot banks play the input itself near its pitch (`models.own_sample_blend`); None: off."""
-        self._one_shots: dict[bytes, tuple[np.ndarray, float]] = {}
+        self._one_shots: dict[bytes, tuple[np.ndarray, float, RefinedGenerator | None]] = {}
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "GanBankSource":
@@ -198,7 +210,8 @@ class GanBankSource:
             if grid.conditioning_dim != generator.config.h_dim:
                 raise CheckpointError(f"{model_dir / 'grid'}: conditioning_dim {grid.conditioning_dim} does not "
                                       f"match the generator's {generator.config.h_dim}")
-        return cls(generator, extractor, presets, corners, grid, str(model_dir))
+        hyper = load_hypernetwork(model_dir / "hyper", generator) if (model_dir / "hyper").is_dir() else None
+        return cls(generator, extractor, presets, corners, grid, str(model_dir), hyper)
 
     def preset_names(self) -> list[str]:
         """Preset names in program-change order."""
@@ -218,7 +231,8 @@ class GanBankSource:
         if timbre.kind == "audio":
             audio = load_one_shot(timbre.path, self.sample_rate, self.n_samples)
             h = self.features_of_audio(audio[None])[0]
-            self._one_shots[h.tobytes()] = (audio, estimate_pitch_midi(audio, self.sample_rate))
+            pitch = estimate_pitch_midi(audio, self.sample_rate)
+            self._one_shots[h.tobytes()] = (audio, pitch, self._refine(h, pitch))
             while len(self._one_shots) > ONE_SHOT_MEMORY:
                 self._one_shots.pop(next(iter(self._one_shots)))
             return h
@@ -230,6 +244,27 @@ class GanBankSource:
             corners = np.stack([self.presets[name] for name in self.corners])
             return bilinear_conditioning(corners, timbre.x, timbre.y)
         raise ValueError(f"unknown timbre kind {timbre.kind!r}: use xy, preset or audio")
+
+    def _refine(self, h: np.ndarray, source_pitch: float) -> RefinedGenerator | None:
+        """H's refined G for a one-shot's h [dim] whose pitch is `source_pitch` (MIDI; nan: unpitched),
+        or None without hyper/."""
+        if self.hyper is None:
+            return None
+        pitch = UNPITCHED_REFINEMENT_PITCH if not np.isfinite(source_pitch) else source_pitch
+        low = self.config.min_pitch
+        pitch_class = torch.tensor([int(np.clip(round(pitch), low, low + self.config.n_pitches - 1)) - low])
+        h_t = torch.from_numpy(np.asarray(h, dtype=np.float32))[None]
+        with torch.inference_mode():
+            h_init = first_reconstruction_features(self.generator, self.extractor, h_t, pitch_class,
+                                                   fixed_z(self.config.z_dim))
+            offsets = self.hyper(h_t, h_init)
+        return RefinedGenerator(self.generator, {name: delta[0] for name, delta in offsets.items()})
+
+    def one_shot_generator(self, h: np.ndarray) -> RefinedGenerator | None:
+        """The refined G of the one-shot whose conditioning is `h` [dim] (`conditioning_for` of a
+        sound file, among the last ONE_SHOT_MEMORY), else None (also without hyper/)."""
+        one_shot = self._one_shots.get(np.asarray(h, dtype=np.float32).tobytes())
+        return None if one_shot is None else one_shot[2]
 
     def _pitch_classes(self, pitches) -> np.ndarray:
         pitches = np.asarray(pitches)
@@ -246,7 +281,7 @@ class GanBankSource:
         `seed` shared by the batch: natural-log mel magnitude float32 [batch, n_mels, n_frames]."""
         return denormalise_log_mel(self._generate(h, pitches, seed), self.config).astype(np.float32)
 
-    def _generate(self, h: np.ndarray, pitches, seed: int) -> np.ndarray:
+    def _generate(self, h: np.ndarray, pitches, seed: int, generator=None) -> np.ndarray:
         h = np.asarray(h, dtype=np.float32)
         classes = self._pitch_classes(pitches)
         if h.ndim != 2 or h.shape != (classes.size, self.conditioning_dim):
@@ -254,26 +289,30 @@ class GanBankSource:
                              f"got shape {h.shape}")
         if not np.all(np.isfinite(h)):
             raise ValueError("conditioning h holds NaN or infinite values")
-        z = torch.randn(1, self.config.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+        z = fixed_z(self.config.z_dim, seed)
         h, classes = torch.from_numpy(h), torch.from_numpy(classes)
+        generator = self.generator if generator is None else generator
         with torch.inference_mode():
-            out = [self.generator(z.expand(len(part), -1), part, h[start:start + GENERATOR_CHUNK])
+            out = [generator(z.expand(len(part), -1), part, h[start:start + GENERATOR_CHUNK])
                    for start, part in zip(range(0, len(classes), GENERATOR_CHUNK), classes.split(GENERATOR_CHUNK))]
         return torch.cat(out).numpy()
 
-    def render_conditioning(self, h: np.ndarray, pitches, seed: int = 0) -> np.ndarray:
+    def render_conditioning(self, h: np.ndarray, pitches, seed: int = 0, generator=None) -> np.ndarray:
         """Waveforms float32 [batch, n_samples] (peak 1.0) for conditionings h [batch, dim] at MIDI
-        pitches [batch]."""
-        return log_mel_to_audio(self._generate(h, pitches, seed), self.config, pitches=pitches)
+        pitches [batch]; `generator`: a G-shaped callable instead of G (a `RefinedGenerator`)."""
+        return log_mel_to_audio(self._generate(h, pitches, seed, generator), self.config, pitches=pitches)
 
-    def render_pitches(self, h: np.ndarray, pitches: Sequence[int]) -> np.ndarray:
+    def render_pitches(self, h: np.ndarray, pitches: Sequence[int], seed: int = 0) -> np.ndarray:
         """One conditioning h [dim] at MIDI `pitches`: float32 [len(pitches), n_samples]. An h that
-        came from a one-shot file gets the own-sample blend (`own_sample_blend`) with that input."""
-        notes = self.render_conditioning(np.repeat(np.asarray(h)[None], len(pitches), axis=0), list(pitches))
+        came from a one-shot file renders with its refined G (with hyper/) and gets the own-sample
+        blend (`own_sample_blend`) with that input."""
         one_shot = self._one_shots.get(np.asarray(h, dtype=np.float32).tobytes())
+        notes = self.render_conditioning(np.repeat(np.asarray(h)[None], len(pitches), axis=0), list(pitches), seed,
+                                         None if one_shot is None else one_shot[2])
         if one_shot is None or self.own_sample_blend is None:
             return notes
-        return blend_own_sample(notes, pitches, *one_shot, self.sample_rate, self.own_sample_blend)
+        audio, source_pitch, _ = one_shot
+        return blend_own_sample(notes, pitches, audio, source_pitch, self.sample_rate, self.own_sample_blend)
 
     def render_bank(self, timbre: TimbreRequest, pitches: Sequence[int]) -> np.ndarray:
         """One timbre at MIDI `pitches`: float32 [len(pitches), n_samples], rows in the order asked."""
@@ -281,8 +320,12 @@ class GanBankSource:
 
 
 def load_source(model_dir: Path) -> GanBankSource:
-    """The registry's entry point (`models.timbre_sources`)."""
-    return GanBankSource.from_dir(model_dir)
+    """The registry's entry point (`models.timbre_sources`). The own-sample blend is the user's
+    setting in the environment (BLEND_ENVIRONMENT, set by `serve --own-sample-blend`), else DEFAULT_BLEND."""
+    source = GanBankSource.from_dir(model_dir)
+    if os.environ.get(BLEND_ENVIRONMENT):
+        source.own_sample_blend = parse_blend(os.environ[BLEND_ENVIRONMENT])
+    return source
 
 
 def _load_presets(path: Path, h_dim: int) -> tuple[dict[str, np.ndarray], list[str]]:

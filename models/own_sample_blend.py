@@ -27,9 +27,16 @@ programs estimate it more than half a semitone from the font's MIDI 60 (organs, 
 percussion an octave or more off). Centred on the known MIDI 60 instead, the default blend scores
 9.94 / 9.90 dB (0.62 / 0.82 of programs).
 
+The user's switch: `--own-sample-blend on|off|INTERVAL[,CROSSFADE]` on `serve`, `generate` and
+`eval --one-shot-fidelity` (`parse_blend`); `serve` hands it to its bank worker process in the
+environment variable BLEND_ENVIRONMENT, which `models.gan_bank.load_source` reads.
+
 Public API:
     OwnSampleBlend                    frozen dataclass: interval_semitones, crossfade_semitones
     DEFAULT_BLEND                     the shipped setting (OwnSampleBlend or None)
+    BLEND_ENVIRONMENT                 name of the environment variable a bank worker reads the setting from
+    parse_blend(text) -> OwnSampleBlend | None   'on', 'off' (None), 'A' or 'A,B' semitones
+    blend_text(blend) -> str          the inverse: 'off' or 'A,B'
     own_sample_weights(pitches [n], source_pitch, blend) -> float64 [n] in [0, 1] (1: the input itself)
     resample_to_pitch(note [n_samples], semitones, sample_rate) -> float32 [n_samples]
     estimate_pitch_midi(note [n_samples], sample_rate) -> float (MIDI, fractional; nan when unpitched)
@@ -73,6 +80,32 @@ class OwnSampleBlend:
 
 
 DEFAULT_BLEND: OwnSampleBlend | None = OwnSampleBlend()
+BLEND_ENVIRONMENT = "LATENTSYNTH_OWN_SAMPLE_BLEND"
+
+
+def parse_blend(text: str) -> OwnSampleBlend | None:
+    """The user's setting: 'on' (`OwnSampleBlend()`: 9 semitones, 2 of crossfade), 'off' (None),
+    'A' (the input within A semitones, the default crossfade) or 'A,B' (A semitones, B of
+    crossfade). Anything else is a ValueError saying what is accepted."""
+    text = str(text).strip().lower()
+    if text == "on":
+        return OwnSampleBlend()
+    if text == "off":
+        return None
+    parts = text.split(",")
+    try:
+        values = [float(part) for part in parts]
+        if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return OwnSampleBlend(*values)
+    except (ValueError, TypeError):
+        raise ValueError(f"own-sample blend must be on, off, INTERVAL or INTERVAL,CROSSFADE (semitones >= 0), "
+                         f"got {text!r}") from None
+
+
+def blend_text(blend: OwnSampleBlend | None) -> str:
+    """`parse_blend`'s inverse: 'off' for None, else 'A,B' (interval, crossfade in semitones)."""
+    return "off" if blend is None else f"{blend.interval_semitones:g},{blend.crossfade_semitones:g}"
 
 
 def own_sample_weights(pitches, source_pitch: float, blend: OwnSampleBlend) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import os
 import signal
 import sys
 import threading
@@ -60,10 +61,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model folder (default: models/pretrained/default if it holds a "
                              "model, else the procedural source)")
     parser.add_argument("--record", default=None, help="also write the output to this WAV file")
+    add_own_sample_blend_argument(parser)
     parser.add_argument("--polyphony", type=int, default=64, help="sampler voices (settable live)")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
     add_gru_temperature_argument(parser)
+
+
+def add_own_sample_blend_argument(parser: argparse.ArgumentParser) -> None:
+    """`--own-sample-blend on|off|A[,B]`, shared by serve, generate and eval."""
+    parser.add_argument("--own-sample-blend", default=None, metavar="on|off|A[,B]",
+                        help="one-shot banks (/timbre/audio, --timbre FILE) play the input itself within A "
+                             "semitones of its pitch and crossfade to generated notes over B more "
+                             "(default and on: 9,2; off: generated notes only)")
+
+
+def own_sample_cache_dir(blend):
+    """The bank cache of a server whose own-sample blend is `blend`: "auto" (the shared cache) for
+    the shipped setting, else a sibling folder per setting, so cached one-shot banks never mix settings."""
+    from models.own_sample_blend import DEFAULT_BLEND, blend_text  # run-time imports: subcommand modules load fast
+    from rt_engine.bank_cache import default_cache_dir
+
+    if blend == DEFAULT_BLEND:
+        return "auto"
+    base = default_cache_dir()
+    return base.with_name(f"{base.name}-own-sample-{blend_text(blend).replace(',', '-')}")
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` inside the block, restored after."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def add_gru_temperature_argument(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +208,13 @@ def _serve(args: argparse.Namespace) -> int:
     from rt_engine.midi_input import MidiInput
     from rt_engine.osc_server import OscServer
     from rt_engine.sound_access import SoundAccess, default_sound_dirs
+    from models.own_sample_blend import BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_text, parse_blend
 
+    try:
+        blend = DEFAULT_BLEND if args.own_sample_blend is None else parse_blend(args.own_sample_blend)
+    except ValueError as error:
+        print(f"latentsynth serve: --own-sample-blend: {error}", file=sys.stderr)
+        return 2
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)
     try:
@@ -186,7 +228,9 @@ def _serve(args: argparse.Namespace) -> int:
     banks = engine = osc = midi = None
     started = False
     try:
-        banks = BankManager(model_dir, backend.sample_rate)
+        # the bank worker process reads the blend from the environment it is spawned with
+        with _environment(BLEND_ENVIRONMENT, blend_text(blend)):
+            banks = BankManager(model_dir, backend.sample_rate, cache_dir=own_sample_cache_dir(blend))
         layer = load_stream_layer(model_dir, args.gru, temperature=args.gru_temperature)
         engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),
                         n_voices=args.polyphony, stream_layer=layer)

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from rt_engine.serve_command import add_own_sample_blend_argument
 from training.generate_command import DEFAULT_MODEL_DIR
 
 
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "real notes MIDI 36-84 (training.one_shot_fidelity; one_shot_fidelity.json/.png)")
     parser.add_argument("--sf2", default=None, help="font of the one-shot fidelity evaluation "
                                                      "(default: Debian's TimGM6mb, /usr/share/sounds/sf2)")
+    add_own_sample_blend_argument(parser)
 
 
 def training_data_of(model_dir) -> str:
@@ -68,13 +70,15 @@ def main(args: argparse.Namespace) -> int:
 def one_shot_fidelity_main(args: argparse.Namespace) -> int:
     """`eval --one-shot-fidelity`: writes the JSON and PNG, prints both subsets' summaries."""
     from models.checkpoint import CheckpointError
-    from training.one_shot_fidelity import DEFAULT_SF2, evaluate_one_shot_fidelity
+    from models.own_sample_blend import DEFAULT_BLEND, parse_blend
+    from training.one_shot_fidelity import DEFAULT_SF2, FidelityConfig, evaluate_one_shot_fidelity
 
     try:
-        metrics = evaluate_one_shot_fidelity(args.model, args.sf2 or DEFAULT_SF2, args.out)
+        blend = DEFAULT_BLEND if args.own_sample_blend is None else parse_blend(args.own_sample_blend)
+        metrics = evaluate_one_shot_fidelity(args.model, args.sf2 or DEFAULT_SF2, args.out, FidelityConfig(blend=blend))
     except (FileNotFoundError, ValueError, CheckpointError) as error:
         print(f"latentsynth eval: {error}", file=sys.stderr)
         return 1
     print(json.dumps({key: metrics[key] for key in ("held_out_rule", "chosen_on_development", "development",
-                                                    "held_out", "eval_seconds")}, indent=2))
+                                                    "held_out", "ablation", "eval_seconds")}, indent=2))
     return 0

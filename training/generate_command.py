@@ -3,7 +3,10 @@
     latentsynth generate --timbre (PRESET | x,y | FILE.wav) --pitch 60 --out note.wav
     latentsynth generate --timbre flute --pitches 21-108 --out DIR/      (one WAV per pitch: DIR/60.wav)
     latentsynth generate --timbre flute --blend trumpet --alpha 0.3 ...  (h = (1 - a) h1 + a h2)
-    options: --model DIR (default models/pretrained/default), --seed N
+    options: --model DIR (default models/pretrained/default), --seed N,
+             --own-sample-blend on|off|A[,B] (a one-shot FILE: the input itself within A semitones)
+A one-shot FILE renders as `/timbre/audio` does: with the model's hypernetwork (hyper/) when it has
+one, and the own-sample blend on top.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from models.timbre_sources import DEFAULT_MODEL_DIR
+from rt_engine.serve_command import add_own_sample_blend_argument
 
 _XY = re.compile(r"^\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -29,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blend", default=None, help="a second timbre to interpolate toward")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of --blend: h = (1-alpha) h1 + alpha h2")
     parser.add_argument("--seed", type=int, default=0, help="noise seed z (default 0)")
+    add_own_sample_blend_argument(parser)
 
 
 def parse_timbre(text: str):
@@ -53,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
 
     from models.checkpoint import CheckpointError
     from models.gan_bank import GanBankSource, interpolate_conditioning
+    from models.own_sample_blend import parse_blend
     from training.dataset_command import parse_int_list
 
     try:
@@ -60,11 +66,13 @@ def main(args: argparse.Namespace) -> int:
         if args.blend is not None and not 0.0 <= args.alpha <= 1.0:
             raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
         source = GanBankSource.from_dir(args.model)
+        if args.own_sample_blend is not None:
+            source.own_sample_blend = parse_blend(args.own_sample_blend)
         h = source.conditioning_for(parse_timbre(args.timbre))
         if args.blend is not None:
             h2 = source.conditioning_for(parse_timbre(args.blend))
             h = interpolate_conditioning(np.stack([h, h2]), [1.0 - args.alpha, args.alpha])
-        audio = source.render_conditioning(np.repeat(h[None], len(pitches), axis=0), pitches, seed=args.seed)
+        audio = source.render_pitches(h, pitches, seed=args.seed)  # a one-shot: refined G, own-sample blend
     except (FileNotFoundError, ValueError, KeyError, CheckpointError) as error:
         print(f"latentsynth generate: {error}", file=sys.stderr)
         return 1

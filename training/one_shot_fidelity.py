@@ -12,7 +12,9 @@ GM name (when the model has it), and the bank with the own-sample blend
 the input's estimated pitch) and on the known reference pitch. Distance: RMS log-mel difference (dB) over the
 first 0.5 s to the font's real note at each pitch (`training.evaluation.log_mel_distance_db`),
 averaged over the pitches. The font is rendered at the model's own rate and note length and
-preprocessed as the training data is.
+preprocessed as the training data is. With the model's hypernetwork (hyper/), the bank of the
+refined G is scored too, alone and with `FidelityConfig.blend` on top; `ablation` in the JSON (and
+the figure's heading) lists each subset's rows: model, model + H, blend, H + blend, resampled, best preset.
 
 Programs p with p % held_out_every == held_out_every - 1 are held out of every choice (the blend's
 default is picked on the others) and reported apart.
@@ -26,6 +28,7 @@ Public API:
     render_font_notes(sf2, programs, pitches, sample_rate, n_samples, velocity) -> {program: {pitch: [n_samples]}}
     instrument_fidelity(source, h, one_shot, real, preset_bank, ...) -> dict   one instrument's distances
     summarise(records) -> dict                                              per-method means and win shares
+    ablation(summary, blend) -> list[dict]                                  the ablation rows of one subset
     evaluate_one_shot_fidelity(model_dir, sf2, out_dir, config) -> dict     renders the font, writes JSON + PNG
     fidelity_of_notes(source, font_notes, out_dir, config) -> dict          the same on given notes
 """
@@ -46,8 +49,8 @@ from models.bank_source import TimbreRequest
 from models.features import denormalise_log_mel, log_mel
 from models.gan_bank import GanBankSource
 from models.one_shot import load_one_shot
-from models.own_sample_blend import (OwnSampleBlend, blend_rows, estimate_pitch_midi, own_sample_weights,
-                                     resample_to_pitch)
+from models.own_sample_blend import (DEFAULT_BLEND, OwnSampleBlend, blend_rows, blend_text, estimate_pitch_midi,
+                                     own_sample_weights, resample_to_pitch)
 from training.evaluation import log_mel_distance_db
 from training.sf2_render import (GM_PROGRAM_NAMES, SILENCE_PEAK, open_soundfont, preprocess_note,
                                  render_program_notes)
@@ -60,6 +63,8 @@ REFERENCE_PITCH_SUFFIX = "_at_reference_pitch"
 """Key suffix of a blend centred on the known reference pitch instead of the input's estimated
 pitch: what a user who names the input's pitch would get (not a choice the live path can make)."""
 FIGURE_PITCHES = (36, 48, 60, 72, 84)
+HYPER_PREFIX = "model_hyper_"
+"""Key prefix of the refined G's bank with a blend (model_hyper_blend_A_B)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class FidelityConfig:
     seconds: float = 0.5
     velocity: int = 100
     n_figure_instruments: int = 4
+    blend: OwnSampleBlend | None = DEFAULT_BLEND
+    """The own-sample blend of the ablation's blend rows (None: no blend rows)."""
 
 
 def is_held_out(program: int, config: FidelityConfig) -> bool:
@@ -119,7 +126,9 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
     source_pitch = estimate_pitch_midi(one_shot, source.sample_rate)
     names = source.preset_names()
     nearest = names[int(np.argmin([((source.presets[name] - h) ** 2).sum() for name in names]))]
-    generated = source.render_pitches(h, pitches)
+    stacked = np.repeat(np.asarray(h)[None], len(pitches), axis=0)
+    generated = source.render_conditioning(stacked, pitches)
+    refined_generator = source.one_shot_generator(h)
     banks = {"model": generated,
              "resampled": np.stack([resample_to_pitch(one_shot, p - config.reference_pitch, source.sample_rate)
                                     for p in pitches]),
@@ -134,6 +143,11 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
                                                               own_sample_weights(pitches, source_pitch, blend))
         banks[key + REFERENCE_PITCH_SUFFIX] = blend_rows(generated, banks["resampled"],
                                                          own_sample_weights(pitches, config.reference_pitch, blend))
+    if refined_generator is not None:
+        banks["model_hyper"] = source.render_conditioning(stacked, pitches, generator=refined_generator)
+        if config.blend is not None:  # as the bank path blends: an unpitched input plays generated notes only
+            banks[_hyper_blend_key(config.blend)] = banks["model_hyper"] if own is None else blend_rows(
+                banks["model_hyper"], own, own_sample_weights(pitches, source_pitch, config.blend))
     flat = head_distance_db(np.concatenate(list(banks.values())), np.tile(target, (len(banks), 1)), source.config,
                             config.seconds).reshape(len(banks), len(pitches))
     distances = dict(zip(banks, flat))
@@ -145,11 +159,32 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
     record["distance_db"]["best_preset"] = min(presets)
     if keep_notes:
         record["notes"] = {"real": target, "model": generated, "resampled": banks["resampled"]}
+        if "model_hyper" in banks:
+            record["notes"]["model_hyper"] = banks["model_hyper"]
     return record
 
 
 def _blend_key(blend: OwnSampleBlend) -> str:
     return f"model_blend_{blend.interval_semitones:g}_{blend.crossfade_semitones:g}"
+
+
+def _hyper_blend_key(blend: OwnSampleBlend) -> str:
+    return HYPER_PREFIX + f"blend_{blend.interval_semitones:g}_{blend.crossfade_semitones:g}"
+
+
+def ablation(summary: dict, blend: OwnSampleBlend | None) -> list[dict]:
+    """The ablation rows of one subset's `summarise` output: model, model + H, blend, H + blend,
+    resampled, best preset; each {row, key, mean_distance_db, beats_resampling_and_best_preset}
+    (the share only for the model's banks), rows the run has no bank for left out."""
+    rows = [("model", "model"), ("model + H", "model_hyper")]
+    if blend is not None:
+        rows += [(f"blend {blend_text(blend)}", _blend_key(blend)),
+                 (f"H + blend {blend_text(blend)}", _hyper_blend_key(blend))]
+    rows += [("resampled", "resampled"), ("best preset", "best_preset")]
+    means, wins = summary.get("mean_distance_db", {}), summary.get("beats_resampling_and_best_preset", {})
+    return [{"row": label, "key": key, "mean_distance_db": round(means[key], 3),
+             "beats_resampling_and_best_preset": None if key not in wins else round(wins[key], 3)}
+            for label, key in rows if key in means]
 
 
 def summarise(records: list[dict]) -> dict:
@@ -215,35 +250,42 @@ def fidelity_of_notes(source: GanBankSource, font: dict, out_dir, config: Fideli
     finally:
         source.own_sample_blend = blend_setting
     figure = [r.pop("notes") for r in records if "notes" in r]
-    write_fidelity_figure([r for r in records if r["program"] in figure_programs], figure, source.config,
-                          out_dir / "one_shot_fidelity.png")
     development = summarise([r for r in records if not r["held_out"]])
     options = ["model"] + [_blend_key(b) for b in BLEND_CANDIDATES]
     chosen = min(options, key=lambda key: development.get("mean_distance_db", {}).get(key, np.inf))
+    held_out_summary = summarise([r for r in records if r["held_out"]])
     metrics = {
         "sample_rate": source.sample_rate, "config": asdict(config), "n_instruments": len(records),
         "held_out_rule": f"program % {config.held_out_every} == {config.held_out_every - 1}",
         "held_out_programs": held_out,
         "blend_candidates": {_blend_key(b): asdict(b) for b in BLEND_CANDIDATES},
         "chosen_on_development": chosen,
-        "development": development, "held_out": summarise([r for r in records if r["held_out"]]),
+        "development": development, "held_out": held_out_summary,
+        "hypernetwork": source.hyper is not None,
+        "ablation": {"development": ablation(development, config.blend),
+                     "held_out": ablation(held_out_summary, config.blend)},
         "per_instrument": records,
     }
     (out_dir / "one_shot_fidelity.json").write_text(json.dumps(metrics, indent=2))
+    write_fidelity_figure([r for r in records if r["program"] in figure_programs], figure, source.config,
+                          out_dir / "one_shot_fidelity.png", metrics["ablation"]["held_out"])
     return metrics
 
 
-def write_fidelity_figure(records: list[dict], notes: list[dict], spectral_config, png_path: Path) -> None:
-    """Log-mel spectrograms (dB) of the real notes, the model's bank and the resampled one-shot at
-    FIGURE_PITCHES for each instrument in `records` (rows: instrument x kind), into `png_path`."""
+def write_fidelity_figure(records: list[dict], notes: list[dict], spectral_config, png_path: Path,
+                          ablation_rows: list[dict] = ()) -> None:
+    """Log-mel spectrograms (dB) of the real notes, the model's bank (and the refined G's, with H)
+    and the resampled one-shot at FIGURE_PITCHES for each instrument in `records` (rows: instrument
+    x kind), headed by the held-out `ablation_rows` (mean distance dB, share beating both), into `png_path`."""
     import matplotlib  # plotting only: matplotlib is heavy and needed nowhere else here
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = ("real", "model", "resampled")
-    fig, axes = plt.subplots(max(1, len(records)) * len(kinds), len(FIGURE_PITCHES),
-                             figsize=(2.2 * len(FIGURE_PITCHES), 1.4 * max(1, len(records)) * len(kinds)),
+    kinds = ("real", "model", "model_hyper", "resampled") if notes and "model_hyper" in notes[0] \
+        else ("real", "model", "resampled")
+    n_rows = max(1, len(records)) * len(kinds)
+    fig, axes = plt.subplots(n_rows, len(FIGURE_PITCHES), figsize=(2.2 * len(FIGURE_PITCHES), 1.4 * n_rows + 1.0),
                              squeeze=False)
     for index, (record, bank) in enumerate(zip(records, notes)):
         for k, kind in enumerate(kinds):
@@ -261,8 +303,12 @@ def write_fidelity_figure(records: list[dict], notes: list[dict], spectral_confi
                     axis.set_ylabel(f"{record['instrument'][:14]}\n{kind}", fontsize=6)
                 if index == 0 and k == 0:
                     axis.set_title(f"MIDI {pitch}", fontsize=7)
-    fig.suptitle("one-shot at MIDI 60 -> bank: real vs model vs resampled (log-mel dB)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    table = "   ".join(f"{row['row']}: {row['mean_distance_db']:.2f} dB"
+                       + ("" if row["beats_resampling_and_best_preset"] is None
+                          else f" ({100 * row['beats_resampling_and_best_preset']:.0f} %)") for row in ablation_rows)
+    fig.suptitle("one-shot at MIDI 60 -> bank: real vs model (vs model + H) vs resampled (log-mel dB)\n"
+                 f"held out, distance (share beating resampling and the best preset): {table}", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.9 / (1.4 * n_rows + 1.0)))
     fig.savefig(png_path, dpi=60)
     plt.close(fig)
 

@@ -1,4 +1,4 @@
-"""`latentsynth train KIND [--config FILE] [--out DIR] [--resume]`, KIND in features|gan|grid|gru.
+"""`latentsynth train KIND [--config FILE] [--out DIR] [--resume]`, KIND in features|gan|grid|gru|hyper.
 
 Each kind lives in `training.train_<kind>` and exposes `run_from_cli(args) -> int`; the grid and GRU
 modules add their own options (`add_arguments`), which do not overlap. Without `--config`, the
@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-KINDS = ("features", "gan", "grid", "gru")
+KINDS = ("features", "gan", "grid", "gru", "hyper")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="training config JSON (default: training/configs/<kind>_default.json)")
     parser.add_argument("--out", default=None,
-                        help="features/gan: run folder (default runs/<kind>); grid/gru: exported model folder")
+                        help="features/gan/hyper: run folder (default runs/<kind>); grid/gru: exported model folder")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     from training import train_grid, train_gru  # light modules: torch is imported in run_from_cli
 
