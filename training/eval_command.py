@@ -3,7 +3,8 @@
 Writes eval.json (pitch accuracy by pyin over MIDI 28-96 on held-out timbres, one-shot
 reconstruction vs the nearest training preset, interpolation pitch accuracy) and PNGs
 (keyboard_sheet.png: the 88-key spectrogram sheet) into --out, and prints the headline numbers.
-`--one-shot-fidelity [--sf2 FONT]` runs `training.one_shot_fidelity` instead.
+`--one-shot-fidelity [--sf2 FONT] [--own-sample-blend on|off|A[,B]]` runs `training.one_shot_fidelity`
+instead (the blend setting is that of its ablation's blend rows).
 """
 from __future__ import annotations
 

@@ -111,9 +111,10 @@ def _target_table(instrument, pitch_class, n_pitches):
 
 def _draw(rng, n_notes, neighbours, pitch_class, instrument, target_of, batch_size, p_recon):
     """One batch: (instances i [b], render pitch classes [b], target rows [b] (-1: none), own-pitch mask [b])."""
-    i = torch.randint(0, n_notes, (batch_size,), generator=rng)
-    j = neighbours[i, torch.randint(0, neighbours.shape[1], (batch_size,), generator=rng)]
-    own = torch.rand(batch_size, generator=rng) < p_recon
+    device = pitch_class.device  # draws on the CPU generator, then moved to the data's device
+    i = torch.randint(0, n_notes, (batch_size,), generator=rng).to(device)
+    j = neighbours[i, torch.randint(0, neighbours.shape[1], (batch_size,), generator=rng).to(device)]
+    own = (torch.rand(batch_size, generator=rng) < p_recon).to(device)
     pitch = torch.where(own, pitch_class[i], pitch_class[j])
     target = torch.where(own, i, target_of[instrument[i], pitch])
     return i, pitch, target, own
@@ -142,7 +143,7 @@ def hyper_loss(network, generator, extractor, z, batch, data, settings):
     x_fine = _render(generator, offsets, z, pitch, h[i])
     timbre = (extractor(x_fine) - h[i]).pow(2).mean(1)
     error, has = _recon_losses(x_fine, x, target, own)
-    weight = torch.where(own, torch.tensor(settings.lambda_recon), torch.tensor(settings.lambda_recon_other_pitch))
+    weight = torch.where(own, settings.lambda_recon, settings.lambda_recon_other_pitch)
     loss = settings.lambda_timbre * timbre.mean() + (weight * error).mean()
     regulariser = offset_norm(offsets)
     loss = loss + settings.lambda_offset * regulariser
