@@ -44,6 +44,10 @@ class BankSource(Protocol):
     def preset_names(self) -> list[str]:
         """Preset names, in program-change order."""
 
+    def preset_envelopes(self) -> dict[str, tuple]:
+        """Preset name -> (attack s, decay s, sustain level, release s) for the presets that have
+        their own envelope; the others play the engine's default."""
+
     def conditioning_for(self, timbre: TimbreRequest) -> np.ndarray:
         """What the source renders `timbre` from (the GAN's h; the procedural point), computed
         once per request: reading a sound file or running a network happens here. Raises

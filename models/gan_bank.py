@@ -4,7 +4,8 @@
 A model folder holds
     gan/           GanConfig + generator weights (safetensors) + metadata
     features/      FeatureConfig + feature model weights: f turns a one-shot WAV into h
-    presets.json   {"presets": {name: h [h_dim]}, "programs": {name: GM program}, "corners": [a, b, c, d]}
+    presets.json   {"presets": {name: h [h_dim]}, "programs": {name: GM program}, "corners": [a, b, c, d],
+                    "envelopes" (optional): {name: [attack s, decay s, sustain, release s]}}
     grid/          (optional) a SOM timbre grid (`models.timbre_grid`); else `xy` is bilinear
                    between the four corner presets: a at (0, 0), b at (1, 0), c at (0, 1), d at (1, 1)
     hyper/         (optional) the hypernetwork H (`models.hypernetwork`): a one-shot request gets
@@ -187,6 +188,9 @@ class GanBankSource:
         self.sample_rate = int(self.config.sample_rate)
         self.n_samples = int(self.config.n_samples)
         self.conditioning_dim = int(self.config.h_dim)
+        self.envelopes: dict[str, tuple] = {}
+        """Preset name -> (attack s, decay s, sustain, release s), measured from the training font
+        (`training.preset_envelopes`); presets without one play the engine's default."""
         self.own_sample_blend = DEFAULT_BLEND
         """One-shot banks play the input itself near its pitch (`models.own_sample_blend`); None: off."""
         self._one_shots: dict[bytes, tuple[np.ndarray, float, RefinedGenerator | None]] = {}
@@ -211,11 +215,17 @@ class GanBankSource:
                 raise CheckpointError(f"{model_dir / 'grid'}: conditioning_dim {grid.conditioning_dim} does not "
                                       f"match the generator's {generator.config.h_dim}")
         hyper = load_hypernetwork(model_dir / "hyper", generator) if (model_dir / "hyper").is_dir() else None
-        return cls(generator, extractor, presets, corners, grid, str(model_dir), hyper)
+        source = cls(generator, extractor, presets, corners, grid, str(model_dir), hyper)
+        source.envelopes = _load_envelopes(model_dir / "presets.json", presets)
+        return source
 
     def preset_names(self) -> list[str]:
         """Preset names in program-change order."""
         return list(self.presets)
+
+    def preset_envelopes(self) -> dict[str, tuple]:
+        """Preset name -> (attack s, decay s, sustain, release s) for the presets that have one."""
+        return dict(self.envelopes)
 
     def features_of_audio(self, audio: np.ndarray) -> np.ndarray:
         """h = f(x) of notes `[batch, n_samples]` (preprocessed like the data): float32 [batch, dim]."""
@@ -326,6 +336,23 @@ def load_source(model_dir: Path) -> GanBankSource:
     if os.environ.get(BLEND_ENVIRONMENT):
         source.own_sample_blend = parse_blend(os.environ[BLEND_ENVIRONMENT])
     return source
+
+
+def _load_envelopes(path: Path, presets: dict) -> dict[str, tuple]:
+    """presets.json's optional "envelopes": {name: [attack s, decay s, sustain, release s]}, each for
+    a known preset, times >= 0 and sustain in [0, 1]; CheckpointError otherwise."""
+    envelopes = json.loads(path.read_text()).get("envelopes", {})
+    if not isinstance(envelopes, dict):
+        raise CheckpointError(f"{path}: \"envelopes\" must map preset names to [attack, decay, sustain, release]")
+    out = {}
+    for name, envelope in envelopes.items():
+        values = np.asarray(envelope, dtype=np.float64) if isinstance(envelope, list) else np.zeros(0)
+        if (name not in presets or values.shape != (4,) or not np.all(np.isfinite(values))
+                or np.any(values < 0) or values[2] > 1):
+            raise CheckpointError(f"{path}: envelope of {name!r} must be a known preset's [attack s, decay s, "
+                                  f"sustain 0..1, release s], got {envelope!r}")
+        out[str(name)] = tuple(float(v) for v in values)
+    return out
 
 
 def _load_presets(path: Path, h_dim: int) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -26,6 +26,16 @@ PROCEDURAL_PRESETS: dict[str, tuple[float, float]] = {
     "brass": (0.8, 0.5),
     "saw": (1.0, 1.0),
 }
+PROCEDURAL_ENVELOPES: dict[str, tuple[float, float, float, float]] = {
+    "organ": (0.01, 0.1, 1.0, 0.08),
+    "flute": (0.04, 0.3, 0.9, 0.2),
+    "brass": (0.03, 0.4, 0.8, 0.2),
+    "clarinet": (0.02, 0.3, 0.9, 0.15),
+    "sine": (0.005, 0.2, 1.0, 0.3),
+    "saw": (0.003, 0.2, 0.9, 0.15),
+}
+"""(attack s, decay s, sustain, release s) of each preset: the procedural tones are steady, so the
+envelope shapes them entirely."""
 
 
 class ProceduralBankSource:
@@ -41,6 +51,10 @@ class ProceduralBankSource:
 
     def preset_names(self) -> list[str]:
         return list(PROCEDURAL_PRESETS)
+
+    def preset_envelopes(self) -> dict[str, tuple]:
+        """Preset name -> (attack s, decay s, sustain, release s)."""
+        return dict(PROCEDURAL_ENVELOPES)
 
     def conditioning_for(self, timbre: TimbreRequest) -> np.ndarray:
         """The timbre point h = (x, y) that shapes the spectrum: float32 [2] (rendering clips it

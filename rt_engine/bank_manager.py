@@ -210,11 +210,14 @@ class BankManager:
             if self._exact_wanted and self.exact_delay_s <= 0:
                 self._want_exact()
 
-    def request_preset(self, name: str, generation: int, envelope=DEFAULT_ADSR) -> None:
+    def request_preset(self, name: str, generation: int, envelope=None) -> None:
         """Load preset `name` as an exact bank with `envelope` (attack s, decay s, sustain,
-        release s); it plays once the held pitches are playable."""
+        release s; None: the preset's own, else `DEFAULT_ADSR`); it plays once the held pitches
+        are playable."""
         if name not in self._presets:
             raise KeyError(f"unknown preset {name!r}; known: {', '.join(self._presets)}")
+        if envelope is None:
+            envelope = self._worker.preset_envelopes.get(name, DEFAULT_ADSR)
         self._want_exact_bank(TimbreRequest("preset", name=name), generation, envelope)
 
     def request_audio(self, path: str, generation: int, on_done: Callable[[], None],

@@ -105,6 +105,8 @@ class WorkerHandle:
     requests: multiprocessing.Queue
     results: multiprocessing.Queue
     preset_names: list
+    preset_envelopes: dict
+    """Preset name -> (attack s, decay s, sustain, release s), for those that have their own."""
     source_rate: int
     n_samples: int
 
@@ -151,8 +153,8 @@ def start_worker(model_dir: str | None, cache_dir: str | None, start_timeout_s: 
     if hello[0] == "fail":
         process.join(5)
         raise RuntimeError(hello[2])
-    _, presets, source_rate, n_samples = hello
-    return WorkerHandle(process, requests, results, list(presets), int(source_rate), int(n_samples))
+    _, presets, envelopes, source_rate, n_samples = hello
+    return WorkerHandle(process, requests, results, list(presets), dict(envelopes), int(source_rate), int(n_samples))
 
 
 def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
@@ -179,7 +181,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
         if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
             cache = BankCache(cache_dir, model_dir, source.n_samples)
             cache.prune()
-        results.put(("hello", source.preset_names(), int(source.sample_rate), int(source.n_samples)))
+        results.put(("hello", source.preset_names(), source.preset_envelopes(), int(source.sample_rate),
+                     int(source.n_samples)))
     except Exception as error:  # any load failure is reported to the manager, which raises
         results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
         return

@@ -36,14 +36,6 @@ from rt_engine.commands import (
 )
 from rt_engine.held_notes import HeldNotes, pitch_note_id
 
-PRESET_ADSR = {
-    "organ": (0.01, 0.1, 1.0, 0.08),
-    "flute": (0.04, 0.3, 0.9, 0.2),
-    "brass": (0.03, 0.4, 0.8, 0.2),
-    "clarinet": (0.02, 0.3, 0.9, 0.15),
-    "sine": (0.005, 0.2, 1.0, 0.3),
-    "saw": (0.003, 0.2, 0.9, 0.15),
-}
 GAIN_LAYERS = {"sampler": GAIN_SAMPLER, "gru": GAIN_GRU, "master": GAIN_MASTER}
 GRU_RING_CAPACITY = 16384
 
@@ -320,7 +312,7 @@ class Engine:
     def timbre_preset(self, name: str) -> None:
         if name not in self.banks.preset_names():
             raise KeyError(f"unknown preset {name!r}; known: {', '.join(self.banks.preset_names())}")
-        self.banks.request_preset(name, self._next_generation(), PRESET_ADSR.get(name, DEFAULT_ADSR))
+        self.banks.request_preset(name, self._next_generation())
 
     def timbre_audio(self, path: str, on_done: Callable[[], None],
                      on_fail: Callable[[str], None]) -> None:

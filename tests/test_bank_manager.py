@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from models.bank_source import TimbreRequest
-from models.procedural_source import ProceduralBankSource
+from models.procedural_source import PROCEDURAL_ENVELOPES, ProceduralBankSource
 from rt_engine import voice_kernel as vk
 from rt_engine import bank_manager as bank_manager_module
 from rt_engine.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
@@ -187,3 +187,12 @@ def test_a_worker_over_its_memory_limit_is_restarted_then_given_up(monkeypatch):
         assert banks.state() == "failed"
     finally:
         banks.close()
+
+
+def test_a_preset_without_an_explicit_envelope_brings_its_own(manager):
+    selected = []
+    manager.bind(lambda slot, generation: selected.append(slot))
+    manager.request_preset("brass", 41)
+    _let_blocks_pass(manager, lambda: selected)
+    np.testing.assert_allclose(manager.slots[selected[-1], [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]],
+                               PROCEDURAL_ENVELOPES["brass"])

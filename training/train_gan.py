@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.preset_envelopes import preset_envelopes
 from training.train_features import (
     RunLog,
     any_rank,
@@ -95,7 +96,8 @@ def knn_indices(features, k: int, chunk: int = 1024):
 
 def build_presets(store, note_indices: np.ndarray, h, corner_programs=DEFAULT_CORNER_PROGRAMS) -> dict:
     """Presets = mean h of each training instrument (program order), named by GM program.
-    `h` is float32 [len(note_indices), h_dim]. Returns the presets.json record."""
+    `h` is float32 [len(note_indices), h_dim]. Returns the presets.json record; a store rendered
+    from one soundfont that is at hand also gets each program's envelope (`training.preset_envelopes`)."""
     from training.sf2_render import GM_PROGRAM_NAMES
 
     by_name: dict[str, list[int]] = {}
@@ -113,7 +115,11 @@ def build_presets(store, note_indices: np.ndarray, h, corner_programs=DEFAULT_CO
                if program in programs.values()]
     if len(corners) != 4:  # a data set without the default corners: the first presets, cycled
         corners = [list(presets)[i % len(presets)] for i in range(4)]
-    return {"presets": presets, "programs": programs, "corners": corners}
+    record = {"presets": presets, "programs": programs, "corners": corners}
+    fonts = store.attributes.get("render_config", {}).get("sf2_paths", [])
+    if len(fonts) == 1 and Path(fonts[0]).is_file():  # one font: each program's release is its own
+        record["envelopes"] = preset_envelopes(fonts[0], programs, progress=False)
+    return record
 
 
 def train_gan(config_path, out_dir, resume: bool = False) -> dict:

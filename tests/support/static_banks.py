@@ -43,7 +43,7 @@ class StaticBanks:
     def request_xy(self, x: float, y: float, generation: int) -> None:
         """Fixed banks: the point does not change the sound."""
 
-    def request_preset(self, name: str, generation: int, envelope=DEFAULT_ADSR) -> None:
+    def request_preset(self, name: str, generation: int, envelope=None) -> None:
         raise KeyError(f"unknown preset {name!r}: static banks have no presets")
 
     def request_audio(self, path: str, generation: int, on_done: Callable[[], None],
