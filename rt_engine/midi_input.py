@@ -2,9 +2,9 @@
 `MidiMapper`, by one of two paths (`path`, shown at start-up and in /status as `midi_input`):
 - "native-jack": with the JACK audio backend's native callback and the JACK MIDI API, the port
   `latentsynth` belongs to the audio client and the callback reads it (`rt_engine.native_midi`):
-  notes, bends and sustain sound at their event's frame in the same block. A thread drains the
-  callback's event ring every DRAIN_PERIOD_S into the mapper, which does the rest (CC timbre,
-  program change, RPN, gains) and the control-side work of what the callback applied.
+  notes, bends and sustain sound at their event's frame in the same block. A thread, woken by
+  the callback when events arrived, drains its event ring into the mapper, which does the rest
+  (CC timbre, program change, RPN, gains) and the control-side work of what the callback applied.
   Hardware ports are connected to it (auto: JACK's physical MIDI outputs);
 - "rtmidi": python-rtmidi (ALSA sequencer or JACK MIDI), for ALSA and the Python callback.
 
@@ -35,7 +35,6 @@ from rt_engine.midi_map import MidiMapper, load_midi_map
 
 VIRTUAL_PORT_NAME = MIDI_PORT_NAME
 APIS = ("auto", "alsa", "jack")
-DRAIN_PERIOD_S = 0.002
 
 
 class _AppliedByCallback:
@@ -126,8 +125,12 @@ class MidiInput:
         return opened
 
     def _drain_loop(self) -> None:
-        while not self._stop_drain.wait(DRAIN_PERIOD_S):
-            self.drain_native()
+        while True:
+            woken = self.native.wait(1.0)
+            if self._stop_drain.is_set():
+                return
+            if woken:
+                self.drain_native()
 
     def drain_native(self) -> None:
         """Control side of the native path: the callback's events, in order, into the mapper."""
@@ -221,6 +224,7 @@ class MidiInput:
         """Close every port and stop draining the native path. Safe to call twice."""
         self._stop_drain.set()
         if self._drainer is not None:
+            self.native.wake()
             self._drainer.join(2.0)
             self._drainer = None
         for midi_in in self._inputs:

@@ -9,10 +9,11 @@ through addresses held in `state`):
   map sends to "sustain" into a command record (`rt_engine.commands`) written straight into the
   kernel's pending schedule at frame `block start + event time`;
 - every channel message (0x80-0xEF, 1-3 bytes) also goes into `ring`, a bounded single-producer
-  ring the control side drains (`MidiInput`'s native path): there `MidiMapper` does what the
-  callback does not (CC timbre, program change, RPN bend range, gains) and the control-side
-  work of the applied ones (held notes, bank priority, the GRU layer). Full ring: counted in
-  `state[S_DROPPED]`, never blocks.
+  ring the control side drains (`MidiInput`'s native path), woken by a POSIX semaphore the
+  callback posts once per cycle with events (`sem_post` never blocks; no polling). There
+  `MidiMapper` does what the callback does not (CC timbre, program change, RPN bend range,
+  gains) and the control-side work of the applied ones (held notes, bank priority, the GRU
+  layer). Full ring: counted in `state[S_DROPPED]`, never blocks.
 
 Arrays (all preallocated, owned by `NativeMidi`):
 - params float64 [N_PARAMS]: M_LISTEN + channel (1 = listened), M_BEND_RANGE + channel
@@ -26,6 +27,12 @@ Arrays (all preallocated, owned by `NativeMidi`):
 `midi_command`'s reference is `MidiMapper` itself; a test feeds both the same messages.
 """
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import time
 
 import numba
 import numpy as np
@@ -47,11 +54,23 @@ S_EVENT = 4           # 4, 5, 6: jack_midi_event_t {uint32 time; size_t size; ui
 S_SEQ = 7             # sequence number of the next native command (ties apply after Python's)
 S_DROPPED = 8         # events the full ring could not take
 S_EVENTS = 9          # events read
-N_STATE = 10
+S_SEM_POST, S_SEM = 10, 11  # libc sem_post and the semaphore (sem_t *) posted after new events
+N_STATE = 12
 SEQ_BASE = 1 << 62
 RING_CAPACITY = 1024
 _NOTE_ON, _NOTE_OFF_ID = int(CommandKind.NOTE_ON), int(CommandKind.NOTE_OFF_ID)
 _PITCH_BEND, _SUSTAIN = int(CommandKind.PITCH_BEND), int(CommandKind.SUSTAIN)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    for name in ("sem_init", "sem_timedwait", "sem_post"):
+        getattr(libc, name).restype = ctypes.c_int
+    libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
+    libc.sem_timedwait.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    libc.sem_post.argtypes = [ctypes.c_void_p]
+    return libc
 
 
 @intrinsic
@@ -69,8 +88,8 @@ def _call_get_buffer(typingctx, function, port, n_frames):
 
 
 @intrinsic
-def _call_event_count(typingctx, function, buffer):
-    """`jack_midi_get_event_count((void *) buffer)` (uint32) by address."""
+def _call_with_pointer(typingctx, function, buffer):
+    """`(uint32) function((void *) buffer)` by address: jack_midi_get_event_count, sem_post."""
     def codegen(context, builder, signature, args):
         int8p = ir.IntType(8).as_pointer()
         fn = builder.inttoptr(args[0], ir.FunctionType(ir.IntType(32), [int8p]).as_pointer())
@@ -168,7 +187,8 @@ def read_jack_midi(params, ring, ring_pos, state, pending, counters, n_frames):
     buffer = _call_get_buffer(state[S_GET_BUFFER], state[S_PORT], n_frames)
     if buffer == 0:
         return
-    n_events = _call_event_count(state[S_EVENT_COUNT], buffer)
+    n_events = _call_with_pointer(state[S_EVENT_COUNT], buffer)
+    written = ring_pos[0]
     event = state[S_EVENT:S_EVENT + 3].ctypes.data
     for i in range(n_events):
         if _call_event_get(state[S_EVENT_GET], event, buffer, i) != 0:
@@ -180,6 +200,8 @@ def read_jack_midi(params, ring, ring_pos, state, pending, counters, n_frames):
         b1 = _byte_at(data + 1) if size >= 2 else 0
         b2 = _byte_at(data + 2) if size >= 3 else 0
         apply_midi_event(params, ring, ring_pos, state, pending, counters, offset, size, b0, b1, b2)
+    if ring_pos[0] != written and state[S_SEM] != 0:
+        _call_with_pointer(state[S_SEM_POST], state[S_SEM])
 
 
 class NativeMidi:
@@ -197,6 +219,27 @@ class NativeMidi:
         self.ring = np.zeros((capacity, N_FIELDS))
         self.ring_pos = np.zeros(2, dtype=np.int64)
         self.state = np.zeros(N_STATE, dtype=np.int64)
+        libc = _libc()
+        self._semaphore = np.zeros(8, dtype=np.int64)  # room for a sem_t (32 bytes on glibc)
+        if libc.sem_init(self._semaphore.ctypes.data, 0, 0) != 0:
+            raise OSError("sem_init failed")
+        self.state[S_SEM_POST] = ctypes.cast(libc.sem_post, ctypes.c_void_p).value
+        self.state[S_SEM] = self._semaphore.ctypes.data
+
+    def wait(self, timeout_s: float = 1.0) -> bool:
+        """Control side: block (without the GIL) until the callback posted new events or `wake`
+        (True), at most `timeout_s` (False)."""
+        deadline = time.time() + timeout_s
+        whole = int(deadline)
+        timespec = (ctypes.c_long * 2)(whole, int((deadline - whole) * 1e9))
+        while _libc().sem_timedwait(int(self.state[S_SEM]), timespec) != 0:
+            if ctypes.get_errno() != errno.EINTR:
+                return False
+        return True
+
+    def wake(self) -> None:
+        """Wake a `wait` (e.g. to stop the thread that waits)."""
+        _libc().sem_post(int(self.state[S_SEM]))
 
     @property
     def dropped(self) -> int:

@@ -78,6 +78,7 @@ def test_jack_callback_plays_midi_notes_at_their_event_frame_in_the_same_block()
     expected = python.process(256)
     np.testing.assert_array_equal(buffers[0], expected[0])
     assert np.abs(buffers[0][:77]).max() == 0.0 and np.abs(buffers[0][77:]).max() > 0.0
+    assert midi.native.wait(0.1) and not midi.native.wait(0.01)  # posted once for the cycle
     rows = midi.native.drain()
     assert rows[:, nm.E_FRAME].tolist() == [77, 200, 201]
     assert rows[:, nm.E_APPLIED].tolist() == [1.0, 0.0, 1.0] and rows[2, nm.E_VALUE] == 2.0
