@@ -5,6 +5,12 @@ UDP socket, the TCP listener, its connections and a wake-up pipe (it shares the 
 callback, so it never spins); each packet is decoded, its messages timed and handed to
 `rt_engine.osc_registry.dispatch`.
 
+Turns: UDP sources and TCP connections take turns. UDP datagrams wait per source and are served
+`UDP_QUANTUM` per source per round; a TCP connection's complete frames wait in it and are served one
+per connection per round, and a connection is read again only once its waiting frames are served
+(the kernel holds the rest: TCP back-pressure). So a client with a long backlog delays another
+client's frame by at most one of its own frames per round, not by the chunk the server read.
+
 Wire formats: UDP datagrams hold one packet. TCP carries OSC 1.0 packets prefixed by their size
 (int32 big-endian) or, when a connection's first byte is 0xC0 (END), SLIP-framed packets (OSC 1.1).
 
@@ -64,19 +70,24 @@ reply credit than this (counted in osc_replies_over_budget)."""
 # ----------------------------------------------------------------------------- server
 
 class _TcpClient:
-    """One TCP connection: its framing mode, unparsed bytes, unsent output (sent without ever
-    blocking) and a lock for replies sent from other threads. `doomed` names why the server
-    thread must close it (a broken socket, an output overflow)."""
+    """One TCP connection: its framing mode, unparsed bytes, complete frames waiting their turn
+    (`ready`), unsent output (sent without ever blocking) and a lock for replies sent from other
+    threads. `doomed` names why the server thread must close it (a broken socket, an output
+    overflow); `ended` that the peer closed its side, `error` a framing error, both acted on once
+    the waiting frames are served. `events` is what the selector watches for it (0: not registered)."""
 
     def __init__(self, sock: socket.socket, addr: tuple, now: float, authenticated: bool):
         self.sock, self.addr = sock, addr
         self.mode: str | None = None  # "size" or "slip", fixed by the first byte
         self.buffer = bytearray()
+        self.ready: collections.deque[bytes] = collections.deque()
+        self.ended = False
+        self.error: str | None = None
+        self.events = 0
         self.out = bytearray()
         self.lock = threading.Lock()
         self.closed = False
         self.doomed: str | None = None
-        self.writing = False  # registered for EVENT_WRITE
         self.authenticated = authenticated
         self.last_activity = now
         self.partial_since: float | None = None
@@ -293,7 +304,8 @@ class OscServer:
 
     def _run(self) -> None:
         while not self._stopping:
-            for key, mask in self._selector.select(timeout=0.0 if self._backlog else SWEEP_S):
+            busy = self._backlog or any(c.ready or c.ended or c.error for c in self._clients.values())
+            for key, mask in self._selector.select(timeout=0.0 if busy else SWEEP_S):
                 if self._stopping:
                     return
                 try:
@@ -305,6 +317,7 @@ class OscServer:
                     self.counters["osc_malformed"] += 1
                     print(f"osc server: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             self._serve_backlog()
+            self._serve_tcp()
             self._tend_clients()
             now = time.monotonic()
             if now >= self._next_sweep:
@@ -312,18 +325,24 @@ class OscServer:
                 self._sweep(now)
 
     def _tend_clients(self) -> None:
-        """Close doomed TCP clients; watch for writability only while output is queued."""
+        """Close doomed TCP clients; watch a connection for reading only while none of its frames
+        wait (and its peer has not closed), for writing only while output is queued."""
         for client in list(self._clients.values()):
             if client.doomed:
                 if client.doomed.startswith("more than"):
                     self.counters["osc_tcp_slow_dropped"] += 1
                 self._close_client(client)
                 continue
-            want = bool(client.out)
-            if want != client.writing:
-                client.writing = want
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-                self._selector.modify(client.sock, events, self._on_tcp)
+            reading = not (client.ready or client.ended or client.error)
+            events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if client.out else 0)
+            if events != client.events:
+                if not events:
+                    self._selector.unregister(client.sock)
+                elif not client.events:
+                    self._selector.register(client.sock, events, self._on_tcp)
+                else:
+                    self._selector.modify(client.sock, events, self._on_tcp)
+                client.events = events
 
     def _sweep(self, now: float) -> None:
         """Time limits: idle and half-sent TCP connections, silent /notify clients."""
@@ -408,10 +427,12 @@ class OscServer:
         client = _TcpClient(conn, addr, now, authenticated=self._password is None)
         self._clients[conn] = client
         self._selector.register(conn, selectors.EVENT_READ, self._on_tcp)
+        client.events = selectors.EVENT_READ
 
     def _on_tcp(self, conn: socket.socket) -> None:
+        """Read what the connection has into its waiting frames (served by `_serve_tcp`)."""
         client = self._clients.get(conn)
-        if client is None:
+        if client is None or client.ready or client.ended or client.error:
             return
         try:
             data = conn.recv(65536)
@@ -420,24 +441,38 @@ class OscServer:
         except OSError:
             data = b""
         if not data:
-            self._close_client(client)
+            client.ended = True
             return
         now = time.monotonic()
         client.last_activity = now
         client.buffer += data
-        origin = _Origin(("tcp", id(client)), lambda packet: self._tcp_send(client, packet))
         try:
-            for frame in client.frames():
+            client.ready.extend(client.frames())
+        except OscDecodeError as error:
+            client.error = str(error)
+        client.partial_since = (client.partial_since or now) if client.buffer else None
+
+    def _serve_tcp(self) -> None:
+        """One round: one waiting frame of each TCP connection; a connection whose frames are all
+        served is closed if its peer ended it or its framing broke."""
+        for client in list(self._clients.values()):
+            if client.closed:
+                continue
+            origin = _Origin(("tcp", id(client)), lambda packet, c=client: self._tcp_send(c, packet))
+            if client.ready:
+                frame = client.ready.popleft()
+                client.last_activity = time.monotonic()
                 if client.authenticated:
                     self._handle_packet(frame, origin)
-                elif not self._authenticate(client, frame, origin):
-                    return
-        except OscDecodeError as error:
-            self.counters["osc_malformed"] += 1
-            self._reply(origin, "/fail", ["#tcp", str(error)])
-            self._close_client(client)
-            return
-        client.partial_since = (client.partial_since or now) if client.buffer else None
+                else:
+                    self._authenticate(client, frame, origin)
+            elif client.error:
+                self.counters["osc_malformed"] += 1
+                self._reply(origin, "/fail", ["#tcp", client.error])
+                client.flush()
+                self._close_client(client)
+            elif client.ended:
+                self._close_client(client)
 
     def _authenticate(self, client: _TcpClient, frame: bytes, origin: _Origin) -> bool:
         """The first packet of a connection to a password-protected server; False (connection
@@ -473,10 +508,12 @@ class OscServer:
             for watcher_key in [k for k, w in self._notify.items() if w.owner == key]:
                 del self._notify[watcher_key]
             self._sources.forget(key)
-        try:
-            self._selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
+        if client.events:
+            try:
+                self._selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+            client.events = 0
         client.sock.close()
 
     # -- packets

@@ -8,8 +8,10 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from pythonosc.osc_bundle_builder import OscBundleBuilder
@@ -21,6 +23,7 @@ from rt_engine.osc_codec import (IMMEDIATE, Bundle, Message, OscDecodeError, dec
                                  flatten, slip_decode, slip_encode, timetag_to_unix, unix_to_timetag)
 from rt_engine.osc_server import OscServer
 from rt_engine.osc_guard import GuardConfig
+from tests.support.osc_udp import tcp_sync
 from tests.test_osc_registry import RecordingEngine
 
 
@@ -424,3 +427,85 @@ def test_stop_is_idempotent_and_frees_the_port():
     again = OscServer(RecordingEngine(), port=port, host="127.0.0.1")
     again.start()
     again.stop()
+
+
+class _SlowEngine(RecordingEngine):
+    """Each /note/pitch costs `work_s` of the server thread (the work of one frame)."""
+
+    def __init__(self, work_s: float):
+        super().__init__()
+        self.work_s = work_s
+
+    def note_pitch(self, note_id, pitch, glide_s=0.0, at_frame=None):
+        time.sleep(self.work_s)
+        return super().note_pitch(note_id, pitch, glide_s, at_frame)
+
+
+def _framed_message(address: str, args: list) -> bytes:
+    packet = encode_message(address, args)
+    return struct.pack(">i", len(packet)) + packet
+
+
+def _slow_server(work_s: float) -> OscServer:
+    srv = OscServer(_SlowEngine(work_s), port=0, host="127.0.0.1",
+                    config=GuardConfig(rate_per_s=1e6, burst=1e6, global_rate_per_s=1e6, global_burst=1e6))
+    srv.start()
+    return srv
+
+
+def test_tcp_connections_take_turns_one_frame_each():
+    """A sends 200 frames at once (200 ms of work); B's frame, sent 20 ms later, is served after at
+    most a frame of A's per round, not after all 200 (and A's frames all play, in order)."""
+    srv = _slow_server(0.001)
+    engine = srv.engine
+    try:
+        with socket.create_connection(("127.0.0.1", srv.tcp_port), timeout=2.0) as a, \
+                socket.create_connection(("127.0.0.1", srv.tcp_port), timeout=2.0) as b:
+            a.sendall(b"".join(_framed_message("/note/pitch", [1, 40.0 + k * 0.1]) for k in range(200)))
+            time.sleep(0.02)
+            b.sendall(_framed_message("/note/pitch", [2, 60.0]))
+            deadline = time.monotonic() + 5.0
+            while len(engine.named("note_pitch")) < 201 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        ids = [call["note_id"] for call in engine.named("note_pitch")]
+        assert len(ids) == 201 and ids.index(2) < 60, ids.index(2)
+        assert [call["pitch"] for call in engine.named("note_pitch") if call["note_id"] == 1] == \
+            pytest.approx([40.0 + k * 0.1 for k in range(200)], abs=1e-5)
+    finally:
+        srv.stop()
+
+
+def test_a_tcp_flood_delays_a_bystanders_sync_by_about_one_frame():
+    """One TCP client streams 1 MB of frames (36,000, each 0.2 ms of the server's work: 7 s in all)
+    while another times its /sync round trips for 1 s. Served in turns, the bystander waits for about
+    one flood frame; served a read at a time, it would wait for the 64 kB read's 2,300 frames (0.47 s)."""
+    srv = _slow_server(0.0002)
+    flood = b"".join(_framed_message("/note/pitch", [1, 61.0]) for _ in range(1_000_000 // 28))
+    flooder = socket.create_connection(("127.0.0.1", srv.tcp_port), timeout=10.0)
+    sender = threading.Thread(target=_send_until_closed, args=(flooder, flood), daemon=True)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.tcp_port), timeout=5.0) as bystander:
+            sender.start()
+            time.sleep(0.1)
+            round_trips, t_end = [], time.monotonic() + 1.0
+            while time.monotonic() < t_end:
+                t0 = time.perf_counter()
+                assert tcp_sync(bystander, len(round_trips))
+                round_trips.append(time.perf_counter() - t0)
+                time.sleep(0.005)
+        served = len(srv.engine.named("note_pitch"))
+    finally:
+        flooder.close()
+        srv.stop()
+    p50, p99 = np.percentile(round_trips, [50, 99])
+    print(f"bystander /sync round trip p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms over "
+          f"{len(round_trips)}; flood frames served meanwhile {served}")
+    assert 1000 < served < len(flood) // 28 - 10_000  # served throughout, a backlog left at the end
+    assert p99 < 0.02, (p50, p99)
+
+
+def _send_until_closed(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:  # closed by the test once it has measured
+        pass
