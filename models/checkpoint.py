@@ -14,6 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy_file
+
 ConfigT = TypeVar("ConfigT")
 
 
@@ -59,7 +62,6 @@ def load_config(folder: str | Path, config_class: type[ConfigT]) -> ConfigT:
 
 def load_tensors(folder: str | Path) -> dict:
     """Load `folder/model.safetensors` as name -> torch.Tensor (CPU)."""
-    from safetensors import SafetensorError  # with the torch loader below
     from safetensors.torch import load_file  # heavy: torch tensors only for torch models
 
     path = Path(folder) / "model.safetensors"
@@ -75,6 +77,18 @@ def load_metadata(folder: str | Path) -> dict:
     """`folder/metadata.json`, or {} when absent."""
     path = Path(folder) / "metadata.json"
     return _read_json(path) if path.is_file() else {}
+
+
+def load_arrays(folder: str | Path) -> dict:
+    """Load `folder/model.safetensors` as name -> float32/int NumPy array, without torch (the
+    runtime's loader)."""
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint weights not found: {path}")
+    try:
+        return load_numpy_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({error})") from error
 
 
 def load_state_into(module, folder: str | Path) -> None:

@@ -31,81 +31,15 @@ Checkpoints: `save_gru(folder, model, metadata)` / `load_gru(folder)` through `m
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
+from models.gru_config import CONDITIONING_NAMES, GruSynthConfig
 from models.mu_law import mu_law_zero
 
-CONDITIONING_NAMES = ("x", "y", "pitch")
-"""Raw conditioning channels, in order: timbre x in [0, 1], timbre y in [0, 1], MIDI pitch."""
-
-
-@dataclass(frozen=True)
-class GruSynthConfig:
-    """Architecture of `GruSynth` (saved in its checkpoint)."""
-
-    n_layers: int = 3
-    hidden_size: int = 256
-    n_classes: int = 256
-    """Mu-law classes (256 = 8 bits)."""
-    embedding_size: int = 64
-    """Size of the previous sample's embedding."""
-    conditioning_size: int = 32
-    """Size of the projected conditioning (x, y, pitch) features."""
-    use_period_feature: bool = True
-    """Add the normalised pitch period (samples) to the conditioning features."""
-    pitch_min: float = 21.0
-    pitch_range: float = 87.0
-    """MIDI pitch normalisation: (pitch - pitch_min) / pitch_range maps A0..C8 to [0, 1]."""
-    period_scale_samples: float = 100.0
-    """Period feature = sample_rate / f0_hz / period_scale_samples."""
-    sample_rate: int = 16000
-    oscillator_harmonics: int = 0
-    """K: sin/cos of k times the fundamental's phase, k = 1..K, enter the first layer every sample
-    (0 = the paper's RNN3 input: previous sample and conditioning only)."""
-
-    def __post_init__(self) -> None:
-        for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GruSynthConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.oscillator_harmonics, int) or isinstance(self.oscillator_harmonics, bool) \
-                or self.oscillator_harmonics < 0:
-            raise ValueError(f"GruSynthConfig.oscillator_harmonics must be an integer >= 0, got {self.oscillator_harmonics!r}")
-        if self.n_classes < 2:
-            raise ValueError(f"GruSynthConfig.n_classes must be >= 2, got {self.n_classes}")
-        if not (self.pitch_range > 0 and self.period_scale_samples > 0):
-            raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
-
-    @property
-    def n_features(self) -> int:
-        """Number of conditioning features after `conditioning_features` (3 or 4)."""
-        return 4 if self.use_period_feature else 3
-
-    @property
-    def input_size(self) -> int:
-        """Input size of the first GRU layer: embedding + projected conditioning + oscillator (2K)."""
-        return self.embedding_size + self.conditioning_size + 2 * self.oscillator_harmonics
-
-    @classmethod
-    def preset(cls, name: str) -> "GruSynthConfig":
-        """A named size: "3x256" (the paper's RNN3, default), "2x256", "2x128", "1x64" (tests)."""
-        try:
-            n_layers, hidden_size = (int(part) for part in name.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"unknown GRU preset {name!r}; choose one of {list(GRU_PRESETS)}") from None
-        if name.lower() not in GRU_PRESETS:
-            raise ValueError(f"unknown GRU preset {name!r}; choose one of {list(GRU_PRESETS)}")
-        return dataclasses.replace(cls(), n_layers=n_layers, hidden_size=hidden_size,
-                                   embedding_size=min(64, hidden_size), conditioning_size=min(32, hidden_size))
-
-
-GRU_PRESETS = ("3x256", "2x256", "2x128", "1x64")
 
 
 def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) -> torch.Tensor:
@@ -247,7 +181,7 @@ def load_gru_metadata(folder: str | Path) -> dict:
     return load_metadata(folder)
 
 
-__all__ = ["GruSynthConfig", "GruSynth", "GRU_PRESETS", "CONDITIONING_NAMES", "conditioning_features",
+__all__ = ["GruSynth", "conditioning_features",
            "oscillator_phase", "oscillator_features",
            "teacher_forcing_loss", "save_gru", "load_gru", "load_gru_metadata",
            "CheckpointError"]

@@ -41,6 +41,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from models.checkpoint import CheckpointError, load_arrays, load_config
+from models.gru_config import GruSynthConfig
 from models.mu_law import mu_law_decode, mu_law_zero
 
 COMPRESSIONS = ("int8", "fp32")
@@ -91,12 +93,47 @@ def _quantise_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np
 
 def stream_weights(model, compression: str = "int8") -> GruStreamWeights:
     """Repack a torch `GruSynth` for the kernel. compression: "int8" (per-row scales) or "fp32"."""
+    tensors = {name: value.detach().cpu().numpy() for name, value in model.state_dict().items()}
+    return stream_weights_from_arrays(model.config, tensors, compression)
+
+
+def load_stream_weights(folder, compression: str = "int8") -> tuple[GruStreamWeights, GruSynthConfig]:
+    """A GRU checkpoint folder (`models.gru.save_gru`) repacked for the kernel without torch:
+    (weights, config). A bad folder, or weights that do not fit its config, raise CheckpointError
+    naming the file."""
+    config = load_config(folder, GruSynthConfig)
+    arrays = load_arrays(folder)
+    expected = _expected_shapes(config)
+    found = {name: tuple(array.shape) for name, array in arrays.items()}
+    if found != expected:
+        wrong = sorted(set(found.items()) ^ set(expected.items()))[:4]
+        raise CheckpointError(f"{folder}/model.safetensors does not match its {config.n_layers}x"
+                              f"{config.hidden_size} config: {wrong}")
+    return stream_weights_from_arrays(config, arrays, compression), config
+
+
+def _expected_shapes(config: GruSynthConfig) -> dict[str, tuple]:
+    """Tensor names and shapes of a `GruSynth` with `config` (torch's layout)."""
+    gates, hidden = 3 * config.hidden_size, config.hidden_size
+    shapes = {"embedding.weight": (config.n_classes, config.embedding_size),
+              "conditioning_projection.weight": (config.conditioning_size, config.n_features),
+              "conditioning_projection.bias": (config.conditioning_size,),
+              "output.weight": (config.n_classes, hidden), "output.bias": (config.n_classes,)}
+    for layer in range(config.n_layers):
+        shapes[f"gru.weight_ih_l{layer}"] = (gates, config.input_size if layer == 0 else hidden)
+        shapes[f"gru.weight_hh_l{layer}"] = (gates, hidden)
+        shapes[f"gru.bias_ih_l{layer}"] = (gates,)
+        shapes[f"gru.bias_hh_l{layer}"] = (gates,)
+    return shapes
+
+
+def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression: str = "int8") -> GruStreamWeights:
+    """Repack a GRU's weights {torch parameter name: array} (see `_expected_shapes`) for the kernel."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown GRU weight compression {compression!r}; choose one of {COMPRESSIONS}")
-    config = model.config
     n_layers, embedding_size = config.n_layers, config.embedding_size
     oscillator_start = embedding_size + config.conditioning_size
-    tensors = {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()}
+    tensors = {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
     w_ih0 = tensors["gru.weight_ih_l0"]
     table = tensors["embedding.weight"] @ w_ih0[:, :embedding_size].T + tensors["gru.bias_ih_l0"]
     upper = [tensors[f"gru.weight_ih_l{layer}"] for layer in range(1, n_layers)]

@@ -49,7 +49,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from models.gru_stream import gru_stream_sample, kernel_path, new_state
+from models.gru_stream import gru_stream_sample, kernel_path, load_stream_weights, new_state
 from models.mu_law import mu_law_decode_table
 from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
                                   C_PITCH, C_PITCH_TARGET, C_X, C_Y, FADE_S, GLIDES, N_CONTROL, GruVoice,
@@ -164,11 +164,8 @@ class GruLayer:
     @classmethod
     def from_dir(cls, folder: str | Path, compression: str = "int8", **options) -> "GruLayer":
         """Load a GRU checkpoint folder (`models.gru.save_gru`) as a layer; int8 or fp32 weights."""
-        from models.gru import load_gru  # heavy: torch, only to load a checkpoint
-        from models.gru_stream import stream_weights
-
-        model = load_gru(folder)
-        return cls(stream_weights(model, compression), model.config.sample_rate, **options)
+        weights, config = load_stream_weights(folder, compression)  # no torch in the audio process
+        return cls(weights, config.sample_rate, **options)
 
     def _configure_rate(self, sample_rate: int) -> None:
         self.sample_rate = int(sample_rate)

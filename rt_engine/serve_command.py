@@ -126,12 +126,12 @@ def gru_temperature(gru_dir: str | Path, override: float | None = None) -> float
     """Start temperature of the GRU voice in checkpoint folder `gru_dir`: `override`
     (`--gru-temperature`) when given, else metadata.json's optional "sampling_temperature", else 1.0.
     A value outside [0, 2] is a ValueError naming the option or the file."""
-    from models.gru import load_gru_metadata  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from models.checkpoint import load_metadata  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     if override is not None:
         return _checked_temperature(override, "--gru-temperature")
     path = Path(gru_dir) / "metadata.json"
-    metadata = load_gru_metadata(gru_dir)
+    metadata = load_metadata(gru_dir)
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(metadata).__name__}")
     return _checked_temperature(metadata.get("sampling_temperature", 1.0), f"{path}: sampling_temperature")
