@@ -180,3 +180,18 @@ def test_serve_refuses_a_bad_blend_setting_and_keeps_caches_apart(capsys):
     assert serve_command.own_sample_cache_dir(DEFAULT_BLEND) == "auto"
     off, other = serve_command.own_sample_cache_dir(None), serve_command.own_sample_cache_dir(OwnSampleBlend(3, 1))
     assert off != other and off.name.endswith("own-sample-off") and other.name.endswith("own-sample-3-1")
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
+
+
+@pytest.mark.skipif(not (SHIPPED / "hyper" / "config.json").is_file(), reason="no hypernetwork shipped")
+def test_the_shipped_hypernetwork_refines_a_one_shot_of_the_shipped_model(tmp_path):
+    source = GanBankSource.from_dir(SHIPPED)
+    source.own_sample_blend = None
+    h = source.conditioning_for(TimbreRequest("audio", path=str(_one_shot_file(tmp_path / "one.wav", 32_000, 32_000))))
+    refined = source.one_shot_generator(h)
+    assert isinstance(refined, RefinedGenerator)
+    bank = source.render_pitches(h, [48, 72])
+    assert bank.shape == (2, 32_000) and np.all(np.isfinite(bank))
+    assert not np.array_equal(bank, source.render_conditioning(np.repeat(h[None], 2, 0), [48, 72]))
