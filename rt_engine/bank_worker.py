@@ -7,7 +7,8 @@ loop (`prepare_rows`), then written into its slot of the manager's shared-memory
 [n_slots, n_rows, bank_frames].
 
 Messages in (the manager's request queue): attach, render, boost, cancel, stop. Out (results):
-hello, rows, done, fail, cancelled. The most urgent job renders first, chunk by chunk: urgent
+hello, rows, done, fail, cancelled. `spawn_worker` starts the process without waiting, so its
+source loads while the caller does other start-up work. The most urgent job renders first, chunk by chunk: urgent
 jobs (priority 0) in chunks of `CHUNK_ROWS` (G's batch), background jobs (grid nodes rendered
 ahead) in chunks of `BACKGROUND_CHUNK_ROWS`, so a request arriving meanwhile waits at most that
 many rows for the worker (about 10 ms per row on one core at 32 kHz).
@@ -133,28 +134,52 @@ class WorkerHandle:
                 channel.close()
 
 
-def start_worker(model_dir: str | None, cache_dir: str | None, start_timeout_s: float) -> WorkerHandle:
-    """Spawn the worker and wait for its hello. Raises RuntimeError if its source cannot load or
-    it does not answer within `start_timeout_s` (s)."""
+@dataclass
+class PendingWorker:
+    """A spawned worker whose source is still loading: `wait` for its hello."""
+
+    process: multiprocessing.Process
+    requests: multiprocessing.Queue
+    results: multiprocessing.Queue
+
+    def wait(self, start_timeout_s: float) -> WorkerHandle:
+        """The started worker. Raises RuntimeError if its source cannot load or it does not answer
+        within `start_timeout_s` (s)."""
+        hello, deadline = None, time.monotonic() + start_timeout_s
+        while hello is None:
+            try:
+                hello = self.results.get(timeout=0.2)
+            except queue.Empty:
+                if not self.process.is_alive() or time.monotonic() > deadline:
+                    self.process.kill()
+                    raise RuntimeError(f"bank worker did not start (exit code "
+                                       f"{self.process.exitcode}, {start_timeout_s} s allowed)") from None
+        if hello[0] == "fail":
+            self.process.join(5)
+            raise RuntimeError(hello[2])
+        _, presets, envelopes, source_rate, n_samples = hello
+        return WorkerHandle(self.process, self.requests, self.results, list(presets), dict(envelopes),
+                            int(source_rate), int(n_samples))
+
+    def kill(self) -> None:
+        """Stop a worker that will not be used."""
+        self.process.kill()
+        self.process.join(5)
+
+
+def spawn_worker(model_dir: str | None, cache_dir: str | None) -> PendingWorker:
+    """Start the worker process; it loads its source while the caller goes on (`PendingWorker.wait`)."""
     context = multiprocessing.get_context("spawn")
     requests, results = context.Queue(), context.Queue()
     process = context.Process(target=worker_main, name="latentsynth-banks", daemon=True,
                               args=(model_dir, cache_dir, requests, results))
     process.start()
-    hello, deadline = None, time.monotonic() + start_timeout_s
-    while hello is None:
-        try:
-            hello = results.get(timeout=0.2)
-        except queue.Empty:
-            if not process.is_alive() or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"bank worker did not start (exit code "
-                                   f"{process.exitcode}, {start_timeout_s} s allowed)") from None
-    if hello[0] == "fail":
-        process.join(5)
-        raise RuntimeError(hello[2])
-    _, presets, envelopes, source_rate, n_samples = hello
-    return WorkerHandle(process, requests, results, list(presets), dict(envelopes), int(source_rate), int(n_samples))
+    return PendingWorker(process, requests, results)
+
+
+def start_worker(model_dir: str | None, cache_dir: str | None, start_timeout_s: float) -> WorkerHandle:
+    """Spawn the worker and wait for its hello (see `PendingWorker.wait`)."""
+    return spawn_worker(model_dir, cache_dir).wait(start_timeout_s)
 
 
 def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:

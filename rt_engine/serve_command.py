@@ -203,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from rt_engine.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
-    from rt_engine.bank_manager import BankManager
+    from rt_engine.bank_manager import BankManager, spawn_bank_worker
     from rt_engine.engine import Engine
     from rt_engine.midi_input import MidiInput
     from rt_engine.osc_server import OscServer
@@ -215,23 +215,27 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"latentsynth serve: --own-sample-blend: {error}", file=sys.stderr)
         return 2
+    model_dir = args.model or default_model_dir()
+    # the bank worker loads the model while the audio device and the GRU voice start; it reads the
+    # blend from the environment it is spawned with
+    with _environment(BLEND_ENVIRONMENT, blend_text(blend)):
+        pending_worker = spawn_bank_worker(model_dir, own_sample_cache_dir(blend))
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)
     try:
         backend = open_backend(args.audio, args.block, args.sample_rate,
                                native=args.audio_callback == "native")
     except (ValueError, RuntimeError) as error:
+        pending_worker.kill()
         print(f"latentsynth serve: {error}", file=sys.stderr)
         return 2
-    model_dir = args.model or default_model_dir()
     _say(f"bank source: {'model ' + model_dir if model_dir else 'procedural (no model in models/pretrained/default)'}")
     banks = engine = osc = midi = None
     started = False
     try:
-        # the bank worker process reads the blend from the environment it is spawned with
-        with _environment(BLEND_ENVIRONMENT, blend_text(blend)):
-            banks = BankManager(model_dir, backend.sample_rate, cache_dir=own_sample_cache_dir(blend))
         layer = load_stream_layer(model_dir, args.gru, temperature=args.gru_temperature)
+        banks = BankManager(model_dir, backend.sample_rate, cache_dir=own_sample_cache_dir(blend),
+                            worker=pending_worker)
         engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),
                         n_voices=args.polyphony, stream_layer=layer)
         recorder = Recorder(args.record, backend.sample_rate) if args.record else None
@@ -289,5 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
                 engine.close()
             elif banks is not None:
                 banks.close()
+            else:
+                pending_worker.kill()
             _say("stopped")
     return 0
