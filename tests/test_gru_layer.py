@@ -1,4 +1,5 @@
 """The GRU stream layer with a tiny random model: timing, ring protocol, voice behaviour."""
+import gc
 import time
 from pathlib import Path
 
@@ -407,3 +408,38 @@ def test_a_steal_or_retrigger_fades_the_cut_note_instead_of_clicking(voices):
     assert layer.steals == (8 if voices > 1 else 0) and steady > 1e-3
     assert at_steal < 1.3 * steady, (at_steal, steady)
     assert FADE_S * RATE < 500 - 100  # the fade ends inside the measured window
+
+
+def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
+    """600 blocks of the engine's callback plus the GRU worker's renders (4 voices sounding, the timbre
+    gliding) leave no new container object (what the garbage collector tracks and scans) behind, so the
+    collector never gets work from the audio path (`serve` freezes what start-up made with gc.freeze)."""
+    from tests.support.static_banks import StaticBanks
+    from rt_engine.engine import Engine
+
+    rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
+    ring, positions = np.zeros(16384, np.float32), np.zeros(2, np.int64)
+    layer = GruLayer(_weights(), 16000, threaded=False, voices=4)
+    engine = Engine(StaticBanks(rows, [60], 16000, RATE), RATE, max_block=256, stream_layer=layer, gru_gain=1.0)
+
+    def blocks(n_blocks):
+        for _ in range(n_blocks):
+            layer.render_available()
+            engine.process(256)
+
+    for note_id, pitch in enumerate((48.0, 52.0, 55.0, 60.0)):
+        engine.note_on(pitch, 100.0, note_id=note_id)
+    engine.timbre_xy(0.9, 0.1, 30.0)
+    blocks(300)  # warm-up: kernels loaded, caches filled
+    gc.collect()
+    gc.disable()
+    try:
+        before = {id(thing) for thing in gc.get_objects()}
+        blocks(600)
+        after = gc.get_objects()
+        new = [thing for thing in after if id(thing) not in before and thing is not before]
+    finally:
+        gc.enable()
+    assert layer.snapshot()["sounding_voices"] == 4 and layer.computed_samples > 4 * 12000
+    assert len(new) <= 1, [type(thing).__name__ for thing in new][:20]  # the set `before` itself
+    engine.close()
