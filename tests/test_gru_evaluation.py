@@ -96,3 +96,9 @@ def test_the_point_classifier_tells_timbres_apart_at_unseen_pitches():
     features = timbre_features(test, [48, 60] * 3, rate)
     assert features.shape == (6, 2 * 16 + 1)
     assert classifier.predict(features).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_points_between_nodes_skip_the_corners_and_centre():
+    points = default_grid_points(5, seed=3, random_only=True)
+    assert points.shape == (5, 2) and np.all((points > 0) & (points < 1))
+    assert not any(np.allclose(point, [0.5, 0.5]) for point in points)

@@ -25,6 +25,7 @@ Public API:
     default_grid_points(n_points, seed) -> float64 [n_points, 2]
     evaluate_gru_agreement(model_dir, grid_points, pitches, ...) -> dict
     main(): python3 -m training.gru_evaluation --model DIR --out DIR [--points 5] [--pitches 48,60,72]
+            [--between-nodes]
 """
 from __future__ import annotations
 
@@ -162,12 +163,13 @@ CLASSIFIER_SEEDS = (0, 1, 2)
 """G's noise seeds of the classifier's training notes."""
 
 
-def default_grid_points(n_points: int, seed: int = 0) -> np.ndarray:
+def default_grid_points(n_points: int, seed: int = 0, random_only: bool = False) -> np.ndarray:
     """Grid points (x, y) in [0, 1]^2: the four corners and the centre first, then uniform random
-    points from `seed`. Returns float64 [n_points, 2]."""
+    points from `seed`; `random_only` skips the corners and centre (grid nodes the GRU trained on),
+    so every point lies between the nodes. Returns float64 [n_points, 2]."""
     if n_points < 2:
         raise ValueError(f"need at least 2 grid points to compare them, got {n_points}")
-    fixed = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]])
+    fixed = np.zeros((0, 2)) if random_only else np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.5]])
     extra = np.random.default_rng(seed).uniform(0.0, 1.0, size=(max(0, n_points - len(fixed)), 2))
     return np.concatenate([fixed, extra])[:n_points]
 
@@ -314,8 +316,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="GRU note length (s)")
     parser.add_argument("--temperature", type=float, default=1.0, help="GRU sampling temperature")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--between-nodes", action="store_true",
+                        help="random points only (held out: none is a grid node the GRU trained on)")
     args = parser.parse_args(argv)
-    report = evaluate_gru_agreement(args.model, default_grid_points(args.points, args.seed), args.pitches,
+    points = default_grid_points(args.points, args.seed, random_only=args.between_nodes)
+    report = evaluate_gru_agreement(args.model, points, args.pitches,
                                     args.seconds, args.temperature, args.seed, out_dir=args.out)
     headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
                                              "classifier_agreement", "classifier_accuracy_on_gan",
