@@ -227,7 +227,7 @@ class Engine:
             if self.stream_layer is not None:
                 frame = self._layer_frame(at_frame)
                 self._layer_release(forgotten, frame)
-                self.stream_layer.note_on(key, float(pitch), velocity, frame)
+                self.stream_layer.note_on(key, float(pitch), velocity, frame, channel)
         return applied or self._push(CommandKind.NOTE_ON, at_frame, channel, note_id, pitch, velocity)
 
     def note_off(self, pitch: float | None = None, note_id: int | None = None, channel: int = -1,
@@ -252,7 +252,7 @@ class Engine:
         """Tell the stream layer that `note_ids` were released (control lock held), each with the
         newest note still held, which a monophonic layer falls back to."""
         newest = self._held.newest()
-        fallback = None if newest is None else (newest.note_id, newest.pitch)
+        fallback = None if newest is None else (newest.note_id, newest.pitch, newest.slot - 1)
         for note_id in note_ids:
             self.stream_layer.note_off(note_id, frame, fallback)
 
@@ -269,7 +269,7 @@ class Engine:
                    applied: bool = False) -> bool:
         channel_slot(channel)
         if self.stream_layer is not None:
-            self.stream_layer.pitch_bend(semitones, self._layer_frame(at_frame))
+            self.stream_layer.pitch_bend(semitones, self._layer_frame(at_frame), channel)
         return applied or self._push(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones))
 
     def sustain(self, channel: int, down: bool, at_frame: int | None = None) -> bool:

@@ -24,7 +24,8 @@ note while one is held glides over the portamento time (`set_glide`, legato) or,
 once from a fresh recurrent state; releasing the sounding note glides to the fall-back the engine's
 table names with the release (its newest note still held). A stolen or retriggered note is not cut:
 a tail voice plays it on and fades it out over `FADE_S` (3 ms) while the new note starts.
-`note_pitch` glides its note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend (every voice)
+`note_pitch` glides its note; `timbre_xy` moves (x, y) linearly over `glide_s` (or a 5 ms smoothing); pitch bend is
+per MIDI channel (MPE: each note follows its own channel's bend; channel -1 bends every channel) and
 is smoothed by a one-pole (5 ms); the amplitude envelope is a linear attack/release, so the output is
 exactly zero once released and that voice's GRU stops running (idle costs only the resampler). The sampling
 temperature (`set_temperature`, 0 = argmax) steps at its event's sample, unsmoothed: a new
@@ -54,6 +55,7 @@ from models.mu_law import mu_law_decode_table
 from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
                                   C_PITCH, C_PITCH_TARGET, C_X, C_Y, FADE_S, GLIDES, N_CONTROL, GruVoice,
                                   allocate, hand_over)
+from rt_engine.commands import N_CHANNELS, channel_slot
 from rt_engine.stream_resampler import StreamResampler
 
 __all__ = ["GruLayer", "control_block", "control_block_reference", "FADE_S", "N_CONTROL", "MAX_VOICES"]
@@ -145,6 +147,7 @@ class GruLayer:
         self._tails = [GruVoice(weights, self._seed + MAX_VOICES + index, self.model_rate_hz, self.attack_s,
                                 self.release_s, self.smooth_s) for index in range(TAIL_VOICES)]
         self._note_count = 0
+        self._bends = np.zeros(N_CHANNELS)  # bend (semitones) per channel slot
         self._events: collections.deque = collections.deque()
         self._pending: list[tuple] = []  # heap of (model sample, arrival count, event)
         self._mix_gain = 1.0
@@ -226,18 +229,19 @@ class GruLayer:
         else:
             self._events.append(event)
 
-    def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None) -> None:
-        self._post((at_frame, "on", int(note_id), float(pitch), float(velocity)))
+    def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None,
+                channel: int = -1) -> None:
+        self._post((at_frame, "on", int(note_id), float(pitch), float(velocity), channel_slot(channel)))
 
     def note_off(self, note_id: int, at_frame: int | None = None,
-                 fallback: tuple[int, float] | None = None) -> None:
+                 fallback: tuple[int, float, int] | None = None) -> None:
         self._post((at_frame, "off", int(note_id), fallback))
 
     def note_pitch(self, note_id: int, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
         self._post((at_frame, "pitch", int(note_id), float(pitch), max(float(glide_s), 0.0)))
 
-    def pitch_bend(self, semitones: float, at_frame: int | None = None) -> None:
-        self._post((at_frame, "bend", float(semitones)))
+    def pitch_bend(self, semitones: float, at_frame: int | None = None, channel: int = -1) -> None:
+        self._post((at_frame, "bend", float(semitones), channel_slot(channel)))
 
     def timbre_xy(self, x: float, y: float, glide_s: float, at_frame: int | None = None) -> None:
         self._post((at_frame, "xy", min(max(float(x), 0.0), 1.0), min(max(float(y), 0.0), 1.0),
@@ -396,9 +400,9 @@ class GruLayer:
         if kind == "on":
             velocity = min(max(event[3], 0.0), 127.0) / 127.0
             if len(self._voices) == 1:
-                self._mono_on(event[1], event[2], velocity)
+                self._mono_on(event[1], event[2], velocity, event[4])
             else:
-                self._poly_on(event[1], event[2], velocity)
+                self._poly_on(event[1], event[2], velocity, event[4])
         elif kind == "off":
             if len(self._voices) == 1:
                 self._mono_off(event[1], event[2])
@@ -412,8 +416,13 @@ class GruLayer:
                 if voice.note_id == event[1] and voice.sounding():
                     voice.glide(GLIDES[0], event[2], self._samples(event[3]))
         elif kind == "bend":
+            slot = event[2]
+            if slot == 0:
+                self._bends[:] = event[1]
+            else:
+                self._bends[slot] = event[1]
             for voice in self._voices:
-                voice.control[C_BEND_TARGET] = event[1]
+                voice.control[C_BEND_TARGET] = self._bends[voice.slot]
         elif kind == "xy":
             n_samples = self._samples(event[3] if event[3] > 0.0 else self.smooth_s)
             for voice in self._voices:
@@ -438,26 +447,33 @@ class GruLayer:
                 control[C_ENV_TARGET] = 0.0
                 control[C_ENV] = min(control[C_ENV], 0.005 * self.model_rate_hz * control[C_ENV_DOWN])
 
-    def _start_note(self, voice: GruVoice, note_id: int, pitch: float, velocity: float) -> None:
-        """`voice` plays note `note_id` at `pitch` at once (from a fresh recurrent state when it was
-        silent)."""
+    def _start_note(self, voice: GruVoice, note_id: int, pitch: float, velocity: float, slot: int) -> None:
+        """`voice` plays note `note_id` at `pitch` on channel `slot` at once (from a fresh recurrent
+        state, at its channel's bend, when it was silent)."""
+        self._set_channel(voice, slot)
         if voice.control[C_ENV] <= 0.0:
             voice.reset()
+            voice.control[C_BEND] = voice.control[C_BEND_TARGET]
         voice.glide(GLIDES[0], pitch, 0)
         self._note_count += 1
         voice.note_id, voice.held, voice.order = note_id, True, self._note_count
         voice.control[C_ENV_TARGET] = velocity
 
-    def _poly_on(self, note_id: int, pitch: float, velocity: float) -> None:
+    def _set_channel(self, voice: GruVoice, slot: int) -> None:
+        voice.slot = slot
+        voice.control[C_BEND_TARGET] = self._bends[slot]
+
+    def _poly_on(self, note_id: int, pitch: float, velocity: float, slot: int) -> None:
         voice, stolen = allocate(self._voices, note_id)
         if stolen:
             self.steals += 1
             hand_over(self._tails, voice, self.model_rate_hz)
-        self._start_note(voice, note_id, pitch, velocity)
+        self._start_note(voice, note_id, pitch, velocity, slot)
 
-    def _mono_on(self, note_id: int, pitch: float, velocity: float) -> None:
+    def _mono_on(self, note_id: int, pitch: float, velocity: float, slot: int) -> None:
         voice = self._voices[0]
         if voice.held and self.legato:
+            self._set_channel(voice, slot)
             voice.glide(GLIDES[0], pitch, self._samples(self.glide_s))
             self._note_count += 1
             voice.note_id, voice.order = note_id, self._note_count
@@ -465,10 +481,10 @@ class GruLayer:
             return
         if voice.held:  # retrigger: a fresh state and attack; the cut note fades out on a tail
             hand_over(self._tails, voice, self.model_rate_hz)
-        self._start_note(voice, note_id, pitch, velocity)
+        self._start_note(voice, note_id, pitch, velocity, slot)
 
-    def _mono_off(self, note_id: int, fallback: tuple[int, float] | None) -> None:
-        """The sounding note `note_id` ends: glide to `fallback` (id, pitch), or release."""
+    def _mono_off(self, note_id: int, fallback: tuple[int, float, int] | None) -> None:
+        """The sounding note `note_id` ends: glide to `fallback` (id, pitch, MIDI channel), or release."""
         voice = self._voices[0]
         if not voice.held or voice.note_id != note_id:
             return
@@ -477,4 +493,5 @@ class GruLayer:
             voice.control[C_ENV_TARGET] = 0.0
         else:
             voice.note_id = fallback[0]
+            self._set_channel(voice, channel_slot(fallback[2]))
             voice.glide(GLIDES[0], fallback[1], self._samples(self.glide_s))

@@ -44,6 +44,7 @@ class GruVoice:
         self.control[C_ENV_UP] = 1.0 / max(attack_s * model_rate_hz, 1.0)
         self.control[C_ENV_DOWN] = 1.0 / max(release_s * model_rate_hz, 1.0)
         self.note_id: int | None = None
+        self.slot = 0  # channel slot of the note (rt_engine.commands.channel_slot): whose bend applies
         self.held = False
         self.order = 0
         self.stale = False

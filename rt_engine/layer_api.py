@@ -32,20 +32,22 @@ class StreamLayer(Protocol):
     def stop(self) -> None:
         """Stop the rendering thread and join it."""
 
-    def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None) -> None:
-        """Start note `note_id` (the engine's held-note table's key, `rt_engine.held_notes`): on a free
-        (or stolen) voice; with one voice last-note priority (gliding if a note is held)."""
+    def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None,
+                channel: int = -1) -> None:
+        """Start note `note_id` (the engine's held-note table's key, `rt_engine.held_notes`) on MIDI
+        `channel` (-1: none; its bend applies): on a free (or stolen) voice; with one voice last-note
+        priority (gliding if a note is held)."""
 
     def note_off(self, note_id: int, at_frame: int | None = None,
-                 fallback: tuple[int, float] | None = None) -> None:
-        """Release note `note_id`. `fallback` is (id, pitch) of the newest note still held in the
-        engine's table (None: none), which a monophonic layer falls back to."""
+                 fallback: tuple[int, float, int] | None = None) -> None:
+        """Release note `note_id`. `fallback` is (id, pitch, MIDI channel) of the newest note still
+        held in the engine's table (None: none), which a monophonic layer falls back to."""
 
     def note_pitch(self, note_id: int, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
         """Glide note `note_id` to MIDI `pitch` over `glide_s` seconds."""
 
-    def pitch_bend(self, semitones: float, at_frame: int | None = None) -> None:
-        """Bend the voice by `semitones`."""
+    def pitch_bend(self, semitones: float, at_frame: int | None = None, channel: int = -1) -> None:
+        """Bend the notes of MIDI `channel` (-1: every channel) by `semitones` (MPE: per channel)."""
 
     def timbre_xy(self, x: float, y: float, glide_s: float, at_frame: int | None = None) -> None:
         """Move the timbre to grid point (x, y) in [0, 1]^2 over `glide_s` seconds."""

@@ -329,7 +329,7 @@ class _FakeLayer:
     def stop(self):
         self.events.append(("stop",))
 
-    def note_on(self, note_id, pitch, velocity, at_frame=None):
+    def note_on(self, note_id, pitch, velocity, at_frame=None, channel=-1):
         self.events.append(("note_on", note_id, pitch, at_frame))
 
     def set_mix_gain(self, gain, at_frame=None):
@@ -341,7 +341,7 @@ class _FakeLayer:
     def note_pitch(self, note_id, pitch, glide_s, at_frame=None):
         self.events.append(("note_pitch", note_id, pitch, at_frame))
 
-    def pitch_bend(self, semitones, at_frame=None):
+    def pitch_bend(self, semitones, at_frame=None, channel=-1):
         self.events.append(("bend", semitones, at_frame))
 
     def timbre_xy(self, x, y, glide_s, at_frame=None):

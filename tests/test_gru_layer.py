@@ -11,6 +11,7 @@ from models.gru import GruSynth, GruSynthConfig, save_gru
 from models.gru_stream import copy_state, stream_weights
 from rt_engine.gru_layer import (EVENT_CAPACITY, FADE_S, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, GruLayer,
                                  control_block, control_block_reference)
+from rt_engine.gru_voices import C_BEND, C_PITCH
 
 RATE = 48000
 TINY = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=4, conditioning_size=4)
@@ -113,7 +114,7 @@ def test_last_note_priority_with_portamento_and_fall_back():
     assert layer.snapshot()["pitch"] == pytest.approx(60.0 + 4.0 * progress, abs=1e-6)
     _consume(layer, ring, positions, RATE // 10)
     assert layer.snapshot()["pitch"] == 64.0 and layer.snapshot()["held"] == [64.0]
-    layer.note_off(64, fallback=(60, 60.0))  # the engine's table names the newest note still held
+    layer.note_off(64, fallback=(60, 60.0, -1))  # the engine's table names the newest note still held
     _consume(layer, ring, positions, RATE // 4)
     assert layer.snapshot()["pitch"] == 60.0 and layer.is_active()
 
@@ -443,3 +444,22 @@ def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
     assert layer.snapshot()["sounding_voices"] == 4 and layer.computed_samples > 4 * 12000
     assert len(new) <= 1, [type(thing).__name__ for thing in new][:20]  # the set `before` itself
     engine.close()
+
+
+def test_each_note_follows_its_own_channels_bend():
+    """MPE: two notes at MIDI 60 on channels 0 and 1; channel 1 bends +2 and only its note's conditioning
+    moves; a note started later on channel 1 starts at the bend; channel -1 bends them all."""
+    layer, ring, positions = _layer(voices=4)
+    layer.note_on(1, 60.0, 100.0, channel=0)
+    layer.note_on(2, 60.0, 100.0, channel=1)
+    layer.pitch_bend(2.0, channel=1)
+    _consume(layer, ring, positions, RATE // 10)
+    pitch = {voice.note_id: voice.control[C_PITCH] + voice.control[C_BEND] for voice in layer._voices if voice.held}
+    assert pitch[1] == 60.0 and pitch[2] == pytest.approx(62.0, abs=1e-6)
+    layer.note_on(3, 64.0, 100.0, channel=1)
+    _consume(layer, ring, positions, 480)
+    newest = layer.snapshot()
+    assert (newest["pitch"], newest["bend"]) == (64.0, 2.0)  # no glide up from 0 at its onset
+    layer.pitch_bend(-1.0)
+    _consume(layer, ring, positions, RATE // 10)
+    assert all(voice.control[C_BEND] == pytest.approx(-1.0, abs=1e-6) for voice in layer._voices if voice.held)
