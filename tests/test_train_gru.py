@@ -19,6 +19,7 @@ from training.train_gru import (
     learning_rate_at,
     load_train_config,
     pitch_report,
+    noisy_inputs,
     prepare_dataset,
     render_retuned,
     train_gru,
@@ -231,3 +232,13 @@ def test_gru_renders_are_retuned_and_resampled_to_the_gru_rate():
     assert audio.shape == (3, 8000) and audio.dtype == np.float32
     np.testing.assert_allclose(before, 30.0, atol=2.0)
     np.testing.assert_allclose(after, 0.0, atol=2.0)
+
+
+def test_input_noise_jitters_the_inputs_within_the_class_range_and_zero_leaves_them():
+    rng = np.random.default_rng(0)
+    mu = rng.integers(0, 256, size=(64, 257))
+    assert noisy_inputs(mu, 0.0, rng) is mu
+    noisy = noisy_inputs(mu, 2.0, np.random.default_rng(1))
+    assert noisy.dtype == mu.dtype and noisy.min() >= 0 and noisy.max() <= 255
+    difference = (noisy - mu)[(mu > 10) & (mu < 245)]
+    assert abs(difference.mean()) < 0.05 and 1.8 < difference.std() < 2.2

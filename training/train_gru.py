@@ -70,6 +70,11 @@ class GruTrainConfig:
     final_learning_rate_ratio: float = 0.1
     """Cosine decay from learning_rate to learning_rate * this at `steps`."""
     grad_clip: float = 1.0
+    input_noise_classes: float = 0.0
+    """Standard deviation (mu-law classes) of Gaussian noise added to the previous-sample inputs
+    (never to the targets): with exact inputs a sample-level model predicts the next sample from the
+    last few and learns to ignore its conditioning; noisy inputs make the timbre and pitch
+    conditioning carry the prediction. 0 trains on exact inputs."""
     heldout_every: int = 23
     """Every n-th clip is held out for the validation loss (0: none, validation on training clips)."""
     validation_batch: int = 64
@@ -102,6 +107,15 @@ class GruTrainConfig:
             raise ValueError("learning_rate must be > 0 and final_learning_rate_ratio in (0, 1]")
         if any(len(point) != 3 for point in self.sample_points):
             raise ValueError(f"sample_points must be (x, y, pitch) triples, got {self.sample_points}")
+
+
+def noisy_inputs(mu: np.ndarray, sigma_classes: float, rng: np.random.Generator, n_classes: int = 256) -> np.ndarray:
+    """Classes `mu` [batch, time] plus rounded Gaussian noise of `sigma_classes`, clipped to
+    0..n_classes-1 (same dtype; `mu` itself when sigma is 0)."""
+    if sigma_classes <= 0:
+        return mu
+    noise = np.rint(rng.normal(0.0, sigma_classes, size=mu.shape))
+    return np.clip(mu.astype(np.int64) + noise.astype(np.int64), 0, n_classes - 1).astype(mu.dtype)
 
 
 def learning_rate_at(step: int, config: GruTrainConfig) -> float:
@@ -430,7 +444,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
         phase = _target_phase(model_config, dataset, mu, conditioning, context.device)
-        logits, _ = wrapped(mu_t[:, :-1], torch.from_numpy(conditioning).to(context.device), phase=phase)
+        inputs = torch.from_numpy(noisy_inputs(mu[:, :-1], config.input_noise_classes, rng, dataset.n_classes))
+        logits, _ = wrapped(inputs.to(context.device), torch.from_numpy(conditioning).to(context.device), phase=phase)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
