@@ -242,6 +242,11 @@ class NativeMidi:
         _libc().sem_post(int(self.state[S_SEM]))
 
     @property
+    def events(self) -> int:
+        """Events the callback has read."""
+        return int(self.state[S_EVENTS])
+
+    @property
     def dropped(self) -> int:
         """Events the full ring could not take."""
         return int(self.state[S_DROPPED])

@@ -159,6 +159,7 @@ def test_a_jack_midi_note_sounds_at_the_frame_it_was_sent_at(jack_server):
     for frame in written[1:]:
         assert capture.onset_after(frame - 64, threshold=1e-6) == frame + first
     assert status["late"] == 0 and midi.n_errors == 0 and midi.native.dropped == 0
+    assert midi.native.events == 7
 
 
 @pytest.mark.integration
