@@ -114,6 +114,7 @@ def _serve(native: bool):
     backend.start(engine)
     if reads:
         midi.start_native(backend)
+    engine.midi_input = midi.path
     return engine, backend, midi
 
 
@@ -148,7 +149,7 @@ def test_a_jack_midi_note_sounds_at_the_frame_it_was_sent_at(jack_server):
         sender.close()
         backend.stop()
         midi.stop()
-    assert midi.path == "native-jack" and backend.native_midi is midi.native
+    assert status["midi_input"] == "native-jack" and backend.native_midi is midi.native
     start = written[0] - capture.first_frame
     got = capture.buffer[0, start - 128:start + expected.size]
     assert np.abs(expected).max() > 0.1
@@ -175,10 +176,12 @@ def test_the_python_callback_falls_back_to_rtmidi_and_still_plays(jack_server):
         written = sender.send(bytes([0x90, 69, 100]))
         time.sleep(0.3)
         onset = capture.onset_after(written)
+        status = engine.status()
     finally:
         capture.close()
         sender.close()
         backend.stop()
         midi.stop()
-    assert midi.path == "rtmidi" and backend.native_midi is None and backend.callback == "python"
+    assert status["midi_input"] == "rtmidi" and status["audio_callback"] == "python"
+    assert backend.native_midi is None
     assert 0 <= onset - written < RATE // 10
