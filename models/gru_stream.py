@@ -32,6 +32,7 @@ float32 dequantised weights or exact integer sums, exact activations) share one 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numba
@@ -44,6 +45,9 @@ from numba.extending import intrinsic, overload
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
 from models.mu_law import mu_law_decode, mu_law_zero
+from models.kernel_cache import drop_stale_cache
+
+drop_stale_cache(__file__, [Path(__file__).with_name("mu_law.py")])
 
 COMPRESSIONS = ("int8", "fp32")
 

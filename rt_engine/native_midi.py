@@ -33,6 +33,7 @@ import ctypes.util
 import errno
 import functools
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -43,6 +44,10 @@ from numba.extending import intrinsic
 from rt_engine.commands import CommandKind, Counter
 from rt_engine.midi_map import BEND_CENTER, MidiMap
 from rt_engine.osc_registry import MIDI_NOTE_ID_BASE
+from models.kernel_cache import drop_stale_cache
+
+_HERE = Path(__file__).parent
+drop_stale_cache(__file__, [_HERE / "commands.py", _HERE / "midi_map.py", _HERE / "osc_registry.py"])
 
 N_CHANNELS = 16
 M_LISTEN, M_BEND_RANGE, M_SUSTAIN_CC = 0, 16, 32
