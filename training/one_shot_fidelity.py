@@ -303,12 +303,13 @@ def write_fidelity_figure(records: list[dict], notes: list[dict], spectral_confi
                     axis.set_ylabel(f"{record['instrument'][:14]}\n{kind}", fontsize=6)
                 if index == 0 and k == 0:
                     axis.set_title(f"MIDI {pitch}", fontsize=7)
-    table = "   ".join(f"{row['row']}: {row['mean_distance_db']:.2f} dB"
-                       + ("" if row["beats_resampling_and_best_preset"] is None
-                          else f" ({100 * row['beats_resampling_and_best_preset']:.0f} %)") for row in ablation_rows)
+    cells = [f"{row['row']}: {row['mean_distance_db']:.2f} dB"
+             + ("" if row["beats_resampling_and_best_preset"] is None
+                else f" ({100 * row['beats_resampling_and_best_preset']:.0f} %)") for row in ablation_rows]
+    table = "\n".join("   ".join(cells[start:start + 3]) for start in range(0, len(cells), 3))
     fig.suptitle("one-shot at MIDI 60 -> bank: real vs model (vs model + H) vs resampled (log-mel dB)\n"
-                 f"held out, distance (share beating resampling and the best preset): {table}", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 1.0 - 0.9 / (1.4 * n_rows + 1.0)))
+                 f"held out, distance (share beating resampling and the best preset):\n{table}", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - 1.0 / (1.4 * n_rows + 1.0)))
     fig.savefig(png_path, dpi=60)
     plt.close(fig)
 
