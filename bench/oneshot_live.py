@@ -2,7 +2,8 @@
 
 Starts a real `serve` (null audio device, no MIDI, no GRU voice) on the given model, holds MIDI 60,
 then sends `/timbre/audio` for `--repeats` distinct one-shot WAVs (plucked tones of different
-brightness, so no bank is cached) over UDP OSC from one socket, and times each `/done` reply; after
+brightness; the server gets an empty bank cache of its own, so every bank is rendered, and
+`ready_s` includes rendering the first grid banks) over UDP OSC from one socket, and times each `/done` reply; after
 each it polls `/status` every 150 ms until `bank_state` is `ready` (the whole 88-key bank
 rendered). Baseline,
 measured in the same run on the same server: `/sync` -> `/synced`, the OSC round trip alone.
@@ -93,7 +94,8 @@ def main() -> int:
         command = [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
                    "--gru", "none", "--model", args.model, "--osc-port", str(port), "--sounds", str(sounds)]
         started = time.perf_counter()
-        server = ServeProcess(command, port, dict(os.environ))
+        environment = {**os.environ, "LATENTSYNTH_CACHE": str(sounds / "bank_cache")}  # nothing cached
+        server = ServeProcess(command, port, environment)
         ready_s = time.perf_counter() - started
         try:
             client = Client(port)
