@@ -7,7 +7,8 @@ trip (p50/p99) during the attack against a baseline measured in the same run wit
 
 Attacks: a 64 kB bundle of /status; a 60 kB unknown address; 31 /notify registrations then one
 bundle of /status; 4,800 far-future dated /note/off from 10 clients then an immediate note and
-/panic; a UDP flood of /note/pitch; 100 idle TCP connections then a fresh client; a TCP client
+/panic; a UDP flood of /note/pitch; 10,000 notes held by distinct ids, then released by id (voices
+stay within the polyphony; none left after); 100 idle TCP connections then a fresh client; a TCP client
 that never reads its replies; /timbre/audio of a file outside the allowed folders.
 
 Usage: python bench/abuse.py [--model DIR] [--flood-s 3]
@@ -165,6 +166,28 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     during = _sync_percentiles_ms(observer, flood_s, flood)
     flooder.sock.setblocking(True)
     attack.report(flooder.sent, _received(flooder), baseline=baseline, during_flood=during)
+
+    attack = Attack("held_ids_10000_then_release", pid, observer)
+    player = Udp(port)
+    ids = range(1000, 11_000)
+
+    def paced(messages) -> float:
+        """Send in bundles of 15 every 10 ms (1,500 messages/s, inside the per-source rate); seconds taken."""
+        started, messages = time.monotonic(), list(messages)
+        for first in range(0, len(messages), 15):
+            player.send(encode_bundle(IMMEDIATE, messages[first:first + 15]))
+            time.sleep(0.01)
+        return round(time.monotonic() - started, 2)
+
+    on_s = paced(encode_message("/note/on", [float(48 + i % 36), 90.0, i]) for i in ids)
+    time.sleep(0.3)
+    held = observer.status()
+    off_s = paced(encode_message("/note/off", [i]) for i in ids)
+    time.sleep(0.5)
+    after = observer.status()
+    attack.report(player.sent, _received(player), note_on_s=on_s, note_off_s=off_s,
+                  voices_while_held=held["voices"], voices_after_release=after["voices"],
+                  sync_after=_sync_percentiles_ms(observer, 1.0))
 
     attack = Attack("tcp_100_idle_then_fresh_client", pid, observer)
     idle = []
