@@ -35,6 +35,8 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from models.pitch import hz_to_midi, midi_to_hz  # noqa: E402 (after the checkout joins sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARPEGGIO = (64.0, 68.0, 71.0, 76.0)
 
@@ -138,16 +140,12 @@ def cents(f_hz: np.ndarray, reference_hz: np.ndarray) -> np.ndarray:
     return 1200.0 * np.log2(f_hz / reference_hz)
 
 
-def midi_to_hz(pitch: np.ndarray) -> np.ndarray:
-    return 440.0 * 2.0 ** ((np.asarray(pitch) - 69.0) / 12.0)
-
-
 def step_edges_ms(starts, periods, pitch_track, changes, sample_rate) -> dict:
     """Per step: ms from the change to the first cycle (start) whose centred 3-cycle median pitch is
     nearer the new pitch than the old one (the edge; robust to single-cycle jitter)."""
     from scipy.signal import medfilt
 
-    pitch = medfilt(69.0 + 12.0 * np.log2(sample_rate / periods / 440.0), 3)
+    pitch = medfilt(hz_to_midi(sample_rate / periods), 3)
     names = [f"{a:g}->{b:g}" for a, b in zip(ARPEGGIO, ARPEGGIO[1:] + (64.0,))]
     bounds = list(changes) + [pitch_track.shape[0]]
     edges = {}
@@ -182,7 +180,7 @@ def plot(path: Path, pitch_track, starts, periods, sample_rate) -> None:
     import matplotlib.pyplot as plt
 
     centres = starts[:-1] + periods / 2
-    measured = 69.0 + 12.0 * np.log2(sample_rate / periods / 440.0)
+    measured = hz_to_midi(sample_rate / periods)
     parameter = np.interp(centres, np.arange(pitch_track.shape[0]), pitch_track)
     figure, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     axes[0].plot(np.arange(pitch_track.shape[0]) / sample_rate, pitch_track, label="parameter", lw=2)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import mel_inversion as mi  # noqa: E402
 from models import phase_reconstruction as pr  # noqa: E402
 from models import spectral as sp  # noqa: E402
+from models.pitch import midi_to_hz  # noqa: E402
 
 
 def harmonic_notes(pitches, n_samples: int, seed: int = 0) -> np.ndarray:
@@ -35,7 +36,7 @@ def harmonic_notes(pitches, n_samples: int, seed: int = 0) -> np.ndarray:
     t = np.arange(n_samples) / sp.SAMPLE_RATE
     notes = np.zeros((len(pitches), n_samples))
     for row, pitch in enumerate(pitches):
-        f0_hz = 440.0 * 2.0 ** ((pitch - 69) / 12)
+        f0_hz = float(midi_to_hz(pitch))
         harmonics = np.arange(1, int(sp.SAMPLE_RATE / 2 / f0_hz) + 1)
         amplitudes = rng.uniform(0.3, 1.0, harmonics.size) / harmonics
         phases = rng.uniform(0, 2 * np.pi, harmonics.size)

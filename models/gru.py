@@ -39,7 +39,13 @@ from torch import nn
 from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
 from models.gru_config import CONDITIONING_NAMES, GruSynthConfig
 from models.mu_law import mu_law_zero
+from models.pitch import A4_HZ, A4_MIDI
 
+
+
+def _midi_to_hz(pitch: torch.Tensor) -> torch.Tensor:
+    """`models.pitch.midi_to_hz` on a tensor (same dtype and shape)."""
+    return A4_HZ * torch.exp2((pitch - A4_MIDI) / 12.0)
 
 
 def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) -> torch.Tensor:
@@ -50,8 +56,7 @@ def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) ->
     x, y, pitch = conditioning.unbind(-1)
     features = [x, y, (pitch - config.pitch_min) / config.pitch_range]
     if config.use_period_feature:
-        f0_hz = 440.0 * torch.exp2((pitch - 69.0) / 12.0)
-        features.append(config.sample_rate / f0_hz / config.period_scale_samples)
+        features.append(config.sample_rate / _midi_to_hz(pitch) / config.period_scale_samples)
     return torch.stack(features, dim=-1)
 
 
@@ -60,7 +65,7 @@ def oscillator_phase(pitch: torch.Tensor, sample_rate: int, start_phase: torch.T
     step: phi_t = start_phase + sum_{s <= t} 2 pi f0(pitch_s) / sample_rate, accumulated in float64.
     start_phase: [batch] radians (default 0). Returns float32 [batch, time]."""
     pitch = pitch.to(torch.float64)
-    increment = 2.0 * torch.pi * 440.0 * torch.exp2((pitch - 69.0) / 12.0) / float(sample_rate)
+    increment = 2.0 * torch.pi * _midi_to_hz(pitch) / float(sample_rate)
     phase = torch.cumsum(increment, dim=-1)
     if start_phase is not None:
         phase = phase + start_phase.to(torch.float64)[:, None]

@@ -45,9 +45,10 @@ from numba.extending import intrinsic, overload
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
 from models.mu_law import mu_law_decode, mu_law_zero
+from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 from models.kernel_cache import drop_stale_cache
 
-drop_stale_cache(__file__, [Path(__file__).with_name("mu_law.py")])
+drop_stale_cache(__file__, [Path(__file__).with_name("mu_law.py"), Path(__file__).with_name("pitch.py")])
 
 COMPRESSIONS = ("int8", "fp32")
 
@@ -521,7 +522,7 @@ def sample_from_logits(logits, temperature, rng, probabilities):
 @numba.njit(inline="always", error_model="numpy")
 def _f0_hz(pitch):
     """Fundamental (Hz, float64) of MIDI `pitch` (equal temperament, A4 = 440 Hz)."""
-    return 440.0 * 2.0 ** ((np.float64(pitch) - 69.0) / 12.0)
+    return A4_HZ * 2.0 ** ((np.float64(pitch) - A4_MIDI) / 12.0)
 
 
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
@@ -668,7 +669,7 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         params = weights.features
         features = [x, y, (pitch - params[0]) / params[1]]
         if params[2] > 0.5:
-            features.append(params[3] / (440.0 * 2.0 ** ((pitch - 69.0) / 12.0)) / params[4])
+            features.append(params[3] / midi_to_hz(pitch) / params[4])
         projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)
         state.cond_gates[:] = weights.cond_gate_w @ projected
         counters[1] = control_interval
@@ -678,7 +679,7 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
     input_gates = weights.table[previous] + state.cond_gates
     n_harmonics = weights.osc_gate_w.shape[1] // 2
     if n_harmonics:
-        phase = state.phase[0] + 2.0 * np.pi * 440.0 * 2.0 ** ((float(pitch) - 69.0) / 12.0) / weights.features[3]
+        phase = state.phase[0] + 2.0 * np.pi * midi_to_hz(float(pitch)) / weights.features[3]
         phase -= 2.0 * np.pi * np.floor(phase / (2.0 * np.pi))
         state.phase[0] = phase
         harmonics = np.arange(1, n_harmonics + 1) * phase

@@ -60,7 +60,7 @@ from rt_engine.stream_resampler import StreamResampler
 from models.kernel_cache import drop_stale_cache
 
 _MODELS = Path(__file__).parents[1] / "models"
-drop_stale_cache(__file__, [_MODELS / "gru_stream.py", _MODELS / "mu_law.py", *(Path(__file__).with_name(name) for name in
+drop_stale_cache(__file__, [_MODELS / "gru_stream.py", _MODELS / "mu_law.py", _MODELS / "pitch.py", *(Path(__file__).with_name(name) for name in
                             ("gru_voices.py", "commands.py", "stream_resampler.py"))])
 
 __all__ = ["GruLayer", "control_block", "control_block_reference", "FADE_S", "N_CONTROL", "MAX_VOICES"]
