@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from models.pitch import midi_to_hz
+from models.own_sample_blend import estimate_pitch_midi
 from training.config_files import build_dataclass, read_config_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
@@ -128,54 +128,13 @@ def learning_rate_at(step: int, config: GruTrainConfig) -> float:
     return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def estimate_f0_hz(audio: np.ndarray, sample_rate: int, f0_min_hz: float = 40.0, f0_max_hz: float = 2000.0) -> float:
-    """Fundamental of a steady note by the normalised autocorrelation peak after the lobe around lag 0
-    (FFT-based, parabolic interpolation). audio: float [n_samples] -> f0 (Hz), or nan for silence / no clear period."""
-    audio = np.asarray(audio, dtype=np.float64)
-    audio = audio - audio.mean()
-    energy = float((audio ** 2).sum())
-    if energy < 1e-9:
-        return float("nan")
-    n = len(audio)
-    spectrum = np.fft.rfft(audio, 2 * n)
-    correlation = np.fft.irfft(np.abs(spectrum) ** 2)[:n]
-    overlap = n - np.arange(n)
-    correlation = correlation / energy * n / np.maximum(overlap, 1)  # unbiased
-    lag_min = max(2, int(sample_rate / f0_max_hz))
-    lag_max = min(n // 2, int(sample_rate / f0_min_hz))
-    if lag_max <= lag_min + 2:
-        return float("nan")
-    below_zero = np.flatnonzero(correlation[1:lag_max] < 0)  # skip the lobe around lag 0
-    lag_min = max(lag_min, int(below_zero[0]) + 1) if below_zero.size else lag_min
-    if lag_max <= lag_min + 2:
-        return float("nan")
-    segment = correlation[lag_min:lag_max]
-    best = int(np.argmax(segment))
-    if segment[best] < 0.3:
-        return float("nan")
-    # the first lag reaching 90 % of the best peak avoids octave-down errors
-    candidates = np.flatnonzero(segment >= 0.9 * segment[best])
-    peak = int(candidates[0])
-    while peak + 1 < len(segment) and segment[peak + 1] > segment[peak]:
-        peak += 1
-    lag = peak + lag_min
-    if 1 <= lag < len(correlation) - 1:
-        left, centre, right = correlation[lag - 1], correlation[lag], correlation[lag + 1]
-        denominator = left - 2 * centre + right
-        shift = 0.5 * (left - right) / denominator if denominator != 0 else 0.0
-        return float(sample_rate / (lag + float(np.clip(shift, -0.5, 0.5))))
-    return float(sample_rate / lag)
-
-
 def pitch_report(notes: np.ndarray, pitches: np.ndarray, sample_rate: int) -> dict:
-    """Pitch accuracy of rendered notes: f0 of each note's second half vs its MIDI pitch.
+    """Pitch accuracy of rendered notes: the YIN pitch (`models.own_sample_blend.estimate_pitch_midi`)
+    of each note's second half vs its MIDI pitch.
     notes: float [n, n_samples]; pitches: MIDI [n]. Returns per-note cents errors and the share
     within 50 cents (unvoiced notes count as misses)."""
-    errors = []
-    for note, pitch in zip(notes, pitches):
-        f0_hz = estimate_f0_hz(note[len(note) // 2:], sample_rate)
-        target_hz = midi_to_hz(float(pitch))
-        errors.append(float(1200 * np.log2(f0_hz / target_hz)) if np.isfinite(f0_hz) else float("nan"))
+    errors = [100.0 * (estimate_pitch_midi(note[len(note) // 2:], sample_rate, start_seconds=0.0) - float(pitch))
+              for note, pitch in zip(notes, pitches)]  # nan where unpitched
     errors_array = np.array(errors)
     within = np.isfinite(errors_array) & (np.abs(np.nan_to_num(errors_array, nan=1e9)) <= 50)
     return {"cents_error": [None if not np.isfinite(e) else round(e, 1) for e in errors],
