@@ -32,7 +32,6 @@ float32 dequantised weights or exact integer sums, exact activations) share one 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import numba
@@ -48,7 +47,7 @@ from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 from models.kernel_cache import drop_stale_cache
 
-drop_stale_cache(__file__, [Path(__file__).with_name("mu_law.py"), Path(__file__).with_name("pitch.py")])
+drop_stale_cache(__name__)
 
 COMPRESSIONS = ("int8", "fp32")
 

@@ -59,9 +59,7 @@ from rt_engine.commands import N_CHANNELS, channel_slot
 from rt_engine.stream_resampler import StreamResampler
 from models.kernel_cache import drop_stale_cache
 
-_MODELS = Path(__file__).parents[1] / "models"
-drop_stale_cache(__file__, [_MODELS / "gru_stream.py", _MODELS / "mu_law.py", _MODELS / "pitch.py", *(Path(__file__).with_name(name) for name in
-                            ("gru_voices.py", "commands.py", "stream_resampler.py"))])
+drop_stale_cache(__name__)
 
 __all__ = ["GruLayer", "control_block", "control_block_reference", "FADE_S", "N_CONTROL", "MAX_VOICES"]
 EVENT_CAPACITY = 1024

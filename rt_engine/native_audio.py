@@ -28,7 +28,6 @@ import ctypes
 import ctypes.util
 import functools
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -41,7 +40,7 @@ from rt_engine import voice_kernel as vk
 from rt_engine.commands import COMMAND_DTYPE, Counter
 from models.kernel_cache import drop_stale_cache
 
-drop_stale_cache(__file__, [nm.__file__, vk.__file__, Path(vk.__file__).with_name("commands.py")])
+drop_stale_cache(__name__)
 
 _RECORD = numba.from_dtype(COMMAND_DTYPE)
 KERNEL_STATE_SPEC = (

@@ -33,7 +33,6 @@ import ctypes.util
 import errno
 import functools
 import time
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -46,8 +45,7 @@ from rt_engine.midi_map import BEND_CENTER, MidiMap
 from rt_engine.osc_registry import MIDI_NOTE_ID_BASE
 from models.kernel_cache import drop_stale_cache
 
-_HERE = Path(__file__).parent
-drop_stale_cache(__file__, [_HERE / "commands.py", _HERE / "midi_map.py", _HERE / "osc_registry.py"])
+drop_stale_cache(__name__)
 
 N_CHANNELS = 16
 M_LISTEN, M_BEND_RANGE, M_SUSTAIN_CC = 0, 16, 32

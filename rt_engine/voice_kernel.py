@@ -28,7 +28,6 @@ Band-limiting: banks come from 16 kHz models, so at the device rate they hold no
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -36,7 +35,7 @@ import numpy as np
 from rt_engine.commands import GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, CommandKind, Counter
 from models.kernel_cache import drop_stale_cache
 
-drop_stale_cache(__file__, [Path(__file__).with_name("commands.py")])
+drop_stale_cache(__name__)
 
 HEAD_PAD = 8
 """Zero frames before each bank row's audio (>= HALF_TAPS)."""

@@ -1,5 +1,5 @@
 """Numba cache files of a kernel module are dropped once its callees' sources change, and kept otherwise."""
-from models.kernel_cache import drop_stale_cache
+from models.kernel_cache import drop_stale_cache_files, project_imports
 
 
 def test_cache_files_go_when_a_callee_changes_and_stay_while_it_does_not(tmp_path):
@@ -13,12 +13,21 @@ def test_cache_files_go_when_a_callee_changes_and_stay_while_it_does_not(tmp_pat
     for path in files + [other]:
         path.write_bytes(b"compiled")
 
-    assert drop_stale_cache(module, [callee])          # no record yet: the files may be stale
+    assert drop_stale_cache_files(module, [callee])          # no record yet: the files may be stale
     assert not any(path.exists() for path in files) and other.exists()
     for path in files:
         path.write_bytes(b"compiled again")
-    assert not drop_stale_cache(module, [callee])      # same callee source: kept
+    assert not drop_stale_cache_files(module, [callee])      # same callee source: kept
     assert all(path.exists() for path in files)
     callee.write_text("SCALE = 2\n")
-    assert drop_stale_cache(module, [callee])          # the callee changed: dropped
+    assert drop_stale_cache_files(module, [callee])          # the callee changed: dropped
     assert not any(path.exists() for path in files) and other.exists()
+
+
+def test_a_kernel_modules_callees_are_the_project_modules_it_imported_from():
+    import rt_engine.native_audio  # noqa: F401 (the module whose imports are read)
+
+    names = {path.name for path in project_imports("rt_engine.native_audio")}
+    assert {"native_midi.py", "voice_kernel.py", "commands.py"} <= names
+    assert "native_audio.py" not in names and "kernel_cache.py" not in names
+    assert all(path.parent.name in ("models", "rt_engine") for path in project_imports("rt_engine.native_audio"))
