@@ -27,12 +27,15 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from models.own_sample_blend import estimate_pitch_midi
+from rt_engine.bank_tuning import measure_detune_cents, retune
 from training.config_files import build_dataclass, read_config_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
@@ -195,12 +198,6 @@ def prepare_dataset(config: GruTrainConfig, progress: bool = True):
 def render_retuned(source, h: np.ndarray, pitches: np.ndarray, sample_rate: int, seed: int = 0) -> np.ndarray:
     """G's notes for conditionings h [batch, dim] at MIDI pitches [batch], retuned to their nominal
     pitch as the engine's banks are, at `sample_rate` (Hz): float32 [batch, n_samples]."""
-    from fractions import Fraction
-
-    from scipy.signal import resample_poly
-
-    from rt_engine.bank_tuning import measure_detune_cents, retune
-
     audio = source.render_conditioning(h, pitches, seed=seed)
     audio = retune(audio, measure_detune_cents(audio, pitches, source.sample_rate))
     if sample_rate != source.sample_rate:
