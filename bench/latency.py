@@ -9,10 +9,17 @@ and a capture client in the graph finds both onsets. OSC latency runs from the s
 clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI latency from the
 event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
 
-Phases: the baseline alone (the xrun reference), then for each engine configuration (GRU voice
-off/on, native or Python audio callback) the timbre still and a new random `/timbre/xy` every
-1.5 s. Every engine figure is also given as a difference from the baseline's in the same phase.
-xruns are the graph's (JACK tells every client), per minute.
+Phases: the baseline alone, then for each engine configuration (GRU voice off/on, native or Python
+audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Every engine figure is
+also given as a difference from the baseline's in the same phase. xruns are the graph's (JACK tells
+every client), per minute, counted from the first trial on (not while clients join the graph).
+
+xruns under the same load: a client of a real-time graph on a loaded machine can miss a cycle for
+reasons of the machine alone (scheduling of its threads). So each engine phase's xruns are compared
+with a "baseline under engine load" phase: the same engine configuration runs with `--audio null`
+(out of the graph, the same GRU voice, the same notes and timbre moves, so the same CPU load) while
+only the baseline synth and the capture are in the graph. `xruns_vs_loaded_baseline` is the
+difference in xruns per minute (target: <= 0).
 
 Usage: python bench/latency.py [--trials 12] [--runs 1] [--gru off,on] [--callbacks native]
        [--period 128] [--no-midi]            (default: under 2 minutes)
@@ -75,8 +82,11 @@ def _onsets(capture, targets, since_frame: int, period: int):
             for k in range(len(targets))]
 
 
-def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng) -> dict:
-    """Run `trials` OSC (and MIDI) trials on every target at once; statistics per target."""
+def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
+           load_port: int | None = None) -> dict:
+    """Run `trials` OSC (and MIDI) trials on every target at once; statistics per target.
+    `load_port`: an engine outside the graph (`--audio null`) that receives the same notes (OSC at
+    each OSC and MIDI trial) and, with `move_port`, the timbre moves: the load without the client."""
     capture = JackCapture(server.name, [t.output for t in targets], seconds=trials * 1.0 + 10)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stop = threading.Event()
@@ -85,15 +95,18 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng)
         mover = threading.Thread(target=_mover, args=(move_port, stop, rng), daemon=True)
         mover.start()
     note_on, panic = encode_message("/note/on", (69.0, 100.0)), encode_message("/panic")
-    started = time.monotonic()
+    loaded = [("127.0.0.1", load_port)] if load_port is not None else []
     try:
         time.sleep(0.3)
+        started, xruns_before = time.monotonic(), capture.xruns
         for trial in range(trials):
             order = targets if trial % 2 == 0 else targets[::-1]
             since, sent = capture.now(), {}
             for target in order:
                 sent[target.name] = time.perf_counter()
                 sock.sendto(note_on, ("127.0.0.1", target.osc_port))
+            for address in loaded:
+                sock.sendto(note_on, address)
             time.sleep(WINDOW_S + 0.02)
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
                 latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
@@ -101,12 +114,14 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng)
                     target.osc_missing += 1
                 else:
                     target.osc.append(latency)
-            for target in targets:
-                sock.sendto(panic, ("127.0.0.1", target.osc_port))
+            for address in [("127.0.0.1", target.osc_port) for target in targets] + loaded:
+                sock.sendto(panic, address)
             time.sleep(0.1 + rng.uniform(0, args.period / args.rate))
             if midi is None:
                 continue
             written = midi.send(bytes([0x90, 69, 100]), int(rng.integers(0, args.period)))
+            for address in loaded:
+                sock.sendto(note_on, address)
             time.sleep(WINDOW_S + 0.02)
             for target, onset in zip(targets, _onsets(capture, targets, written, args.period)):
                 latency = (onset - written) / args.rate * 1000 if onset >= 0 else np.inf
@@ -115,16 +130,17 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng)
                 else:
                     target.midi.append(latency)
             midi.send(bytes([0xB0, 120, 0]))
+            for address in loaded:
+                sock.sendto(panic, address)
             time.sleep(0.1)
+        seconds, xruns = time.monotonic() - started, capture.xruns - xruns_before
     finally:
         stop.set()
         if mover is not None:
             mover.join(TIMBRE_EVERY_S + 1)
         sock.close()
         capture.close()
-    seconds = time.monotonic() - started
-    return {"seconds": round(seconds, 1), "xruns": capture.xruns,
-            "xruns_per_min": round(capture.xruns * 60 / seconds, 2)}
+    return {"seconds": round(seconds, 1), "xruns": xruns, "xruns_per_min": round(xruns * 60 / seconds, 2)}
 
 
 def _stats(latencies: list[float], missing: int) -> dict:
@@ -157,19 +173,48 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
     return phase
 
 
-def _start_serve(server, port: int, gru: str, callback: str, checkout: Path) -> tuple[ServeProcess, str]:
-    """`serve` from `checkout` (the repository, or `--before DIR`: no --audio-callback there)."""
+def _start_serve(server, port: int, gru: str, callback: str, checkout: Path,
+                 audio: str = "jack") -> tuple[ServeProcess, str]:
+    """`serve` from `checkout` (the repository, or `--before DIR`: no --audio-callback there); with
+    `audio="null"` outside the graph (the load of the engine without its client)."""
     env = dict(server.env, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(checkout))
-    command = [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "jack", "--midi", "auto",
-               "--midi-api", "jack", "--osc-port", str(port), "--osc-host", "127.0.0.1",
-               "--gru", "auto" if gru == "on" else "none"]
-    if callback != "before":
+    midi = ["--midi", "auto", "--midi-api", "jack"] if audio == "jack" else ["--midi", "none"]
+    command = [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", audio, *midi,
+               "--osc-port", str(port), "--osc-host", "127.0.0.1", "--gru", "auto" if gru == "on" else "none"]
+    if callback != "before" and audio == "jack":
         command += ["--audio-callback", callback]
     serve = ServeProcess(command, port, env, 600.0, cwd=checkout)
     audio = " / ".join(line.strip() for line in serve.output
                        if line.startswith(("audio:", "GRU voice:", "MIDI input:")))
     return serve, audio
+
+
+def _loaded_baseline(server, baseline_port: int, midi, gru: str, callback: str, checkout: Path,
+                     engine_phases: list[dict], args, rng, period_ms: float) -> list[dict]:
+    """The baseline alone in the graph while the engine configuration of `engine_phases` runs
+    outside it (`--audio null`) with the same notes and moves; each engine phase gains
+    `xruns_vs_loaded_baseline` (xruns per minute, engine minus loaded baseline)."""
+    port = _free_port()
+    try:
+        serve, _ = _start_serve(server, port, gru, callback, checkout, audio="null")
+    except RuntimeError as error:
+        return [{"config": f"baseline under GRU {gru} engine load", "error": str(error)[-400:]}]
+    phases = []
+    try:
+        for move, engine_phase in zip(args.moves.split(","), engine_phases):
+            base = _Target("baseline", baseline_port, f"{BASELINE}:out")
+            phase = _phase(server, [base], midi, args.trials, port if move == "moving" else None, args, rng,
+                           load_port=port)
+            config = f"baseline under GRU {gru} engine load (null audio), timbre {move}"
+            phases.append(_report([base], dict(phase, run=engine_phase.get("run"), config=config),
+                                  period_ms, midi is not None))
+            if "xruns_per_min" in engine_phase:
+                engine_phase["xruns_vs_loaded_baseline"] = round(
+                    engine_phase["xruns_per_min"] - phase["xruns_per_min"], 2)
+    finally:
+        serve.stop()
+    return phases
 
 
 def _plot(results: list[dict]) -> None:
@@ -263,6 +308,8 @@ def main() -> None:
                                                        period_ms, midi is not None))
                         finally:
                             serve.stop()
+                        results += _loaded_baseline(server, baseline_port, midi, gru, callback, checkout,
+                                                    results[-len(args.moves.split(",")):], args, rng, period_ms)
         finally:
             if midi is not None:
                 midi.close()
@@ -271,7 +318,21 @@ def main() -> None:
     _plot(results)
     print(json.dumps({"rate": args.rate, "period": args.period, "period_ms": round(period_ms, 3),
                       "trials": args.trials, "jack_realtime": server.realtime,
-                      "load_average": os.getloadavg()[0], "phases": results}, indent=1))
+                      "load_average": os.getloadavg()[0], "xruns_total": _xrun_totals(results),
+                      "phases": results}, indent=1))
+
+
+def _xrun_totals(results: list[dict]) -> dict:
+    """Per configuration over all runs: seconds measured, xruns, xruns per minute."""
+    totals: dict = {}
+    for phase in results:
+        if "xruns" in phase:
+            total = totals.setdefault(phase["config"], {"seconds": 0.0, "xruns": 0})
+            total["seconds"] = round(total["seconds"] + phase["seconds"], 1)
+            total["xruns"] += phase["xruns"]
+    for total in totals.values():
+        total["xruns_per_min"] = round(total["xruns"] * 60 / max(total["seconds"], 1e-9), 2)
+    return totals
 
 
 if __name__ == "__main__":

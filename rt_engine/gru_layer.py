@@ -36,6 +36,13 @@ smoothers still run, so pitch, timbre and envelope stay current); it runs on for
 the gain reaches 0 (the engine's 5 ms gain smoothing fades it out meanwhile). When the gain rises again
 a sounding note restarts from a fresh recurrent state at that sample, as from silence.
 
+Overload (the worker thread; offline rendering never sheds): when the worker falls behind (the ring holds less than half the render-ahead), it sheds
+before rendering the next block: the tail voices and the released voices stop at once, and the
+block's steals and retriggers cut the old note instead of handing it to a tail (each counted in
+`shed_voices`), so what it computes is bounded by the notes held. A flood of note-ons (each a
+steal that would start a fading tail) then costs no more than the voices it holds; the held notes
+play on.
+
 Bounds: pending events wait in a heap (ordered by model sample, then arrival; O(log n) per event) of at
 most `EVENT_CAPACITY`; overflowing events are counted in `dropped_events`. The layer keeps no held-note
 list of its own: its voices hold at most `MAX_VOICES` notes, and the engine's table bounds the rest.
@@ -144,6 +151,8 @@ class GruLayer:
         self.late_events = 0
         self.dropped_events = 0
         self.steals = 0
+        self.shed_voices = 0
+        self._overloaded = False         # rendering a block while behind real time (see Overload)
         self._seed = int(seed)
         self._decode_table = mu_law_decode_table(weights.table.shape[0])
         self._voices = self._new_voices(0, self._checked_voices(voices))
@@ -307,14 +316,14 @@ class GruLayer:
     def snapshot(self) -> dict:
         """Smoothed parameters of the newest note at the last rendered sample: pitch (MIDI, without
         bend), bend (semitones), x, y, envelope (0..1); the sampling temperature, held notes, the
-        voices (count, sounding, steals), late and dropped events, whether a GRU runs, the kernel path
+        voices (count, sounding, steals, shed under overload), late and dropped events, whether a GRU runs, the kernel path
         and the samples rendered and computed (voice-samples) (for status/debugging). `held` lists the
         pitches (glide targets) of the voices' held notes, oldest first."""
         control = self._newest().control
         held = [float(voice.control[C_PITCH_TARGET])
                 for voice in sorted(self._voices, key=lambda voice: voice.order) if voice.held]
         return {"voices": len(self._voices), "sounding_voices": sum(voice.sounding() for voice in self._voices),
-                "steals": self.steals, "pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
+                "steals": self.steals, "shed_voices": self.shed_voices, "pitch": float(control[C_PITCH]), "bend": float(control[C_BEND]), "x": float(control[C_X]),
                 "y": float(control[C_Y]), "envelope": float(control[C_ENV]), "temperature": self.temperature,
                 "held": held, "late_events": self.late_events,
                 "dropped_events": self.dropped_events,
@@ -335,6 +344,9 @@ class GruLayer:
                 positions[0] = written = read
             if written - read >= self.ahead_frames or capacity - (written - read) < self._frames.shape[0]:
                 break
+            self._overloaded = self.threaded and 2 * (written - read) < self.ahead_frames  # offline: no deadline
+            if self._overloaded:
+                self._shed()
             n_frames = self._render_block()
             start = written % capacity
             first = min(n_frames, capacity - start)
@@ -343,6 +355,21 @@ class GruLayer:
             positions[0] = written + n_frames
             total += n_frames
         return total
+
+    def _hand_over(self, voice: GruVoice) -> None:
+        """`voice`'s note fades out on a tail voice, or stops at once while overloaded."""
+        if not self._overloaded:
+            hand_over(self._tails, voice, self.model_rate_hz)
+        elif voice.control[C_ENV] > 0.0:
+            voice.control[C_ENV] = 0.0
+            self.shed_voices += 1
+
+    def _shed(self) -> None:
+        """Behind real time: stop the tail voices and the released voices at once."""
+        for voice in self._tails + [voice for voice in self._voices if not voice.held]:
+            if voice.sounding():
+                voice.control[C_ENV] = voice.control[C_ENV_TARGET] = 0.0
+                self.shed_voices += 1
 
     def _event_sample(self, at_frame: int | None) -> int:
         if at_frame is None:
@@ -470,7 +497,7 @@ class GruLayer:
         voice, stolen = allocate(self._voices, note_id)
         if stolen:
             self.steals += 1
-            hand_over(self._tails, voice, self.model_rate_hz)
+            self._hand_over(voice)
         self._start_note(voice, note_id, pitch, velocity, slot)
 
     def _mono_on(self, note_id: int, pitch: float, velocity: float, slot: int) -> None:
@@ -483,7 +510,7 @@ class GruLayer:
             voice.control[C_ENV_TARGET] = velocity
             return
         if voice.held:  # retrigger: a fresh state and attack; the cut note fades out on a tail
-            hand_over(self._tails, voice, self.model_rate_hz)
+            self._hand_over(voice)
         self._start_note(voice, note_id, pitch, velocity, slot)
 
     def _mono_off(self, note_id: int, fallback: tuple[int, float, int] | None) -> None:

@@ -25,7 +25,7 @@ def _weights(seed=0):
 
 def _layer(**options):
     ring, positions = np.zeros(8192, np.float32), np.zeros(2, np.int64)
-    layer = GruLayer(_weights(), 16000, **{"voices": 1, **options})
+    layer = GruLayer(_weights(), 16000, **{"voices": 1, "threaded": False, **options})  # driven by the test
     layer.prepare(RATE, ring, positions)
     return layer, ring, positions
 
@@ -463,3 +463,29 @@ def test_each_note_follows_its_own_channels_bend():
     layer.pitch_bend(-1.0)
     _consume(layer, ring, positions, RATE // 10)
     assert all(voice.control[C_BEND] == pytest.approx(-1.0, abs=1e-6) for voice in layer._voices if voice.held)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_behind_real_time_the_worker_sheds_tails_and_released_voices_but_offline_never(threaded):
+    """A worker that finds the ring under half its render-ahead stops the released voices and cuts
+    the block's steals instead of fading them on a tail; held notes play on. Offline rendering (no
+    deadline) never sheds."""
+    layer, ring, positions = _layer(voices=3, threaded=threaded, release_s=1.0)
+    for k, pitch in enumerate((60.0, 62.0, 64.0)):
+        layer.note_on(int(pitch), pitch, 100.0, at_frame=480 * k)
+    _consume(layer, ring, positions, 4800)
+    layer.note_off(62)                        # released: would sound on for its 1 s release
+    _consume(layer, ring, positions, 2400)
+    sounding = lambda voices: sum(bool(voice.sounding()) for voice in voices)
+    assert sounding(layer._voices) == 3
+    positions[1] = positions[0]               # the callback drained the ring: the worker is behind
+    layer.note_on(65, 65.0, 100.0)            # takes the released note's voice
+    layer.note_on(67, 67.0, 100.0)            # a steal of the oldest held note (60)
+    layer.render_available(max_blocks=1)
+    held = sorted(voice.control[C_PITCH] for voice in layer._voices if voice.held)
+    assert held == [64.0, 65.0, 67.0] and layer.steals == 1
+    if threaded:
+        assert layer.snapshot()["shed_voices"] == 2   # the released note and the stolen one
+        assert all(tail.order == 0 for tail in layer._tails)     # no tail took the stolen note
+    else:
+        assert layer.shed_voices == 0 and any(tail.order > 0 for tail in layer._tails)
