@@ -9,7 +9,9 @@ conditioning (x, y, pitch):
     h_t = GRU_stack([e_t, c_t, o_t], h_{t-1})                   n_layers x [hidden_size]
     logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
 
-`features` (`conditioning_features`): x and y as given (in [0, 1]), the MIDI pitch normalised as
+`features` (`conditioning_features`): the timbre, either x and y as given (in [0, 1]) or, with a
+timbre grid (`timbre_grid_size` > 0), the grid's conditioning vector h(x, y) read bilinearly from the
+`timbre_grid` buffer [N, N, D] (the nodes the banks' generator reads); the MIDI pitch normalised as
 (pitch - pitch_min) / pitch_range, and optionally the pitch period in samples, normalised
 (sample_rate / f0_hz / period_scale_samples). Log-f0 is affine in the MIDI number, so a linear layer
 already sees it; the period is the non-linear pitch feature a sample-level model needs.
@@ -48,16 +50,32 @@ def _midi_to_hz(pitch: torch.Tensor) -> torch.Tensor:
     return A4_HZ * torch.exp2((pitch - A4_MIDI) / 12.0)
 
 
-def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig) -> torch.Tensor:
-    """Conditioning [..., 3] = (x, y, MIDI pitch) -> float32 features [..., config.n_features]."""
+def grid_lookup(nodes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`models.timbre_grid.bilinear_lookup` in torch: nodes [N, N, D] (rows y, columns x), x and y
+    [...] in [0, 1] (clipped) -> [..., D]."""
+    last = nodes.shape[0] - 1
+    column, row = x.clamp(0.0, 1.0) * last, y.clamp(0.0, 1.0) * last
+    c0 = column.floor().long().clamp(max=last - 1)
+    r0 = row.floor().long().clamp(max=last - 1)
+    fx, fy = (column - c0).unsqueeze(-1), (row - r0).unsqueeze(-1)
+    return ((1 - fx) * (1 - fy) * nodes[r0, c0] + fx * (1 - fy) * nodes[r0, c0 + 1]
+            + (1 - fx) * fy * nodes[r0 + 1, c0] + fx * fy * nodes[r0 + 1, c0 + 1])
+
+
+def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig,
+                          timbre_grid: torch.Tensor | None = None) -> torch.Tensor:
+    """Conditioning [..., 3] = (x, y, MIDI pitch) -> float32 features [..., config.n_features];
+    `timbre_grid` [N, N, D] is needed when config.timbre_grid_size > 0."""
     if conditioning.shape[-1] != 3:
         raise ValueError(f"conditioning must end in 3 channels {CONDITIONING_NAMES}, got shape {tuple(conditioning.shape)}")
     conditioning = conditioning.to(torch.float32)
     x, y, pitch = conditioning.unbind(-1)
-    features = [x, y, (pitch - config.pitch_min) / config.pitch_range]
+    features = [(pitch - config.pitch_min) / config.pitch_range]
     if config.use_period_feature:
         features.append(config.sample_rate / _midi_to_hz(pitch) / config.period_scale_samples)
-    return torch.stack(features, dim=-1)
+    other = torch.stack(features, dim=-1)
+    timbre = grid_lookup(timbre_grid, x, y) if config.timbre_grid_size else torch.stack([x, y], dim=-1)
+    return torch.cat([timbre, other], dim=-1)
 
 
 def oscillator_phase(pitch: torch.Tensor, sample_rate: int, start_phase: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,8 +106,20 @@ class GruSynth(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.n_classes, config.embedding_size)
         self.conditioning_projection = nn.Linear(config.n_features, config.conditioning_size)
+        if config.timbre_grid_size:  # the timbre grid's nodes (set by `set_timbre_grid`; saved with the weights)
+            self.register_buffer("timbre_grid", torch.zeros(config.timbre_grid_size, config.timbre_grid_size,
+                                                            config.timbre_grid_dim))
         self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
         self.output = nn.Linear(config.hidden_size, config.n_classes)
+
+    def set_timbre_grid(self, nodes) -> None:
+        """Copy the timbre grid's nodes float [N, N, D] (`models.timbre_grid.TimbreGrid.nodes`)."""
+        expected = (self.config.timbre_grid_size, self.config.timbre_grid_size, self.config.timbre_grid_dim)
+        nodes = torch.as_tensor(nodes, dtype=torch.float32)
+        if not self.config.timbre_grid_size or tuple(nodes.shape) != expected:
+            raise ValueError(f"GruSynth: timbre grid nodes must be {expected}, got {tuple(nodes.shape)}")
+        with torch.no_grad():
+            self.timbre_grid.copy_(nodes)
 
     @property
     def latency_samples(self) -> int:
@@ -115,7 +145,8 @@ class GruSynth(nn.Module):
             raise ValueError(f"GruSynth.forward: prev_mu must be [batch, time] and conditioning [batch, time, 3], "
                              f"got {tuple(prev_mu.shape)} and {tuple(conditioning.shape)}")
         inputs = [self.embedding(prev_mu),
-                  torch.tanh(self.conditioning_projection(conditioning_features(conditioning, self.config)))]
+                  torch.tanh(self.conditioning_projection(conditioning_features(
+                      conditioning, self.config, getattr(self, "timbre_grid", None))))]
         if self.config.oscillator_harmonics:
             if phase is None:
                 phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)

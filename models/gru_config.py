@@ -34,6 +34,12 @@ class GruSynthConfig:
     oscillator_harmonics: int = 0
     """K: sin/cos of k times the fundamental's phase, k = 1..K, enter the first layer every sample
     (0 = the paper's RNN3 input: previous sample and conditioning only)."""
+    timbre_grid_size: int = 0
+    """0: the timbre features are (x, y) themselves. N > 0: they are the timbre grid's conditioning
+    vector at (x, y) (N x N nodes of `timbre_grid_dim`, read bilinearly as the banks' G reads it;
+    the nodes are a buffer of the checkpoint), so the voice sees the timbre the GAN renders there."""
+    timbre_grid_dim: int = 0
+    """Size of each timbre grid node (the GAN's conditioning h); > 0 exactly when timbre_grid_size is."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
@@ -45,13 +51,25 @@ class GruSynthConfig:
             raise ValueError(f"GruSynthConfig.oscillator_harmonics must be an integer >= 0, got {self.oscillator_harmonics!r}")
         if self.n_classes < 2:
             raise ValueError(f"GruSynthConfig.n_classes must be >= 2, got {self.n_classes}")
+        for name in ("timbre_grid_size", "timbre_grid_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"GruSynthConfig.{name} must be an integer >= 0, got {value!r}")
+        if (self.timbre_grid_size > 0) != (self.timbre_grid_dim > 0) or self.timbre_grid_size == 1:
+            raise ValueError("GruSynthConfig: timbre_grid_size (>= 2) and timbre_grid_dim are both set or "
+                             f"both 0, got {self.timbre_grid_size} and {self.timbre_grid_dim}")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
             raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
 
     @property
+    def n_timbre_features(self) -> int:
+        """Timbre features: (x, y), or the grid's conditioning vector at (x, y)."""
+        return self.timbre_grid_dim if self.timbre_grid_size else 2
+
+    @property
     def n_features(self) -> int:
-        """Number of conditioning features after `conditioning_features` (3 or 4)."""
-        return 4 if self.use_period_feature else 3
+        """Number of conditioning features after `conditioning_features`: timbre, pitch, period."""
+        return self.n_timbre_features + (2 if self.use_period_feature else 1)
 
     @property
     def input_size(self) -> int:

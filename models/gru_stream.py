@@ -45,6 +45,7 @@ from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
 from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
+from models.timbre_grid import bilinear_lookup
 from models.kernel_cache import drop_stale_cache
 
 drop_stale_cache(__name__)
@@ -70,6 +71,8 @@ class GruStreamWeights(NamedTuple):
     w_out_scale: np.ndarray     # float32 [Q]
     b_out: np.ndarray           # float32 [Q]
     features: np.ndarray        # float64 [5]: pitch_min, pitch_range, use_period (0/1), sample_rate, period_scale
+    timbre_grid: np.ndarray     # float32 [N, N, D]: timbre grid nodes (the timbre features are h(x, y)),
+                                # or [0, 0, 0]: the timbre features are (x, y)
 
 
 class GruStreamState(NamedTuple):
@@ -80,7 +83,7 @@ class GruStreamState(NamedTuple):
     counters: np.ndarray        # int64 [2]: previous mu class, samples left before the next control update
     phase: np.ndarray           # float64 [1]: oscillator phase (radians, in [0, 2 pi))
     rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
-    scratch: np.ndarray         # float32 [3, max(3H, Q)]: input gates, hidden gates, probabilities
+    scratch: np.ndarray         # float32 [4, max(3H, Q, D)]: input gates, hidden gates, probabilities, timbre features
     quantised: np.ndarray       # int16 | int8 [H]: integer-dot activations, or float32 [0]: float path
 
 
@@ -123,6 +126,8 @@ def _expected_shapes(config: GruSynthConfig) -> dict[str, tuple]:
               "conditioning_projection.weight": (config.conditioning_size, config.n_features),
               "conditioning_projection.bias": (config.conditioning_size,),
               "output.weight": (config.n_classes, hidden), "output.bias": (config.n_classes,)}
+    if config.timbre_grid_size:
+        shapes["timbre_grid"] = (config.timbre_grid_size, config.timbre_grid_size, config.timbre_grid_dim)
     for layer in range(config.n_layers):
         shapes[f"gru.weight_ih_l{layer}"] = (gates, config.input_size if layer == 0 else hidden)
         shapes[f"gru.weight_hh_l{layer}"] = (gates, hidden)
@@ -160,7 +165,9 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
         w_hh=w_hh, w_hh_scale=w_hh_scale,
         b_hh=np.ascontiguousarray(np.stack([tensors[f"gru.bias_hh_l{layer}"] for layer in range(n_layers)])),
         w_out=w_out, w_out_scale=w_out_scale, b_out=np.ascontiguousarray(tensors["output.bias"]),
-        features=features)
+        features=features,
+        timbre_grid=np.ascontiguousarray(tensors["timbre_grid"]) if config.timbre_grid_size
+        else np.zeros((0, 0, 0), np.float32))
 
 
 def weight_bytes_per_sample(weights: GruStreamWeights) -> int:
@@ -223,7 +230,8 @@ def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = N
     return GruStreamState(hidden=np.zeros((n_layers, hidden_size), np.float32),
                           cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters,
                           phase=np.zeros(1, np.float64), rng=rng,
-                          scratch=np.zeros((3, max(3 * hidden_size, n_classes)), np.float32),
+                          scratch=np.zeros((4, max(3 * hidden_size, n_classes, weights.timbre_grid.shape[2])),
+                                           np.float32),
                           quantised=quantised)
 
 
@@ -524,6 +532,24 @@ def _f0_hz(pitch):
     return A4_HZ * 2.0 ** ((np.float64(pitch) - A4_MIDI) / 12.0)
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _timbre_features(grid, x, y, out):
+    """Timbre features into out[:n]; returns n: (x, y), or the grid nodes [N, N, D] read bilinearly
+    at (x, y) as `models.timbre_grid.bilinear_lookup` reads them."""
+    if grid.shape[0] == 0:
+        out[0], out[1] = x, y
+        return 2
+    last = grid.shape[0] - 1
+    column = min(max(np.float64(x), 0.0), 1.0) * last
+    row = min(max(np.float64(y), 0.0), 1.0) * last
+    c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
+    fx, fy = column - c0, row - r0
+    for d in range(grid.shape[2]):
+        out[d] = np.float32((1 - fx) * (1 - fy) * grid[r0, c0, d] + fx * (1 - fy) * grid[r0, c0 + 1, d]
+                            + (1 - fx) * fy * grid[r0 + 1, c0, d] + fx * fy * grid[r0 + 1, c0 + 1, d])
+    return grid.shape[2]
+
+
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _refresh_conditioning(weights, state, x, y, pitch):
     """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
@@ -531,13 +557,16 @@ def _refresh_conditioning(weights, state, x, y, pitch):
     f0_hz = _f0_hz(pitch)
     period = params[3] / f0_hz / params[4]
     projected = state.scratch[2]
+    timbre = state.scratch[3]
+    n_timbre = _timbre_features(weights.timbre_grid, x, y, timbre)
     n_cond = weights.cond_proj_w.shape[0]
     use_period = params[2] > 0.5
     for c in range(n_cond):
-        acc = weights.cond_proj_b[c] + weights.cond_proj_w[c, 0] * x + weights.cond_proj_w[c, 1] * y \
-            + weights.cond_proj_w[c, 2] * np.float32((pitch - params[0]) / params[1])
+        acc = weights.cond_proj_b[c] + weights.cond_proj_w[c, n_timbre] * np.float32((pitch - params[0]) / params[1])
+        for d in range(n_timbre):
+            acc += weights.cond_proj_w[c, d] * timbre[d]
         if use_period:
-            acc += weights.cond_proj_w[c, 3] * np.float32(period)
+            acc += weights.cond_proj_w[c, n_timbre + 1] * np.float32(period)
         projected[c] = _tanh(np.float32(acc))
     gates = state.cond_gates
     for i in range(gates.shape[0]):
@@ -666,7 +695,11 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
     counters = state.counters
     if counters[1] <= 0:
         params = weights.features
-        features = [x, y, (pitch - params[0]) / params[1]]
+        if weights.timbre_grid.shape[0]:
+            timbre = list(bilinear_lookup(weights.timbre_grid, np.array([[x, y]]))[0])
+        else:
+            timbre = [x, y]
+        features = timbre + [(pitch - params[0]) / params[1]]
         if params[2] > 0.5:
             features.append(params[3] / midi_to_hz(pitch) / params[4])
         projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)

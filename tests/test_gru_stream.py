@@ -16,7 +16,9 @@ torch.set_num_threads(1)
 CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditioning_size=8),
            GruSynthConfig(n_layers=1, hidden_size=18, embedding_size=8, conditioning_size=4,
                           use_period_feature=False),
-           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2)]
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2),
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
+                          timbre_grid_size=5, timbre_grid_dim=6)]  # timbre features h(x, y) from a grid
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
 largest |logit|."""
@@ -32,6 +34,9 @@ def _model(config, seed=0):
         for name, parameter in model.named_parameters():
             if "gru.weight" in name or "output.weight" in name:
                 parameter.mul_(3.0)
+    if config.timbre_grid_size:
+        size = config.timbre_grid_size
+        model.set_timbre_grid(torch.randn(size, size, config.timbre_grid_dim) * 2.0)
     return model
 
 
@@ -89,9 +94,10 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
 
 @pytest.mark.parametrize("config, compression, path", [
     (CONFIGS[0], "fp32", "float"), (CONFIGS[0], "int8", "float"), (CONFIGS[0], "int8", "int16_dot"),
-    (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot")],
+    (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot"),
+    (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot")],
     ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
-         "oscillator-int8-int8-activations"])
+         "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8"])
 def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
     prev_mu, conditioning = _inputs(60)

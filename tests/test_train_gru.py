@@ -193,6 +193,37 @@ def test_init_from_a_gru_without_the_oscillator_starts_with_zero_oscillator_colu
         torch.testing.assert_close(warm(mu, conditioning)[0], plain(mu, conditioning)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_grid_timbre_features_train_and_warm_start_from_an_xy_voice(tmp_path, dataset_dir):
+    """A voice conditioned on the grid's h(x, y) trains, exports its grid, streams like torch, and
+    warm-started from an (x, y) voice computes what that voice did (here h = (x, y) exactly, so the
+    least-squares map from h to (x, y) is exact)."""
+    from models.gru import GruSynth, GruSynthConfig, save_gru
+    from models.gru_stream import gru_stream_logits, load_stream_weights, new_state
+
+    torch.set_num_threads(1)
+    torch.manual_seed(9)
+    nodes = bilinear_mesh(np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32), 5)
+    TimbreGrid(nodes, GridConfig(size=5, conditioning_dim=2)).save(tmp_path / "grid")
+    config = tiny_config(tmp_path, init_from=str(tmp_path / "plain"), steps=1, learning_rate=1e-12, warmup_steps=1,
+                         timbre_features="grid", grid_dir=str(tmp_path / "grid"))
+    plain = GruSynth(dataclasses.replace(GruSynthConfig.preset("1x64"),
+                                         oscillator_harmonics=config.oscillator_harmonics)).eval()
+    save_gru(tmp_path / "plain", plain)
+    train_gru(config, progress=False)
+    warm = load_gru(tmp_path / "model").eval()
+    assert warm.config.timbre_grid_size == 5 and warm.config.timbre_grid_dim == 2
+    np.testing.assert_allclose(warm.timbre_grid.numpy(), nodes, atol=1e-6)
+    mu = torch.randint(0, 256, (2, 30))
+    conditioning = torch.tensor([[0.2, 0.7, 60.0], [0.9, 0.35, 67.0]])[:, None].repeat(1, 30, 1)
+    with torch.no_grad():
+        expected = warm(mu, conditioning)[0]
+        torch.testing.assert_close(expected, plain(mu, conditioning)[0], rtol=1e-4, atol=1e-4)
+    weights, _ = load_stream_weights(tmp_path / "model", "fp32")  # no torch: the grid comes from the file
+    logits = np.zeros((30, 256), np.float32)
+    gru_stream_logits(weights, new_state(weights, path="float"), mu[1].numpy(), conditioning[1].numpy(), 1, logits)
+    np.testing.assert_allclose(logits, expected[1].numpy(), atol=2e-4)
+
+
 SHIPPED_GRU = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default" / "gru"
 
 

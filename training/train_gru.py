@@ -53,6 +53,9 @@ class GruTrainConfig:
     model_dir: str = "models/pretrained/default"
     grid_dir: str = ""
     """Timbre grid folder; empty = <model_dir>/grid."""
+    timbre_features: str = "xy"
+    """What the voice's timbre conditioning sees: "xy" (the grid point itself) or "grid" (the grid's
+    conditioning vector h(x, y), the GAN's own timbre input; the nodes travel in the checkpoint)."""
     dataset_dir: str = "data/gru_default"
     """Rendered training set; built here if it does not exist yet, else reused as is."""
     pitches: tuple = (40, 45, 48, 52, 55, 57, 60, 62, 64, 67, 69, 72, 76, 79, 84)
@@ -108,6 +111,8 @@ class GruTrainConfig:
                 raise ValueError(f"GruTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or not 0 < self.final_learning_rate_ratio <= 1:
             raise ValueError("learning_rate must be > 0 and final_learning_rate_ratio in (0, 1]")
+        if self.timbre_features not in ("xy", "grid"):
+            raise ValueError(f"timbre_features must be 'xy' or 'grid', got {self.timbre_features!r}")
         if any(len(point) != 3 for point in self.sample_points):
             raise ValueError(f"sample_points must be (x, y, pitch) triples, got {self.sample_points}")
 
@@ -225,18 +230,43 @@ def _restore_optimizer(optimizer, tensors: dict) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
+def _grid_nodes(config: GruTrainConfig) -> np.ndarray:
+    """The timbre grid's nodes float32 [N, N, D] (config.grid_dir, else <model_dir>/grid)."""
+    from models.timbre_grid import load_grid
+
+    return np.asarray(load_grid(Path(config.grid_dir) if config.grid_dir else Path(config.model_dir) / "grid").nodes,
+                      np.float32)
+
+
+def xy_from_grid_map(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map that best recovers a node's (x, y) from its conditioning vector (least squares
+    over the grid nodes [N, N, D]): (weights [2, D], offset [2]), so (x, y) ~ weights @ h + offset."""
+    size = nodes.shape[0]
+    rows, columns = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    xy = np.stack([columns.ravel(), rows.ravel()], axis=1) / (size - 1)
+    design = np.concatenate([nodes.reshape(size * size, -1), np.ones((size * size, 1))], axis=1)
+    solution = np.linalg.lstsq(design.astype(np.float64), xy, rcond=None)[0]  # [D + 1, 2]
+    return solution[:-1].T, solution[-1]
+
+
 def _initialise_from(model, folder: Path) -> None:
-    """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s, except that a
-    source with fewer oscillator harmonics is accepted: the oscillator input columns it lacks start at
-    zero, so the warm-started model computes exactly what the source did until training moves them."""
+    """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s, except that
+    - a source with fewer oscillator harmonics is accepted: the oscillator input columns it lacks
+      start at zero, so the warm-started model computes exactly what the source did;
+    - a source conditioned on (x, y) can start a model conditioned on the grid's h(x, y): its (x, y)
+      columns act through `xy_from_grid_map`, so the model starts close to what the source did."""
     import torch
 
     from models.checkpoint import CheckpointError, load_config
     from models.gru import load_gru
 
     source_config = load_config(folder, type(model.config))
-    same_but_oscillator = dataclasses.replace(source_config, oscillator_harmonics=model.config.oscillator_harmonics)
-    if same_but_oscillator != model.config or source_config.oscillator_harmonics > model.config.oscillator_harmonics:
+    same_but_inputs = dataclasses.replace(source_config, oscillator_harmonics=model.config.oscillator_harmonics,
+                                          timbre_grid_size=model.config.timbre_grid_size,
+                                          timbre_grid_dim=model.config.timbre_grid_dim)
+    grid_from_xy = model.config.timbre_grid_size > 0 and source_config.timbre_grid_size == 0
+    if same_but_inputs != model.config or source_config.oscillator_harmonics > model.config.oscillator_harmonics \
+            or (source_config.timbre_grid_size and not grid_from_xy and source_config != model.config):
         raise CheckpointError(f"{folder}: init_from holds a {source_config.n_layers}x{source_config.hidden_size} "
                               f"GRU ({source_config}), the run trains {model.config}")
     source = load_gru(folder).state_dict()
@@ -245,6 +275,17 @@ def _initialise_from(model, folder: Path) -> None:
             if name == "gru.weight_ih_l0":
                 value.zero_()
                 value[:, :source[name].shape[1]] = source[name]
+            elif name == "timbre_grid":
+                continue  # the run's own grid
+            elif grid_from_xy and name.startswith("conditioning_projection."):
+                weights, offset = (torch.as_tensor(a, dtype=torch.float32)
+                                   for a in xy_from_grid_map(model.timbre_grid.numpy()))
+                old_w, old_b = source["conditioning_projection.weight"], source["conditioning_projection.bias"]
+                if name.endswith("weight"):
+                    value[:, :weights.shape[1]] = old_w[:, :2] @ weights
+                    value[:, weights.shape[1]:] = old_w[:, 2:]
+                else:
+                    value.copy_(old_b + old_w[:, :2] @ offset)
             else:
                 value.copy_(source[name])
 
@@ -372,7 +413,14 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         dataset = prepare_dataset(config, progress=False)
     model_config = dataclasses.replace(GruSynthConfig.preset(config.model_size), sample_rate=dataset.sample_rate,
                                        oscillator_harmonics=config.oscillator_harmonics)
-    model = GruSynth(model_config).to(context.device)
+    grid_nodes = _grid_nodes(config) if config.timbre_features == "grid" else None
+    if grid_nodes is not None:
+        model_config = dataclasses.replace(model_config, timbre_grid_size=grid_nodes.shape[0],
+                                           timbre_grid_dim=grid_nodes.shape[2])
+    model = GruSynth(model_config)
+    if grid_nodes is not None:
+        model.set_timbre_grid(grid_nodes)
+    model = model.to(context.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     run_dir = Path(config.run_dir)
     checkpoint_dir = run_dir / "checkpoint"
