@@ -8,7 +8,8 @@ trip (p50/p99) during the attack against a baseline measured in the same run wit
 Attacks: a 64 kB bundle of /status; a 60 kB unknown address; 31 /notify registrations then one
 bundle of /status; 4,800 far-future dated /note/off from 10 clients then an immediate note and
 /panic; a UDP flood of /note/pitch; 10,000 notes held by distinct ids, then released by id (voices
-stay within the polyphony; none left after); 100 idle TCP connections then a fresh client; a TCP client
+stay within the polyphony; none left after; with a model that has a GRU voice, e.g. `--model
+models/pretrained/default`, its underruns and the voices it shed to keep up); 100 idle TCP connections then a fresh client; a TCP client
 that never reads its replies; /timbre/audio of a file outside the allowed folders.
 
 Usage: python bench/abuse.py [--model DIR] [--flood-s 3]
@@ -179,6 +180,9 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
             time.sleep(0.01)
         return round(time.monotonic() - started, 2)
 
+    player.send(encode_message("/mix/gru", [1.0]))  # a GRU voice, when the model has one, is computed
+    time.sleep(0.1)
+    before = observer.status()
     on_s = paced(encode_message("/note/on", [float(48 + i % 36), 90.0, i]) for i in ids)
     time.sleep(0.3)
     held = observer.status()
@@ -187,8 +191,11 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     after = observer.status()
     attack.report(player.sent, _received(player), note_on_s=on_s, note_off_s=off_s,
                   voices_while_held=held["voices"], voices_after_release=after["voices"],
+                  gru=after["gru_kernel"], gru_underruns_added=after["gru_underruns"] - before["gru_underruns"],
+                  gru_shed_voices=after["gru_shed_voices"] - before["gru_shed_voices"],
                   sync_after=_sync_percentiles_ms(observer, 1.0))
 
+    player.send(encode_message("/mix/gru", [0.0]))
     attack = Attack("tcp_100_idle_then_fresh_client", pid, observer)
     idle = []
     for _ in range(100):

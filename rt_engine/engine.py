@@ -400,6 +400,7 @@ class Engine:
             "steals": int(counters[Counter.STEALS]),
             "gru_underruns": int(counters[Counter.GRU_UNDERRUNS]),
             "gru_kernel": layer.kernel_path if layer is not None else "none",
+            "gru_shed_voices": int(layer.shed_voices) if layer is not None else 0,
             "frame": int(counters[Counter.FRAME]),
         }
 

@@ -67,6 +67,8 @@ class StreamLayer(Protocol):
 
     kernel_path: str
     """Which kernel the layer runs (reported as `gru_kernel` in `/status.reply`)."""
+    shed_voices: int
+    """Voices stopped early because the layer fell behind real time (`gru_shed_voices` in `/status.reply`)."""
 
     def panic(self) -> None:
         """Silence at once (short fade) and reset the recurrent state."""

@@ -312,6 +312,7 @@ class _FakeLayer:
 
     latency_frames = 512
     kernel_path = "constant"
+    shed_voices = 0
 
     def __init__(self):
         self.events = []
