@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from models.checkpoint import load_config, load_state_into
 from models.pitch import midi_to_hz
+from models.spectral import HOP_LENGTH, LOG_MAGNITUDE_FLOOR, N_FFT, N_MELS, SAMPLE_RATE
 from models.spectral import mel_filterbank as core_mel_filterbank
 
 
@@ -40,12 +41,12 @@ class SpectralConfig:
     (sample_rate Hz, n_samples per note), STFT (n_fft, hop_length samples), n_mels, the log floor
     and normalisation of the log-mel, and the pitch range (min_pitch MIDI, n_pitches)."""
 
-    sample_rate: int = 16_000
-    n_samples: int = 16_000
-    n_fft: int = 1024
-    hop_length: int = 256
-    n_mels: int = 128
-    log_floor: float = 1e-4
+    sample_rate: int = SAMPLE_RATE
+    n_samples: int = SAMPLE_RATE
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
+    log_floor: float = LOG_MAGNITUDE_FLOOR
     norm_center: float = -4.5
     norm_scale: float = 4.5
     min_pitch: int = 21

@@ -59,10 +59,11 @@ HOP_LENGTH = 256
 """Frame hop (samples): 75 % overlap."""
 N_BINS = N_FFT // 2 + 1
 """Frequency bins of a spectrogram."""
-N_MELS = 256
-"""Default mel bands: GANStrument's ratio of about one mel band per two linear bins."""
-LOG_MAGNITUDE_FLOOR = 1e-6
-"""Magnitude floor before the log (linear amplitude; -120 dB): log_magnitude >= log(1e-6) = -13.8."""
+N_MELS = 128
+"""Default mel bands (the models' `SpectralConfig.n_mels`)."""
+LOG_MAGNITUDE_FLOOR = 1e-4
+"""Magnitude floor before the log (linear amplitude; -80 dB, the models' `SpectralConfig.log_floor`):
+log_magnitude >= log(1e-4) = -9.2."""
 HANN_GAMMA_PER_SQUARED_LENGTH = 0.25645
 """PGHI's Gaussian time-frequency ratio of a Hann window of length L is this times L^2 (samples^2)."""
 

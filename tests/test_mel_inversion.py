@@ -7,7 +7,7 @@ import pytest
 from models import mel_inversion as mi
 from models import spectral as sp
 
-N_MELS = sp.N_MELS  # 256: at 128 bands the pseudo-inverse start gains only 2-3x
+N_MELS = 256  # GANStrument's setting, about one band per two linear bins (at 128 bands the pinv start gains only 2-3x)
 
 
 @pytest.fixture(scope="module")
