@@ -6,7 +6,9 @@ Each subcommand lives in its own module, which exposes
     main(args: argparse.Namespace) -> int
 
 Subcommand modules must import quickly: heavy imports (torch, numba kernels) go inside `main`.
-A subcommand whose module is not there yet says so clearly and exits with status 2.
+Only the chosen subcommand's module is imported (`latentsynth render` never loads the training
+modules); the others are listed by name and help text. A subcommand whose module is not there yet
+says so clearly and exits with status 2.
 """
 from __future__ import annotations
 
@@ -35,14 +37,17 @@ def _module_exists(module_name: str) -> bool:
         return False
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; subcommand `selected` gets its module's arguments (None: every subcommand's)."""
     parser = argparse.ArgumentParser(
         prog="latentsynth",
         description="latentsynth: a real-time neural instrument played over OSC and MIDI.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        if _module_exists(module_name):
+        if selected is not None and name != selected:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+        elif _module_exists(module_name):
             sub = subparsers.add_parser(name, help=help_text, description=help_text)
             importlib.import_module(module_name).add_arguments(sub)
             sub.set_defaults(_module=module_name)
@@ -53,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words = [word for word in argv if not word.startswith("-")]
+    parser = build_parser(words[0] if words and words[0] in SUBCOMMANDS else "")
     args, unparsed = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()

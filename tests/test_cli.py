@@ -38,3 +38,11 @@ def test_module_entry_point_runs_in_a_fresh_interpreter():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "devices" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["render", "serve"])
+def test_a_runtime_subcommand_loads_neither_training_nor_torch(command):
+    code = ("import sys; from rt_engine.cli import build_parser; build_parser(%r); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('training')))" % command)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
