@@ -40,8 +40,8 @@ import numpy as np
 
 from rt_engine import voice_kernel as vk
 from rt_engine.bank_cache import default_cache_dir
-from rt_engine.bank_worker import (BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout, PendingWorker, spawn_worker,
-                                  start_worker)
+from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
+from rt_engine.bank_worker import PendingWorker, spawn_worker, start_worker
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
 from rt_engine.commands import DEFAULT_ADSR
 

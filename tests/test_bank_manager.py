@@ -14,7 +14,8 @@ from models.procedural_source import PROCEDURAL_ENVELOPES, ProceduralBankSource
 from rt_engine import voice_kernel as vk
 from rt_engine import bank_manager as bank_manager_module
 from rt_engine.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
-from rt_engine.bank_worker import BankLayout, prepare_rows
+from rt_engine.bank_render import prepare_rows
+from rt_engine.bank_layout import BankLayout
 
 
 def _peak_hz(signal, rate):

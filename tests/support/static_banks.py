@@ -8,7 +8,8 @@ import numpy as np
 
 from rt_engine import voice_kernel as vk
 from rt_engine.bank_manager import DEFAULT_GRID_N, ENVELOPE_FIELDS
-from rt_engine.bank_worker import BankLayout, prepare_rows
+from rt_engine.bank_layout import BankLayout
+from rt_engine.bank_render import prepare_rows
 from rt_engine.commands import DEFAULT_ADSR
 
 

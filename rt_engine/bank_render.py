@@ -1,0 +1,136 @@
+"""The bank worker process's body (`worker_main`, spawned by `rt_engine.bank_worker`): it owns the
+`BankSource`, renders the requested rows chunk by chunk, most urgent job first, retunes them,
+prepares them for the kernel (`prepare_rows`) and writes them into the manager's shared memory.
+Only the worker process imports this module.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import signal
+from multiprocessing import resource_tracker, shared_memory
+
+import numba
+import numpy as np
+from scipy.signal import resample_poly
+
+from models.timbre_sources import load_bank_source
+from rt_engine import voice_kernel as vk
+from rt_engine.bank_cache import BankCache
+from rt_engine.bank_tuning import measure_detune_cents, retune
+from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
+
+
+def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
+    """Resample notes float32 [n, n_source_samples] at `layout.source_rate` to the device rate
+    and bake the sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and
+    continuing at `loop_start` is seamless (the end of the loop is crossfaded into the audio
+    that precedes `loop_start`, and the tail repeats the loop's start)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != layout.n_source_samples:
+        raise ValueError(f"bank rows must be [n, {layout.n_source_samples}], got {rows.shape}")
+    gcd = math.gcd(layout.device_rate, layout.source_rate)
+    resampled = resample_poly(rows, layout.device_rate // gcd, layout.source_rate // gcd, axis=1)
+    out = np.zeros((rows.shape[0], layout.bank_frames), dtype=np.float32)
+    n = min(resampled.shape[1], layout.n_device_frames)
+    out[:, vk.HEAD_PAD:vk.HEAD_PAD + n] = resampled[:, :n]
+    start, end, xfade = layout.loop_start, layout.loop_end, layout.xfade_frames
+    ramp = (np.arange(xfade, dtype=np.float32) + 1) / xfade
+    out[:, end - xfade:end] = (1 - ramp) * out[:, end - xfade:end] + ramp * out[:, start - xfade:start]
+    out[:, end:end + vk.HEAD_PAD] = out[:, start:start + vk.HEAD_PAD]
+    return out
+
+
+def _attach_untracked(name: str) -> shared_memory.SharedMemory:
+    """Attach to the manager's block without registering it with the resource tracker (the
+    manager, which created it, unlinks it; Python < 3.13 has no `track=False`)."""
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register
+
+
+def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
+    """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
+    first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
+    os.nice(10)  # background work: the audio threads must win every contest for a core
+    try:  # ... and a batch thread: it never preempts a waking audio or control thread
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        pass
+    # One compute thread: a second torch/OpenMP thread fights the audio process for the other
+    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    try:
+        numba.set_num_threads(1)
+        if model_dir is not None:
+            import torch  # heavy: the worker sets torch's threads before its source loads it
+
+            torch.set_num_threads(1)
+        source = load_bank_source(model_dir)
+        cache = None
+        if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
+            cache = BankCache(cache_dir, model_dir, source.n_samples)
+            cache.prune()
+        results.put(("hello", source.preset_names(), source.preset_envelopes(), int(source.sample_rate),
+                     int(source.n_samples)))
+    except Exception as error:  # any load failure is reported to the manager, which raises
+        results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
+        return
+    _, shm_name, shape, layout, row_pitch = requests.get()
+    shm = _attach_untracked(shm_name)
+    banks = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+    jobs: dict[int, dict] = {}
+    try:
+        while True:
+            messages = [requests.get()] if not jobs else []
+            while True:
+                try:
+                    messages.append(requests.get_nowait())
+                except queue.Empty:
+                    break
+            for message in messages:
+                if message[0] == "stop":
+                    return
+                if message[0] == "render":
+                    _, job_id, slot, request, rows, n_first, priority = message
+                    jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
+                                    "n_next": n_first, "priority": priority, "conditioning": None}
+                elif message[0] == "cancel":
+                    jobs.pop(message[1], None)
+                    results.put(("cancelled", message[1]))
+                elif message[0] == "boost":
+                    for job in jobs.values():
+                        front = [r for r in message[1] if r in job["rows"]]
+                        job["rows"] = front + [r for r in job["rows"] if r not in front]
+            if not jobs:
+                continue
+            job_id = min(jobs, key=lambda j: (jobs[j]["priority"], j))
+            job = jobs[job_id]
+            n_chunk = job["n_next"]
+            job["n_next"] = CHUNK_ROWS if job["priority"] == 0 else BACKGROUND_CHUNK_ROWS
+            chunk, job["rows"] = job["rows"][:n_chunk], job["rows"][n_chunk:]
+            try:
+                pitches = [int(round(row_pitch[r])) for r in chunk]
+                if job["conditioning"] is None:  # once per request: file reads and f run here
+                    job["conditioning"] = source.conditioning_for(job["request"])
+                notes = (source.render_pitches(job["conditioning"], pitches) if cache is None
+                         else cache.rows(source, job["conditioning"], pitches))
+                notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
+                banks[job["slot"], chunk] = prepare_rows(notes, layout)
+            except Exception as error:  # a bad timbre (file, preset) fails its job only
+                results.put(("fail", job_id, str(error)))
+                del jobs[job_id]
+                continue
+            results.put(("rows", job_id, chunk))
+            if not job["rows"]:
+                results.put(("done", job_id))
+                del jobs[job_id]
+    finally:
+        del banks
+        shm.close()
