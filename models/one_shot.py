@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
+
+from models.resample import resample_poly
 
 
 def exponential_fade(n_samples: int, sample_rate: int, fade_seconds: float, decay: float) -> np.ndarray:

@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from models.one_shot import preprocess_note
 from models.pitch import hz_to_midi, midi_to_hz
+from models.resample import resample_poly
 
 FADE_SECONDS = 0.1
 """The training data's fade-out (s), re-applied to each resampled note (`models.one_shot`)."""

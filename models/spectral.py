@@ -43,7 +43,6 @@ import numba
 import numpy as np
 import scipy.fft
 import scipy.linalg
-import scipy.signal
 
 from models.spectral_kernels import (
     frame_and_window,
@@ -88,7 +87,7 @@ def hann_window(n_fft: int = N_FFT) -> np.ndarray:
     """Periodic Hann window (librosa's and TensorFlow's default). Returns float32 [n_fft]."""
     if n_fft < 2:
         raise ValueError(f"n_fft must be >= 2, got {n_fft}")
-    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
 
 
 def n_frames_for(n_samples: int, hop_length: int = HOP_LENGTH) -> int:

@@ -13,13 +13,13 @@ from multiprocessing import resource_tracker, shared_memory
 
 import numba
 import numpy as np
-from scipy.signal import resample_poly
 
+from models.resample import resample_poly
 from models.timbre_sources import load_bank_source
 from rt_engine import voice_kernel as vk
 from rt_engine.bank_cache import BankCache
-from rt_engine.bank_tuning import measure_detune_cents, retune
 from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
+from rt_engine.bank_tuning import measure_detune_cents, retune
 
 
 def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from models.pitch import midi_to_hz
+from models.resample import resample_poly
 
 SEARCH_CENTS = 100.0
 """How far from the nominal pitch the fundamental is looked for (cents)."""
