@@ -47,30 +47,39 @@ def output_length(n_in: int, up: int, down: int) -> int:
     return -(-n_in * up // down)
 
 
-@numba.njit(nogil=True, cache=True)
-def _resample_rows(x, h, up, down, offset, out):
-    """out[r, n] = sum_k h[k] x_up[r, n * down + offset - k] for rows x [rows, n_in] (float64 sums)."""
-    n_in, n_taps = x.shape[1], h.shape[0]
-    for r in range(x.shape[0]):
-        for n in range(out.shape[1]):
-            j = n * down + offset          # position in the upsampled stream
-            k = j % up                     # first tap that meets a real (not stuffed) sample
-            i = (j - k) // up              # that sample's index in x
-            if i >= n_in:                  # taps k + up, k + 2 up, ... meet x[i - 1], x[i - 2], ...
-                skip = i - n_in + 1
-                k += skip * up
-                i -= skip
-            acc = 0.0
-            while k < n_taps and i >= 0:
-                acc += h[k] * x[r, i]
-                k += up
-                i -= 1
+def _phase_filters(h: np.ndarray, up: int, dtype) -> np.ndarray:
+    """h split by phase and reversed: [up, T = ceil(n_taps / up)], row p holding
+    h[p + (T - 1) up], ..., h[p + up], h[p] (zero-padded), so each output is an ascending dot product."""
+    per_phase = -(-h.shape[0] // up)
+    padded = np.zeros(per_phase * up)
+    padded[:h.shape[0]] = h
+    return np.ascontiguousarray(padded.reshape(per_phase, up).T[:, ::-1], dtype=dtype)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _resample_rows(x, phases, up, down, offset, out):
+    """out[r, n] = sum_t phases[p, T - 1 - t] x[r, i - t] with j = n * down + offset, p = j % up,
+    i = j // up: the taps of h that meet real (not zero-stuffed) input samples, summed in x's dtype."""
+    n_in, per_phase = x.shape[1], phases.shape[1]
+    for n in range(out.shape[1]):               # the index arithmetic once per output column
+        j = n * down + offset
+        p, i = j % up, j // up
+        first = max(0, i - (n_in - 1))          # taps t in [first, last) meet x[i - t]
+        last = min(per_phase, i + 1)
+        taps = phases[p]
+        base = i - per_phase + 1                # x index met by reversed tap 0
+        for r in range(x.shape[0]):
+            row = x[r]
+            acc = row[0] * 0.0
+            for u in range(per_phase - last, per_phase - first):
+                acc += taps[u] * row[base + u]
             out[r, n] = acc
 
 
 def resample_poly(x: np.ndarray, up: int, down: int, axis: int = -1) -> np.ndarray:
-    """Resample `x` along `axis` by up / down (positive integers); float32 in gives float32 out,
-    anything else float64. Equals `scipy.signal.resample_poly(x, up, down, axis)` to float rounding."""
+    """Resample `x` along `axis` by up / down (positive integers); float32 in gives float32 out
+    (summed in float32), anything else float64. Equals `scipy.signal.resample_poly(x, up, down, axis)`
+    to float rounding."""
     up, down = int(up), int(down)
     if up < 1 or down < 1:
         raise ValueError(f"resample_poly: up and down must be positive integers, got {up}, {down}")
@@ -81,11 +90,11 @@ def resample_poly(x: np.ndarray, up: int, down: int, axis: int = -1) -> np.ndarr
     if up == down == 1:
         return x.astype(dtype, copy=True)
     moved = np.moveaxis(x, axis, -1)
-    rows = np.ascontiguousarray(moved.reshape(-1, moved.shape[-1]), dtype=np.float64)
+    rows = np.ascontiguousarray(moved.reshape(-1, moved.shape[-1]), dtype=dtype)
     h, offset = polyphase_filter(up, down)
-    out = np.empty((rows.shape[0], output_length(rows.shape[1], up, down)), np.float64)
-    _resample_rows(rows, h, up, down, offset, out)
-    return np.moveaxis(out.reshape(moved.shape[:-1] + (out.shape[1],)).astype(dtype), -1, axis)
+    out = np.empty((rows.shape[0], output_length(rows.shape[1], up, down)), dtype)
+    _resample_rows(rows, _phase_filters(h, up, dtype), up, down, offset, out)
+    return np.moveaxis(out.reshape(moved.shape[:-1] + (out.shape[1],)), -1, axis)
 
 
 def resample_poly_reference(x: np.ndarray, up: int, down: int) -> np.ndarray:
