@@ -197,8 +197,9 @@ def _summary(values: np.ndarray) -> dict:
 
 
 def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0, temperature: float = 1.0,
-                           seed: int = 0, out_dir=None, progress: bool = True) -> dict:
-    """Compare the GRU (`model_dir/gru`) with the GAN (`model_dir/gan`...) at every grid point x pitch.
+                           seed: int = 0, out_dir=None, progress: bool = True, gru_dir=None) -> dict:
+    """Compare the GRU (`gru_dir`, default `model_dir/gru`) with the GAN (`model_dir/gan`...) at every
+    grid point x pitch.
 
     grid_points: [n_points, 2] (x, y) in [0, 1]; pitches: MIDI numbers; seconds: GRU note length (s),
     compared with the GAN note over the shorter of the two; temperature: GRU sampling temperature;
@@ -217,7 +218,7 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     model_dir = Path(model_dir)
     started = time.perf_counter()
     gan = GanBankSource.from_dir(model_dir)
-    gru = load_gru(model_dir / "gru")
+    gru = load_gru(Path(gru_dir) if gru_dir else model_dir / "gru")
     rate = int(gru.config.sample_rate)  # both voices are compared at the GRU's rate
     divisor = math.gcd(rate, int(gan.sample_rate))
     n_gan_samples = gan.n_samples * rate // int(gan.sample_rate)
@@ -311,6 +312,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m training.gru_evaluation", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder holding gan/, features/, presets.json, gru/")
     parser.add_argument("--out", required=True, help="output folder for gru_eval.json")
+    parser.add_argument("--gru", default=None, help="GRU checkpoint folder to evaluate (default: MODEL/gru)")
     parser.add_argument("--points", type=int, default=5, help="grid points: corners, centre, then random (default 5)")
     parser.add_argument("--pitches", type=_parse_pitches, default=[48, 60, 72], help="MIDI pitches (default 48,60,72)")
     parser.add_argument("--seconds", type=float, default=1.0, help="GRU note length (s)")
@@ -321,7 +323,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     points = default_grid_points(args.points, args.seed, random_only=args.between_nodes)
     report = evaluate_gru_agreement(args.model, points, args.pitches,
-                                    args.seconds, args.temperature, args.seed, out_dir=args.out)
+                                    args.seconds, args.temperature, args.seed, out_dir=args.out, gru_dir=args.gru)
     headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
                                              "classifier_agreement", "classifier_accuracy_on_gan",
                                              "gan_between_points_db", "gru_to_other_gan_db", "seconds_taken")}
