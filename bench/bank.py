@@ -65,7 +65,7 @@ def main() -> int:
     import torch
 
     from models.bank_source import KEYBOARD_PITCHES
-    from models.features import denormalise_log_mel
+    from models.model_config import denormalise_log_mel
     from models.gan_bank import GanBankSource, _mel_inverter, load_one_shot, log_mel_to_audio
 
     if args.threads:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from bench.bank import median_ms  # noqa: E402
 from models.bank_source import KEYBOARD_PITCHES  # noqa: E402
 from models.features import log_mel  # noqa: E402
-from models.gan import GanConfig  # noqa: E402
+from models.model_config import GanConfig  # noqa: E402
 from models.gan_bank import log_mel_to_audio  # noqa: E402
 from training.evaluation import HIGH_BAND_HZ, EVAL_PITCHES, band_level_db, high_band_agreement, pitch_accuracy  # noqa: E402
 from training.sf2_render import open_soundfont, preprocess_note, render_program_notes  # noqa: E402

@@ -59,3 +59,6 @@ class BankSource(Protocol):
 
     def render_bank(self, timbre: TimbreRequest, pitches: Sequence[int]) -> np.ndarray:
         """`render_pitches(conditioning_for(timbre), pitches)`."""
+
+    def warm(self) -> None:
+        """Load whatever the first render would load (networks), so it is not paid then."""

@@ -6,13 +6,12 @@ normalised log-mel, `(log(max(mel_magnitude, log_floor)) - norm_center) / norm_s
 Slaney mel filters (librosa's default) over an STFT of n_fft 1024, hop 256, Hann, centred,
 at 16 kHz: a 1 s note is `[n_mels=128, n_frames=63]`.
 
+The configs (`SpectralConfig`, `FeatureConfig`), the mel filterbank and the denormalisation are in
+`models.model_config` (no torch).
+
 Public API:
-    SpectralConfig, SPECTRAL_FIELDS       the representation fields every model config starts with
-    mel_filterbank(config) -> [n_mels, n_fft // 2 + 1]                       numpy, Slaney
     log_mel(audio, config) -> [batch, n_mels, n_frames]                      torch, normalised
-    denormalise_log_mel(x, config) -> [batch, n_mels, n_frames]              natural-log magnitude
     harmonic_template(config, pitches) -> [len(pitches), n_mels]             numpy, in [0, 1]
-    FeatureConfig                          frozen dataclass of f, C_i, C_p
     FeatureExtractor(config)               f: [batch, n_mels, n_frames] -> h [batch, h_dim]
     FeatureModel(config)                   f + C_i + C_p with the Eq. 2 / Eq. 3 losses
     classifier_mlp(in_dim, hidden, out_dim) the shallow MLP of C_i / C_p / the pitch probe
@@ -20,9 +19,7 @@ Public API:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,58 +28,7 @@ from torch.nn import functional as F
 
 from models.checkpoint import load_config, load_state_into
 from models.pitch import midi_to_hz
-from models.spectral import HOP_LENGTH, LOG_MAGNITUDE_FLOOR, N_FFT, N_MELS, SAMPLE_RATE
-from models.spectral import mel_filterbank as core_mel_filterbank
-
-
-@dataclass(frozen=True)
-class SpectralConfig:
-    """The representation every model config carries first (f and G must agree on it): audio
-    (sample_rate Hz, n_samples per note), STFT (n_fft, hop_length samples), n_mels, the log floor
-    and normalisation of the log-mel, and the pitch range (min_pitch MIDI, n_pitches)."""
-
-    sample_rate: int = SAMPLE_RATE
-    n_samples: int = SAMPLE_RATE
-    n_fft: int = N_FFT
-    hop_length: int = HOP_LENGTH
-    n_mels: int = N_MELS
-    log_floor: float = LOG_MAGNITUDE_FLOOR
-    norm_center: float = -4.5
-    norm_scale: float = 4.5
-    min_pitch: int = 21
-    n_pitches: int = 88
-
-    @property
-    def n_frames(self) -> int:
-        """STFT frames of a note (centred): 1 + n_samples // hop_length."""
-        return 1 + self.n_samples // self.hop_length
-
-
-SPECTRAL_FIELDS = tuple(field.name for field in dataclasses.fields(SpectralConfig))
-
-
-@dataclass(frozen=True)
-class FeatureConfig(SpectralConfig):
-    """Feature extractor f (conv encoder -> h), instrument classifier C_i, pitch classifier C_p."""
-
-    h_dim: int = 64
-    channels: tuple = (16, 32, 64, 64)
-    classifier_hidden: int = 128
-    time_pool: int = 4
-    n_instruments: int = 101
-    lambda_adv: float = 1.0
-
-    def __post_init__(self):
-        if self.n_samples < self.n_fft or self.hop_length <= 0 or self.n_mels <= 0:
-            raise ValueError(f"invalid spectral settings in {self}")
-        if self.h_dim <= 0 or self.n_instruments <= 1 or not self.channels:
-            raise ValueError(f"invalid feature model sizes in {self}")
-
-
-def mel_filterbank(config) -> np.ndarray:
-    """Slaney-normalised mel filterbank `float32 [n_mels, n_fft // 2 + 1]` (librosa's default),
-    from 0 Hz to sample_rate / 2 (Hz), from the spectral core."""
-    return core_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels)
+from models.model_config import FeatureConfig, mel_filterbank
 
 
 _FILTERBANKS: dict[tuple, torch.Tensor] = {}
@@ -106,12 +52,6 @@ def log_mel(audio: torch.Tensor, config) -> torch.Tensor:
                           center=True, pad_mode="constant", return_complex=True)
     mel = torch.einsum("mf,bft->bmt", _torch_filterbank(config).to(audio.device, audio.dtype), spectrum.abs())
     return (torch.log(torch.clamp(mel, min=config.log_floor)) - config.norm_center) / config.norm_scale
-
-
-def denormalise_log_mel(x, config):
-    """Normalised log-mel `[batch, n_mels, n_frames]` -> natural-log mel magnitude (same shape);
-    works on numpy arrays and torch tensors."""
-    return x * config.norm_scale + config.norm_center
 
 
 def harmonic_template(config, pitches) -> np.ndarray:

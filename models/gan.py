@@ -8,7 +8,7 @@ and D. The instance feature h = f(x) (pitch-invariant) enters G's style vector a
 projection term (GANStrument Eq. 1; Miyato & Koyama's projection discriminator).
 
 Public API:
-    GanConfig                       frozen dataclass of G and D (plus the representation fields)
+    (GanConfig, the sizes of G and D, is in models.model_config: no torch)
     Generator(config)               (z [b, z_dim], pitch_classes int [b], h [b, h_dim]) -> [b, n_mels, n_frames]
     Discriminator(config)           (x [b, n_mels, n_frames], pitch_classes, h) -> logits [b]
     r1_penalty(discriminator, x, pitch_classes, h) -> scalar
@@ -16,48 +16,14 @@ Public API:
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models.checkpoint import load_config, load_state_into
-from models.features import SpectralConfig, harmonic_template
-
-
-@dataclass(frozen=True)
-class GanConfig(SpectralConfig):
-    """Sizes of G and D (after the shared representation fields). `channels` run from G's lowest
-    resolution to its highest (D mirrors them); n_mels must be divisible by 2 ** len(channels)."""
-
-    h_dim: int = 64
-    z_dim: int = 32
-    pitch_embedding_dim: int = 64
-    style_dim: int = 128
-    channels: tuple = (128, 96, 64, 48, 32, 16)
-    discriminator_channels: tuple = (16, 32, 48, 64, 64, 64)
-    projection_dim: int = 128
-
-    def __post_init__(self):
-        n_up = len(self.channels) - 1
-        if n_up < 1 or self.n_mels % (2 ** n_up):
-            raise ValueError(f"n_mels={self.n_mels} must be divisible by 2**{n_up} (len(channels) - 1)")
-        if len(self.discriminator_channels) != len(self.channels):
-            raise ValueError("discriminator_channels must have as many entries as channels")
-
-    @property
-    def base_shape(self) -> tuple[int, int]:
-        """(freq, time) of G's first block; the last block is 2 ** (len(channels) - 1) times larger."""
-        scale = 2 ** (len(self.channels) - 1)
-        return self.n_mels // scale, math.ceil(self.n_frames / scale)
-
-    @property
-    def floor_value(self) -> float:
-        """The normalised log-mel value of silence (the log floor)."""
-        return (math.log(self.log_floor) - self.norm_center) / self.norm_scale
+from models.features import harmonic_template
+from models.model_config import GanConfig
 
 
 class _TemplateBank(nn.Module):

@@ -12,6 +12,10 @@ A model folder holds
                    its own refined G, W * (1 + H(h, h_init)) with h_init = f(G(h, z, p)) at the
                    input's estimated pitch p, computed once per request; its bank renders with it
 
+torch loads with the networks, on first use (`GanBankSource.warm`, or the first render or one-shot):
+the configs, presets and grid are read without it, so a start whose banks are all in the disk cache
+(`rt_engine.bank_cache`) never imports torch.
+
 Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
 by PGHI then Fast Griffin-Lim (`models.phase_reconstruction`) -> peak-normalised waveform. The
 mel -> linear step knows each note's pitch, so it starts from the pseudo-inverse solution masked by
@@ -47,14 +51,11 @@ from typing import Sequence
 
 import numpy as np
 import scipy.sparse
-import torch
 
 from models.bank_source import TimbreRequest
-from models.checkpoint import CheckpointError
-from models.features import denormalise_log_mel, load_feature_extractor, log_mel, mel_filterbank
-from models.gan import load_generator
-from models.hypernetwork import RefinedGenerator, first_reconstruction_features, fixed_z, load_hypernetwork
+from models.checkpoint import CheckpointError, load_config
 from models.mel_inversion import MelInverter
+from models.model_config import FeatureConfig, GanConfig, denormalise_log_mel, mel_filterbank
 from models.one_shot import load_one_shot
 from models.own_sample_blend import (BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi,
                                      parse_blend)
@@ -126,6 +127,8 @@ def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONI
     batch, n_mels, n_frames = mel.shape
     comb = np.stack([_cached_comb(float(f), config.n_fft, config.sample_rate) for f in np.atleast_1d(f0_hz)])
     y = np.ascontiguousarray(mel.transpose(1, 0, 2)).reshape(n_mels, -1)  # [n_mels, batch * n_frames]
+    import torch  # heavy: loaded with the networks (see the module docstring)
+
     # torch's matmul, not NumPy's: OpenBLAS's own threads would keep spinning and slow the phase step
     x = (torch.from_numpy(inverter.inverse) @ torch.from_numpy(y)).clamp_(min=0.0).numpy() + np.float32(1e-7)
     x = (x.reshape(-1, batch, n_frames) * comb.T[:, :, None]).reshape(x.shape[0], -1)
@@ -173,18 +176,15 @@ def bilinear_conditioning(corners: np.ndarray, x: float, y: float) -> np.ndarray
 
 
 class GanBankSource:
-    """Banks of one-shot notes rendered by the GAN. Build with `from_dir`."""
+    """Banks of one-shot notes rendered by the GAN. Build with `from_dir`; the networks (G, f, H)
+    load on first use (`warm`)."""
 
-    def __init__(self, generator, extractor, presets: dict, corners: list[str], grid=None, model_dir: str = "",
-                 hyper=None):
-        self.generator = generator
-        self.hyper = hyper
-        self.extractor = extractor
-        self.config = generator.config
+    def __init__(self, model_dir: str | Path, config: GanConfig, presets: dict, corners: list[str], grid=None):
+        self.model_dir = str(model_dir)
+        self.config = config
         self.presets = presets
         self.corners = corners
         self.grid = grid
-        self.model_dir = model_dir
         self.sample_rate = int(self.config.sample_rate)
         self.n_samples = int(self.config.n_samples)
         self.conditioning_dim = int(self.config.h_dim)
@@ -193,31 +193,65 @@ class GanBankSource:
         (`training.preset_envelopes`); presets without one play the engine's default."""
         self.own_sample_blend = DEFAULT_BLEND
         """One-shot banks play the input itself near its pitch (`models.own_sample_blend`); None: off."""
-        self._one_shots: dict[bytes, tuple[np.ndarray, float, RefinedGenerator | None]] = {}
+        self._one_shots: dict[bytes, tuple] = {}
+        self._networks: tuple | None = None  # (G, f, H or None) once loaded
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "GanBankSource":
-        """Load gan/, features/, presets.json (and grid/ when present) from `model_dir`.
-        Missing or bad files raise CheckpointError naming the file."""
+        """Read the configs of gan/ and features/, presets.json and grid/ (when present) from
+        `model_dir`; missing or bad files raise CheckpointError naming the file (bad weights: when
+        the networks load)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise CheckpointError(f"model folder not found: {model_dir}")
-        generator = load_generator(model_dir / "gan")
-        extractor = load_feature_extractor(model_dir / "features")
-        if extractor.config.h_dim != generator.config.h_dim:
-            raise CheckpointError(f"{model_dir / 'features'}: h_dim {extractor.config.h_dim} does not match "
-                                  f"the generator's {generator.config.h_dim}")
-        presets, corners = _load_presets(model_dir / "presets.json", generator.config.h_dim)
+        config = load_config(model_dir / "gan", GanConfig)
+        features = load_config(model_dir / "features", FeatureConfig)
+        if features.h_dim != config.h_dim:
+            raise CheckpointError(f"{model_dir / 'features'}: h_dim {features.h_dim} does not match "
+                                  f"the generator's {config.h_dim}")
+        presets, corners = _load_presets(model_dir / "presets.json", config.h_dim)
         grid = None
         if (model_dir / "grid").is_dir():
             grid = load_grid(model_dir / "grid")
-            if grid.conditioning_dim != generator.config.h_dim:
+            if grid.conditioning_dim != config.h_dim:
                 raise CheckpointError(f"{model_dir / 'grid'}: conditioning_dim {grid.conditioning_dim} does not "
-                                      f"match the generator's {generator.config.h_dim}")
-        hyper = load_hypernetwork(model_dir / "hyper", generator) if (model_dir / "hyper").is_dir() else None
-        source = cls(generator, extractor, presets, corners, grid, str(model_dir), hyper)
+                                      f"match the generator's {config.h_dim}")
+        source = cls(model_dir, config, presets, corners, grid)
         source.envelopes = _load_envelopes(model_dir / "presets.json", presets)
         return source
+
+    def warm(self) -> None:
+        """Load G, f and H (gan/, features/, hyper/ when present) now instead of at first use."""
+        self._loaded_networks()
+
+    def _loaded_networks(self) -> tuple:
+        if self._networks is None:
+            # heavy (torch): the networks load on first use, so cached banks play without them
+            from models.features import load_feature_extractor
+            from models.gan import load_generator
+            from models.hypernetwork import load_hypernetwork
+
+            folder = Path(self.model_dir)
+            generator = load_generator(folder / "gan")
+            extractor = load_feature_extractor(folder / "features")
+            hyper = load_hypernetwork(folder / "hyper", generator) if (folder / "hyper").is_dir() else None
+            self._networks = (generator, extractor, hyper)
+        return self._networks
+
+    @property
+    def generator(self):
+        """G (`models.gan.Generator`), loaded on first use."""
+        return self._loaded_networks()[0]
+
+    @property
+    def extractor(self):
+        """f (`models.features.FeatureExtractor`), loaded on first use."""
+        return self._loaded_networks()[1]
+
+    @property
+    def hyper(self):
+        """H (`models.hypernetwork.HyperNetwork`) from hyper/, or None; loaded on first use."""
+        return self._loaded_networks()[2] if (Path(self.model_dir) / "hyper").is_dir() else None
 
     def preset_names(self) -> list[str]:
         """Preset names in program-change order."""
@@ -229,6 +263,10 @@ class GanBankSource:
 
     def features_of_audio(self, audio: np.ndarray) -> np.ndarray:
         """h = f(x) of notes `[batch, n_samples]` (preprocessed like the data): float32 [batch, dim]."""
+        import torch  # heavy: loaded with the networks (see the module docstring)
+
+        from models.features import log_mel
+
         with torch.no_grad():
             return self.extractor(log_mel(torch.from_numpy(np.array(audio, dtype=np.float32)), self.config)).numpy()
 
@@ -260,6 +298,10 @@ class GanBankSource:
         or None without hyper/."""
         if self.hyper is None:
             return None
+        import torch  # heavy: loaded with the networks (see the module docstring)
+
+        from models.hypernetwork import RefinedGenerator, first_reconstruction_features, fixed_z
+
         pitch = UNPITCHED_REFINEMENT_PITCH if not np.isfinite(source_pitch) else source_pitch
         low = self.config.min_pitch
         pitch_class = torch.tensor([int(np.clip(round(pitch), low, low + self.config.n_pitches - 1)) - low])
@@ -299,6 +341,10 @@ class GanBankSource:
                              f"got shape {h.shape}")
         if not np.all(np.isfinite(h)):
             raise ValueError("conditioning h holds NaN or infinite values")
+        import torch  # heavy: loaded with the networks (see the module docstring)
+
+        from models.hypernetwork import fixed_z
+
         z = fixed_z(self.config.z_dim, seed)
         h, classes = torch.from_numpy(h), torch.from_numpy(classes)
         generator = self.generator if generator is None else generator

@@ -56,6 +56,9 @@ class ProceduralBankSource:
         """Preset name -> (attack s, decay s, sustain, release s)."""
         return dict(PROCEDURAL_ENVELOPES)
 
+    def warm(self) -> None:
+        """Nothing to load: the procedural source is NumPy."""
+
     def conditioning_for(self, timbre: TimbreRequest) -> np.ndarray:
         """The timbre point h = (x, y) that shapes the spectrum: float32 [2] (rendering clips it
         to [0, 1]^2)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -168,6 +169,10 @@ class BankManager:
         self.slots = np.zeros((n_slots, vk.N_SLOT_FIELDS))
         self.row_ready = np.zeros((n_slots, self.row_pitch.size), dtype=np.uint8)
         self._worker.requests.put(("attach", self._shm.name, shape, self.layout, self.row_pitch))
+        if render_ahead:  # live: the networks load once the first banks are out, not at the first miss
+            self._worker.requests.put(("warm",))
+        self.warm_error: str | None = None
+        """Why the worker could not load the model's networks (every render then fails), else None."""
         self._lock = threading.RLock()
         self._slot_state = ["free"] * n_slots        # free, loading, loaded, retiring, cancelling
         self._slot_key: list[str | None] = [None] * n_slots
@@ -467,6 +472,8 @@ class BankManager:
             self.failed = f"{reason}; restarting it failed: {error}"
             return False
         worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
+        if self.render_ahead:
+            worker.requests.put(("warm",))
         with self._lock:
             self._worker, self._restarting = worker, False
             for job in lost:
@@ -486,6 +493,10 @@ class BankManager:
             job.on_fail(reason)
 
     def _handle(self, message) -> None:
+        if message[0] == "warm_failed":
+            self.warm_error = message[2]
+            print(f"latentsynth: warning: {message[2]}", file=sys.stderr, flush=True)
+            return
         if message[0] == "cancelled":
             for slot, state in enumerate(self._slot_state):
                 job = self._slot_job[slot]

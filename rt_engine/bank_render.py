@@ -55,7 +55,8 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
 
 def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
     """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
-    first, into the shared-memory slots. Messages in: attach, render, boost, cancel, stop."""
+    first, into the shared-memory slots. Messages in: attach, render, boost, cancel, warm (load the
+    source's networks once idle, so the first render does not), stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
     os.nice(10)  # background work: the audio threads must win every contest for a core
     try:  # ... and a batch thread: it never preempts a waking audio or control thread
@@ -63,15 +64,12 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
     except (AttributeError, OSError):  # not Linux
         pass
     # One compute thread: a second torch/OpenMP thread fights the audio process for the other
-    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2).
+    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2). Set
+    # before torch loads (with the source's networks, at first use or "warm").
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     try:
         numba.set_num_threads(1)
-        if model_dir is not None:
-            import torch  # heavy: the worker sets torch's threads before its source loads it
-
-            torch.set_num_threads(1)
         source = load_bank_source(model_dir)
         cache = None
         if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
@@ -86,9 +84,10 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
     shm = _attach_untracked(shm_name)
     banks = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
     jobs: dict[int, dict] = {}
+    warm_pending = False  # "warm" asked: load the source's networks once no job is waiting
     try:
         while True:
-            messages = [requests.get()] if not jobs else []
+            messages = [requests.get()] if not jobs and not warm_pending else []
             while True:
                 try:
                     messages.append(requests.get_nowait())
@@ -101,6 +100,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
                     _, job_id, slot, request, rows, n_first, priority = message
                     jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
                                     "n_next": n_first, "priority": priority, "conditioning": None}
+                elif message[0] == "warm":
+                    warm_pending = True
                 elif message[0] == "cancel":
                     jobs.pop(message[1], None)
                     results.put(("cancelled", message[1]))
@@ -109,6 +110,12 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
                         front = [r for r in message[1] if r in job["rows"]]
                         job["rows"] = front + [r for r in job["rows"] if r not in front]
             if not jobs:
+                if warm_pending:
+                    warm_pending = False
+                    try:
+                        source.warm()
+                    except Exception as error:  # bad weights: the manager warns; each render fails with it
+                        results.put(("warm_failed", -1, f"cannot load the networks of {model_dir}: {error}"))
                 continue
             job_id = min(jobs, key=lambda j: (jobs[j]["priority"], j))
             job = jobs[job_id]

@@ -128,6 +128,23 @@ def test_a_bad_model_folder_is_a_clear_error(tmp_path):
         BankManager(str(tmp_path), 48_000, n_slots=5, pitches=[60])
 
 
+def test_a_model_whose_weights_cannot_load_is_named_when_the_worker_warms(tmp_path):
+    """Configs and presets load at start; the weights load when the idle worker warms: broken
+    weights then set `warm_error` naming the file (and every render fails with it)."""
+    from tests.test_gan_bank import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "m")
+    (folder / "gan" / "model.safetensors").write_bytes(b"not a safetensors file")
+    banks = BankManager(str(folder), 48_000, n_slots=5, pitches=[60], cache_dir=None)
+    try:
+        deadline = time.monotonic() + 60.0
+        while banks.warm_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert banks.warm_error is not None and "model.safetensors" in banks.warm_error
+    finally:
+        banks.close()
+
+
 def test_a_timbre_request_overtaken_by_a_newer_one_hears_superseded(manager):
     outcomes = {"first": [], "second": [], "again": []}
     manager.bind(lambda slot, generation: None)

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from models.features import FeatureConfig
+from models.model_config import FeatureConfig
 from training.evaluation import (
     BAND_LEVEL_FLOOR_DB,
     band_level_db,

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, save_checkpoint
-from models.features import (
-    FeatureConfig,
-    FeatureModel,
-    harmonic_template,
-    load_feature_extractor,
-    log_mel,
-    mel_filterbank,
-)
+from models.features import FeatureModel, harmonic_template, load_feature_extractor, log_mel
+from models.model_config import FeatureConfig, mel_filterbank
 from models.spectral import mel_frequencies, stft
 
 TINY = FeatureConfig(n_samples=4096, n_mels=32, h_dim=8, channels=(4, 8), classifier_hidden=16, n_instruments=3)

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, save_checkpoint
-from models.gan import Discriminator, GanConfig, Generator, load_generator, r1_penalty
+from models.gan import Discriminator, Generator, load_generator, r1_penalty
+from models.model_config import GanConfig
 
 TINY = GanConfig(n_samples=4096, n_mels=32, h_dim=8, z_dim=4, pitch_embedding_dim=8, style_dim=16,
                  channels=(16, 8, 4), discriminator_channels=(4, 8, 8), projection_dim=8)

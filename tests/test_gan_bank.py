@@ -9,8 +9,9 @@ import torch
 
 from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError, save_checkpoint
-from models.features import FeatureConfig, FeatureModel
-from models.gan import GanConfig, Generator
+from models.features import FeatureModel
+from models.gan import Generator
+from models.model_config import FeatureConfig, GanConfig
 from models.gan_bank import (
     GanBankSource,
     bilinear_conditioning,
@@ -172,3 +173,20 @@ def test_xy_timbres_read_the_som_grid_when_the_model_has_one(tmp_path):
     TimbreGrid(nodes[:, :, :2], GridConfig(size=3, conditioning_dim=2)).save(folder / "grid")
     with pytest.raises(CheckpointError, match="grid"):
         GanBankSource.from_dir(folder)
+
+
+def test_configs_presets_and_grid_points_need_no_torch_until_the_networks_run(tmp_path):
+    """A start whose banks are all in the disk cache never imports torch: from_dir and a grid or
+    preset conditioning read files only; `warm` (or the first render) loads G, f and H."""
+    import subprocess
+    import sys
+
+    folder = make_tiny_model(tmp_path / "m")
+    code = ("import sys; from models.gan_bank import GanBankSource; from models.bank_source import TimbreRequest; "
+            f"s = GanBankSource.from_dir({str(folder)!r}); s.conditioning_for(TimbreRequest('xy', x=0.3, y=0.6)); "
+            "s.conditioning_for(TimbreRequest('preset', name=s.preset_names()[0])); before = 'torch' in sys.modules; "
+            "s.warm(); print(before, 'torch' in sys.modules, s.generator is not None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True", "True"]

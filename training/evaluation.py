@@ -72,7 +72,8 @@ def _model_log_mel_db(audio: np.ndarray, config) -> np.ndarray:
     `gru_evaluation.log_mel_db`, which is the core STFT's, relative to each note's peak."""
     import torch
 
-    from models.features import denormalise_log_mel, log_mel
+    from models.features import log_mel
+    from models.model_config import denormalise_log_mel
 
     with torch.no_grad():
         nepers = denormalise_log_mel(log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32)), config), config)

@@ -46,8 +46,9 @@ import torch
 from tqdm import tqdm
 
 from models.bank_source import TimbreRequest
-from models.features import denormalise_log_mel, log_mel
+from models.features import log_mel
 from models.gan_bank import GanBankSource
+from models.model_config import denormalise_log_mel
 from models.one_shot import load_one_shot
 from models.own_sample_blend import (DEFAULT_BLEND, OwnSampleBlend, blend_rows, blend_text, estimate_pitch_midi,
                                      own_sample_weights, resample_to_pitch)

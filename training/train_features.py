@@ -181,7 +181,8 @@ def train_features(config_path, out_dir, resume: bool = False) -> dict:
     from tqdm import tqdm
 
     from models.checkpoint import load_metadata, load_tensors, save_checkpoint
-    from models.features import FeatureConfig, FeatureModel
+    from models.features import FeatureModel
+    from models.model_config import FeatureConfig
     from training.distributed import cleanup_distributed, setup_distributed
     from training.note_dataset import NoteStore
 

@@ -130,7 +130,8 @@ def train_gan(config_path, out_dir, resume: bool = False) -> dict:
 
     from models.checkpoint import load_metadata, load_tensors, save_checkpoint
     from models.features import load_feature_extractor
-    from models.gan import Discriminator, GanConfig, Generator, r1_penalty
+    from models.gan import Discriminator, Generator, r1_penalty
+    from models.model_config import GanConfig
     from training.distributed import cleanup_distributed, setup_distributed
     from training.note_dataset import NoteStore
 
@@ -278,7 +279,7 @@ def train_gan(config_path, out_dir, resume: bool = False) -> dict:
 
 
 def _check_same_representation(config, feature_config, features_path: Path) -> None:
-    from models.features import SPECTRAL_FIELDS
+    from models.model_config import SPECTRAL_FIELDS
 
     for name in SPECTRAL_FIELDS:
         if getattr(config, name) != getattr(feature_config, name):
