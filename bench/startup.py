@@ -63,8 +63,9 @@ def _env(tree: Path) -> dict:
     return dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")
 
 
-def serve_ready_s(tree: Path, model: str) -> float:
-    """Seconds from launching `serve --audio null` in `tree` to its "ready" line."""
+def serve_ready_s(tree: Path, model: str, settle_s: float = 0.0) -> float:
+    """Seconds from launching `serve --audio null` in `tree` to its "ready" line; it then runs
+    `settle_s` more (a warm-up run lets the worker compile and cache what it renders ahead)."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
                                 "--model", model, "--osc-port", str(_free_port())],
@@ -74,8 +75,13 @@ def serve_ready_s(tree: Path, model: str) -> float:
         if line.strip() == "ready":
             seconds = time.perf_counter() - started
             break
+    time.sleep(settle_s)
     process.terminate()
-    process.wait(30)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
     return seconds
 
 
@@ -98,7 +104,7 @@ def main() -> None:
     midi = work / "chorale.mid"
     duration_s = write_chorale(midi)
     for tree in trees.values():  # warm the Numba and bank caches
-        serve_ready_s(tree, args.model)
+        serve_ready_s(tree, args.model, settle_s=20.0)
         render_s(tree, args.model, midi, work / "warm.wav")
     ready = {name: [] for name in trees}
     render = {name: [] for name in trees}

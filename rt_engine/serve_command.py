@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from models.timbre_sources import default_model_dir
@@ -275,7 +276,8 @@ def _serve(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's view: no long collections in callbacks
         _say("ready")
-        threading.Event().wait()  # until SIGINT/SIGTERM raise KeyboardInterrupt
+        while True:  # until SIGINT/SIGTERM raise KeyboardInterrupt (a sleep, not a lock wait: an
+            time.sleep(3600.0)  # interrupt inside Condition.wait can leave "release unlocked lock")
     except KeyboardInterrupt:
         pass
     except (ValueError, RuntimeError, OSError) as error:
