@@ -276,8 +276,8 @@ def _serve(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's view: no long collections in callbacks
         _say("ready")
-        while True:  # until SIGINT/SIGTERM raise KeyboardInterrupt (a sleep, not a lock wait: an
-            time.sleep(3600.0)  # interrupt inside Condition.wait can leave "release unlocked lock")
+        while True:  # until SIGINT/SIGTERM raise KeyboardInterrupt. Short sleeps: a signal the
+            time.sleep(0.1)  # kernel hands to another thread does not interrupt a long wait here
     except KeyboardInterrupt:
         pass
     except (ValueError, RuntimeError, OSError) as error:

@@ -17,7 +17,7 @@ import pytest
 from rt_engine.osc_codec import decode_packet, encode_message
 from tests.serve_process import REPO
 from tests.support.osc_udp import Udp, procedural_model
-from tests.support.processes import signalled_cleanly
+from tests.support.processes import signalled_cleanly, thread_ids
 from tests.test_patches import free_port
 from tests.test_security_osc import serve_command
 
@@ -80,6 +80,25 @@ def test_a_password_gates_tcp_and_sigint_ends_serve_cleanly_even_when_ignored_at
         client.close()
         assert signalled_cleanly(process, signal.SIGINT, expected_code=0)
         assert "stopped" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_ends_serve_even_when_the_kernel_hands_it_to_another_thread(tmp_path):
+    """A process-directed signal may land on any thread; the main thread must still see it
+    (it once waited on a lock no signal on another thread could interrupt, and ran on)."""
+    port = free_port()
+    process = subprocess.Popen(serve_command(port, procedural_model(tmp_path / "m")), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if line.strip() == "ready":
+                break
+        other = thread_ids(process.pid)[-1]
+        assert other != process.pid
+        assert signalled_cleanly(process, signal.SIGTERM, expected_code=0, to_thread=other)
     finally:
         if process.poll() is None:
             process.kill()
