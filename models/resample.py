@@ -28,6 +28,29 @@ KAISER_BETA = 5.0
 HALF_LENGTH_PER_RATE = 10
 
 
+def kaiser_window(n_taps: int, beta: float = KAISER_BETA) -> np.ndarray:
+    """np.kaiser(n_taps, beta), with I0 summed as its power series in place (24 terms: exact to
+    float64 rounding for beta <= 6), several times faster than np.i0 on the 20,000-tap filters of
+    a retuning ratio."""
+    if n_taps == 1:
+        return np.ones(1)
+    quarter_square = 2.0 * np.arange(n_taps) / (n_taps - 1) - 1.0
+    np.multiply(quarter_square, quarter_square, out=quarter_square)
+    np.subtract(1.0, quarter_square, out=quarter_square)
+    np.maximum(quarter_square, 0.0, out=quarter_square)
+    quarter_square *= beta * beta / 4.0                     # (x / 2)^2, x = beta sqrt(1 - ramp^2)
+    term, total = np.ones(n_taps), np.ones(n_taps)
+    i0_beta, term_beta = 1.0, 1.0
+    for k in range(1, 25):
+        term *= quarter_square
+        term /= k * k
+        total += term
+        term_beta *= (beta * beta / 4.0) / (k * k)
+        i0_beta += term_beta
+    total /= i0_beta
+    return total
+
+
 @functools.lru_cache(maxsize=64)
 def polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     """scipy's resample_poly filter for reduced (up, down): (h float64 [n_taps] times `up`, the
@@ -37,7 +60,7 @@ def polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     n_taps = 2 * half_length + 1
     m = np.arange(n_taps) - half_length
     cutoff = 1.0 / max_rate
-    h = cutoff * np.sinc(cutoff * m) * np.kaiser(n_taps, KAISER_BETA)
+    h = cutoff * np.sinc(cutoff * m) * kaiser_window(n_taps)
     h = h / h.sum() * up
     return h, half_length
 

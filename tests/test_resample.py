@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly as scipy_resample_poly
 
-from models.resample import output_length, resample_poly, resample_poly_reference
+from models.resample import kaiser_window, output_length, resample_poly, resample_poly_reference
 
 RATIOS = [(3, 2), (2, 3), (1, 2), (2, 1), (147, 160), (160, 147), (1000, 1001), (1001, 1000), (6, 4)]
 
@@ -40,3 +40,8 @@ def test_equal_rates_copy_and_bad_ratios_are_refused():
     assert out is not x and np.array_equal(out, x)
     with pytest.raises(ValueError, match="positive"):
         resample_poly(x, 0, 3)
+
+
+@pytest.mark.parametrize("n_taps", [1, 2, 61, 20021])
+def test_the_kaiser_window_equals_numpys(n_taps):
+    np.testing.assert_allclose(kaiser_window(n_taps), np.kaiser(n_taps, 5.0), rtol=1e-12, atol=1e-15)
