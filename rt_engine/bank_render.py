@@ -21,6 +21,9 @@ from rt_engine.bank_cache import BankCache
 from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
 from rt_engine.bank_tuning import measure_detune_cents, retune
 
+PARENT_CHECK_S = 1.0
+"""An idle worker checks this often (s) that its server is alive, and exits when it is not."""
+
 
 def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
     """Resample notes float32 [n, n_source_samples] at `layout.source_rate` to the device rate
@@ -53,10 +56,22 @@ def _attach_untracked(name: str) -> shared_memory.SharedMemory:
         resource_tracker.register = register
 
 
+def _next_request(requests, parent: int):
+    """The next request, waiting as long as it takes; None once the server (`parent` pid) is gone."""
+    while True:
+        try:
+            return requests.get(timeout=PARENT_CHECK_S)
+        except queue.Empty:
+            if os.getppid() != parent:  # the server died without stopping us (SIGKILL)
+                return None
+
+
 def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
     """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
     first, into the shared-memory slots. Messages in: attach, render, boost, cancel, warm (load the
-    source's networks once idle, so the first render does not), stop."""
+    source's networks once idle, so the first render does not), stop. A worker whose server died
+    without a stop (killed) exits within PARENT_CHECK_S of going idle."""
+    parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
     os.nice(10)  # background work: the audio threads must win every contest for a core
     try:  # ... and a batch thread: it never preempts a waking audio or control thread
@@ -80,14 +95,22 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
     except Exception as error:  # any load failure is reported to the manager, which raises
         results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
         return
-    _, shm_name, shape, layout, row_pitch = requests.get()
+    attach = _next_request(requests, parent)
+    if attach is None:
+        return
+    _, shm_name, shape, layout, row_pitch = attach
     shm = _attach_untracked(shm_name)
     banks = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
     jobs: dict[int, dict] = {}
     warm_pending = False  # "warm" asked: load the source's networks once no job is waiting
     try:
         while True:
-            messages = [requests.get()] if not jobs and not warm_pending else []
+            messages = []
+            if not jobs and not warm_pending:  # idle: wait for a request
+                message = _next_request(requests, parent)
+                if message is None:
+                    return
+                messages.append(message)
             while True:
                 try:
                     messages.append(requests.get_nowait())

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,21 @@ def test_a_model_whose_weights_cannot_load_is_named_when_the_worker_warms(tmp_pa
         assert banks.warm_error is not None and "model.safetensors" in banks.warm_error
     finally:
         banks.close()
+
+
+def test_a_worker_whose_server_is_killed_exits_by_itself():
+    """A server killed with SIGKILL cannot stop its worker; the worker notices and exits."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import wait_gone
+
+    code = ("import os; from rt_engine.bank_worker import start_worker; "
+            "worker = start_worker(None, None, 60.0); print(worker.process.pid, flush=True); os._exit(0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    worker_pid = int(result.stdout.split()[0])
+    assert wait_gone({worker_pid}, 10.0) == set()
 
 
 def test_a_timbre_request_overtaken_by_a_newer_one_hears_superseded(manager):
