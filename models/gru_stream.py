@@ -562,9 +562,10 @@ def _refresh_conditioning(weights, state, x, y, pitch):
     n_cond = weights.cond_proj_w.shape[0]
     use_period = params[2] > 0.5
     for c in range(n_cond):
-        acc = weights.cond_proj_b[c] + weights.cond_proj_w[c, n_timbre] * np.float32((pitch - params[0]) / params[1])
-        for d in range(n_timbre):
+        acc = weights.cond_proj_b[c]
+        for d in range(n_timbre):  # timbre, pitch, period: the features' order
             acc += weights.cond_proj_w[c, d] * timbre[d]
+        acc += weights.cond_proj_w[c, n_timbre] * np.float32((pitch - params[0]) / params[1])
         if use_period:
             acc += weights.cond_proj_w[c, n_timbre + 1] * np.float32(period)
         projected[c] = _tanh(np.float32(acc))
