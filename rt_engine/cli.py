@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("training.eval_command", "evaluate a model: pitch accuracy, reconstruction, plots"),
     "bench": ("rt_engine.bench_command", "run a benchmark from bench/ and print its JSON"),
     "devices": ("rt_engine.devices_command", "list audio devices and MIDI ports"),
+    "build-caches": ("rt_engine.build_caches_command", "compile and cache the kernels, so the first serve starts warm"),
 }
 
 

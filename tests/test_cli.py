@@ -46,3 +46,11 @@ def test_a_runtime_subcommand_loads_neither_training_nor_torch(command):
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('training')))" % command)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_build_caches_renders_a_note_through_every_layer(tmp_path):
+    from rt_engine.build_caches_command import build
+    from tests.support.osc_udp import procedural_model
+
+    summary = build(str(procedural_model(tmp_path / "m")))
+    assert summary["failures"] == 0 and summary["events"] == 4 and summary["duration_s"] > 0.3
