@@ -251,7 +251,7 @@ class GanBankSource:
     @property
     def hyper(self):
         """H (`models.hypernetwork.HyperNetwork`) from hyper/, or None; loaded on first use."""
-        return self._loaded_networks()[2] if (Path(self.model_dir) / "hyper").is_dir() else None
+        return self._loaded_networks()[2]
 
     def preset_names(self) -> list[str]:
         """Preset names in program-change order."""

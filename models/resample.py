@@ -62,6 +62,7 @@ def polyphase_filter(up: int, down: int) -> tuple[np.ndarray, int]:
     cutoff = 1.0 / max_rate
     h = cutoff * np.sinc(cutoff * m) * kaiser_window(n_taps)
     h = h / h.sum() * up
+    h.flags.writeable = False  # shared by every call with this ratio
     return h, half_length
 
 

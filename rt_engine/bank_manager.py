@@ -168,9 +168,7 @@ class BankManager:
         self.banks[:] = 0.0
         self.slots = np.zeros((n_slots, vk.N_SLOT_FIELDS))
         self.row_ready = np.zeros((n_slots, self.row_pitch.size), dtype=np.uint8)
-        self._worker.requests.put(("attach", self._shm.name, shape, self.layout, self.row_pitch))
-        if render_ahead:  # live: the networks load once the first banks are out, not at the first miss
-            self._worker.requests.put(("warm",))
+        self._attach(self._worker)
         self.warm_error: str | None = None
         """Why the worker could not load the model's networks (every render then fails), else None."""
         self._lock = threading.RLock()
@@ -471,9 +469,7 @@ class BankManager:
         except RuntimeError as error:
             self.failed = f"{reason}; restarting it failed: {error}"
             return False
-        worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
-        if self.render_ahead:
-            worker.requests.put(("warm",))
+        self._attach(worker)
         with self._lock:
             self._worker, self._restarting = worker, False
             for job in lost:
@@ -481,6 +477,13 @@ class BankManager:
                     self._want(job.request, job.kind, job.point, job.priority)
             self._assign()
         return True
+
+    def _attach(self, worker) -> None:
+        """Hand `worker` the shared memory; live, also ask it to load the model's networks once the
+        first banks are out (not at the first miss)."""
+        worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
+        if self.render_ahead:
+            worker.requests.put(("warm",))
 
     def _fail_job(self, job: _Job, reason: str) -> None:
         """Retire a job's slot (its published rows may still be playing) and tell its requester."""

@@ -36,8 +36,8 @@ smoothers still run, so pitch, timbre and envelope stay current); it runs on for
 the gain reaches 0 (the engine's 5 ms gain smoothing fades it out meanwhile). When the gain rises again
 a sounding note restarts from a fresh recurrent state at that sample, as from silence.
 
-Overload (the worker thread; offline rendering never sheds): when the worker falls behind (the ring holds less than half the render-ahead), it sheds
-before rendering the next block: the tail voices and the released voices stop at once, and the
+Overload (the worker thread; offline rendering never sheds): when the worker falls behind (the
+ring holds less than half the render-ahead), it sheds before rendering the next block: the tail voices and the released voices stop at once, and the
 block's steals and retriggers cut the old note instead of handing it to a tail (each counted in
 `shed_voices`), so what it computes is bounded by the notes held. A flood of note-ons (each a
 steal that would start a fading tail) then costs no more than the voices it holds; the held notes
