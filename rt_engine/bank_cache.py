@@ -1,8 +1,11 @@
 """A disk cache of rendered bank rows, so `render` and a restarted `serve` reuse banks.
 
 Layout: `<cache_dir>/<model hash>/<conditioning hash>/<pitch>.npy`, one float32 [n_samples] note
-(the source's output, at its own rate) per file. The model hash covers every weight, config and
-preset file of the model folder, so a retrained model never reads an old bank; the conditioning
+(the source's output, at its own rate) per file, and beside it `<pitch>.<layout tag>.npy`, the
+same note prepared for the kernel at a device rate (retuned, resampled, its sustain loop baked:
+float32 [bank_frames]), so a warm bank costs a file read and no signal processing. The model hash
+covers every weight, config and preset file of the model folder and the code that renders and
+prepares notes, so neither a retrained model nor a changed renderer reads an old bank; the conditioning
 hash covers the conditioning vector the source renders from (the GAN's h, the procedural point),
 which the timbre request determines, and the note length. Files are written atomically (a
 temporary name, then a rename), so a reader never sees half a note; a file of the wrong size is
@@ -13,6 +16,7 @@ Public API:
     model_hash(model_dir) -> str
     BankCache(cache_dir, model_dir, n_samples)
         .rows(source, conditioning, pitches) -> float32 [len(pitches), n_samples]
+        .prepared_rows(source, conditioning, pitches, layout, prepare) -> float32 [len(pitches), bank_frames]
         .prune(max_bytes)
 """
 from __future__ import annotations
@@ -21,14 +25,20 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: the audio process imports this module for its paths
+    from rt_engine.bank_layout import BankLayout
 
 DEFAULT_MAX_BYTES = 1 << 30
 """Size the cache folder is pruned to when it is opened (bytes)."""
 MODEL_SUFFIXES = (".json", ".safetensors")
-RENDERER_DIR = Path(__file__).resolve().parents[1] / "models"
+REPOSITORY = Path(__file__).resolve().parents[1]
+RENDERER_FILES = ("models/*.py", "rt_engine/bank_render.py", "rt_engine/bank_tuning.py",
+                  "rt_engine/bank_layout.py")
+"""The code that renders and prepares a bank (globs relative to the package root)."""
 
 
 def default_cache_dir() -> Path:
@@ -41,13 +51,16 @@ def default_cache_dir() -> Path:
 
 def model_hash(model_dir: str | Path) -> str:
     """SHA-256 (hex, 16 characters) over the relative paths and bytes of the model folder's
-    config, preset and weight files (*.json, *.safetensors) and of the renderer's code (models/*.py),
-    so neither a retrained model nor a changed renderer reads an old bank."""
+    config, preset and weight files (*.json, *.safetensors) and of the code that renders and
+    prepares notes (`RENDERER_FILES`), so neither a retrained model nor a changed renderer reads
+    an old bank."""
     digest = hashlib.sha256()
-    for folder, pattern in ((Path(model_dir), "**/*"), (RENDERER_DIR, "*.py")):
-        for path in sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix in MODEL_SUFFIXES + (".py",)):
-            digest.update(str(path.relative_to(folder)).encode())
-            digest.update(path.read_bytes())
+    model = Path(model_dir)
+    files = [(model, p) for p in model.glob("**/*") if p.suffix in MODEL_SUFFIXES]
+    files += [(REPOSITORY, p) for pattern in RENDERER_FILES for p in REPOSITORY.glob(pattern)]
+    for folder, path in sorted((f, p) for f, p in files if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -66,21 +79,39 @@ class BankCache:
         """Notes of `conditioning` at MIDI `pitches`: cached ones read, the rest rendered by
         `source.render_pitches` and stored. float32 [len(pitches), n_samples]."""
         folder = self._timbre_folder(conditioning)
-        out = np.zeros((len(pitches), self.n_samples), dtype=np.float32)
+        out = self._read_or_make(folder, "", pitches, self.n_samples,
+                                 lambda missing: source.render_pitches(conditioning, missing))
+        os.utime(folder)  # recently used timbres are pruned last
+        return out
+
+    def prepared_rows(self, source, conditioning: np.ndarray, pitches: Sequence[int], layout: BankLayout,
+                      prepare: Callable[[np.ndarray, list[int]], np.ndarray]) -> np.ndarray:
+        """Notes of `conditioning` at MIDI `pitches` prepared for `layout`: cached ones read, the
+        rest made by `prepare(notes [m, n_samples], their pitches) -> [m, bank_frames]` from
+        `rows` and stored. float32 [len(pitches), layout.bank_frames]."""
+        return self._read_or_make(
+            self._timbre_folder(conditioning), f".{_layout_tag(layout)}", pitches, layout.bank_frames,
+            lambda missing: prepare(self.rows(source, conditioning, missing), missing))
+
+    @staticmethod
+    def _read_or_make(folder: Path, suffix: str, pitches: Sequence[int], length: int,
+                      make: Callable[[list[int]], np.ndarray]) -> np.ndarray:
+        """Files `<pitch><suffix>.npy` of `folder` read, the missing ones made by `make(their
+        pitches)` and written: float32 [len(pitches), length]."""
+        out = np.zeros((len(pitches), length), dtype=np.float32)
         missing = []
         for row, pitch in enumerate(pitches):
-            note = _read(folder / f"{int(pitch)}.npy", self.n_samples)
+            note = _read(folder / f"{int(pitch)}{suffix}.npy", length)
             if note is None:
                 missing.append(row)
             else:
                 out[row] = note
         if missing:
-            rendered = source.render_pitches(conditioning, [pitches[row] for row in missing])
+            made = make([int(pitches[row]) for row in missing])
             folder.mkdir(parents=True, exist_ok=True)
-            for row, note in zip(missing, rendered):
+            for row, note in zip(missing, made):
                 out[row] = note
-                _write(folder / f"{int(pitches[row])}.npy", note)
-        os.utime(folder)  # recently used timbres are pruned last
+                _write(folder / f"{int(pitches[row])}{suffix}.npy", note)
         return out
 
     def prune(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -97,6 +128,12 @@ class BankCache:
                 break
             shutil.rmtree(timbre, ignore_errors=True)
             total -= sizes[timbre]
+
+
+def _layout_tag(layout: BankLayout) -> str:
+    """The part of a prepared note's file name that names its layout (device rate and geometry)."""
+    return (f"{layout.device_rate}hz-{layout.source_rate}-{layout.bank_frames}-{layout.loop_start}-"
+            f"{layout.loop_end}-{layout.xfade_frames}")
 
 
 def _read(path: Path, n_samples: int) -> np.ndarray | None:

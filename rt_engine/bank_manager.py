@@ -40,9 +40,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rt_engine import voice_kernel as vk
-from rt_engine.bank_cache import default_cache_dir
 from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
-from rt_engine.bank_worker import PendingWorker, spawn_worker, start_worker
+from rt_engine.bank_worker import PendingWorker, spawn_worker, start_worker, worker_arguments
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
 from rt_engine.commands import DEFAULT_ADSR
 
@@ -55,18 +54,6 @@ MAX_RESTARTS = 3
 RESTART_WINDOW_S = 60.0
 SUPERSEDED = "superseded by a newer timbre request"
 ENVELOPE_FIELDS = [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]
-
-
-def _worker_arguments(model_dir, cache_dir) -> tuple[str | None, str | None]:
-    if cache_dir == "auto":
-        cache_dir = default_cache_dir()
-    return (None if model_dir is None else str(model_dir), None if cache_dir is None else str(cache_dir))
-
-
-def spawn_bank_worker(model_dir: str | None, cache_dir: str | Path | None = "auto") -> PendingWorker:
-    """Start a `BankManager`'s worker ahead of the manager (pass it as `worker=`), so the model
-    loads while the audio device, the GRU voice and the rest start."""
-    return spawn_worker(*_worker_arguments(model_dir, cache_dir))
 
 
 def grid_nodes_around(x: float, y: float, grid_n: int) -> list[tuple[float, float, float]]:
@@ -143,9 +130,10 @@ class BankManager:
                  grid_n: int = DEFAULT_GRID_N, pitches: Sequence[int] = KEYBOARD_PITCHES,
                  render_ahead: bool = True, exact_delay_s: float = 0.15,
                  start_timeout_s: float = 120.0, cache_dir: str | Path | None = "auto",
-                 worker: PendingWorker | None = None):
-        """`worker`: one spawned ahead by `spawn_bank_worker(model_dir, cache_dir)` (the same
-        arguments), so the model loads while the caller starts up; None spawns it here."""
+                 worker: PendingWorker | None = None, compute_threads: int = 1):
+        """`worker`: one spawned ahead by `bank_worker.spawn_worker(model_dir, cache_dir,
+        compute_threads)` (the same arguments), so the model loads while the caller starts up;
+        None spawns it here. `compute_threads`: the worker's (`bank_render.worker_main`)."""
         if n_slots < 5:
             raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
         if grid_n < 2:
@@ -154,8 +142,8 @@ class BankManager:
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
         self.render_ahead = render_ahead
         self.exact_delay_s = exact_delay_s
-        self._worker_args = (*_worker_arguments(model_dir, cache_dir), start_timeout_s)
-        self._worker = (worker or spawn_worker(*self._worker_args[:2])).wait(start_timeout_s)
+        self._worker_args = (*worker_arguments(model_dir, cache_dir), start_timeout_s, compute_threads)
+        self._worker = (worker or spawn_worker(model_dir, cache_dir, compute_threads)).wait(start_timeout_s)
         self.worker_memory_limit_bytes = WORKER_MEMORY_LIMIT_BYTES
         self.worker_restarts: list[float] = []  # monotonic times of restarts
         self._presets = self._worker.preset_names

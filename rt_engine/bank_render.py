@@ -5,6 +5,7 @@ Only the worker process imports this module.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import queue
@@ -45,6 +46,21 @@ def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
     return out
 
 
+def tuned_rows(notes: np.ndarray, pitches: list[int], layout: BankLayout) -> np.ndarray:
+    """Rendered notes float32 [n, n_source_samples] at MIDI `pitches`, retuned to their nominal
+    pitch and prepared for the kernel (`prepare_rows`): float32 [n, layout.bank_frames]."""
+    return prepare_rows(retune(notes, measure_detune_cents(notes, pitches, layout.source_rate)), layout)
+
+
+def _bank_rows(source, cache: BankCache | None, conditioning, pitches: list[int], layout: BankLayout) -> np.ndarray:
+    """One chunk of a bank, ready for the kernel: float32 [len(pitches), layout.bank_frames];
+    through the disk cache when there is one (a warm chunk is a file read)."""
+    if cache is None:
+        return tuned_rows(source.render_pitches(conditioning, pitches), pitches, layout)
+    return cache.prepared_rows(source, conditioning, pitches, layout,
+                               lambda notes, note_pitches: tuned_rows(notes, note_pitches, layout))
+
+
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
     """Attach to the manager's block without registering it with the resource tracker (the
     manager, which created it, unlinks it; Python < 3.13 has no `track=False`)."""
@@ -66,11 +82,14 @@ def _next_request(requests, parent: int):
                 return None
 
 
-def worker_main(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
+def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
+                compute_threads: int = 1) -> None:
     """The worker process: owns the bank source, renders jobs chunk by chunk, most urgent job
     first, into the shared-memory slots. Messages in: attach, render, boost, cancel, warm (load the
     source's networks once idle, so the first render does not), stop. A worker whose server died
-    without a stop (killed) exits within PARENT_CHECK_S of going idle."""
+    without a stop (killed) exits within PARENT_CHECK_S of going idle. `compute_threads`: torch and
+    inversion threads (1 beside live audio; an offline render, which has no audio thread to
+    leave a core to, gives it every core)."""
     parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C goes to the server, which stops us
     os.nice(10)  # background work: the audio threads must win every contest for a core
@@ -78,13 +97,14 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux
         pass
-    # One compute thread: a second torch/OpenMP thread fights the audio process for the other
-    # core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with 2). Set
-    # before torch loads (with the source's networks, at first use or "warm").
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
+    # One compute thread beside live audio: a second torch/OpenMP thread fights the audio process
+    # for the other core (measured on 2 shared cores: one G call 3.9 ms with 1 thread, 248 ms with
+    # 2). Set before torch loads (with the source's networks, at first use or "warm").
+    compute_threads = max(1, min(int(compute_threads), numba.config.NUMBA_NUM_THREADS))
+    os.environ["OMP_NUM_THREADS"] = str(compute_threads)
+    os.environ["MKL_NUM_THREADS"] = str(compute_threads)
     try:
-        numba.set_num_threads(1)
+        numba.set_num_threads(compute_threads)
         source = load_bank_source(model_dir)
         cache = None
         if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
@@ -95,8 +115,9 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
     except Exception as error:  # any load failure is reported to the manager, which raises
         results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
         return
+    gc.freeze()  # the imports' objects leave the collector: none of its passes, none at exit (0.1 s)
     attach = _next_request(requests, parent)
-    if attach is None:
+    if attach is None or attach[0] != "attach":  # gone, or stopped before its manager attached
         return
     _, shm_name, shape, layout, row_pitch = attach
     shm = _attach_untracked(shm_name)
@@ -149,10 +170,7 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results)
                 pitches = [int(round(row_pitch[r])) for r in chunk]
                 if job["conditioning"] is None:  # once per request: file reads and f run here
                     job["conditioning"] = source.conditioning_for(job["request"])
-                notes = (source.render_pitches(job["conditioning"], pitches) if cache is None
-                         else cache.rows(source, job["conditioning"], pitches))
-                notes = retune(notes, measure_detune_cents(notes, pitches, layout.source_rate))
-                banks[job["slot"], chunk] = prepare_rows(notes, layout)
+                banks[job["slot"], chunk] = _bank_rows(source, cache, job["conditioning"], pitches, layout)
             except Exception as error:  # a bad timbre (file, preset) fails its job only
                 results.put(("fail", job_id, str(error)))
                 del jobs[job_id]

@@ -22,6 +22,9 @@ import os
 import queue
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from rt_engine.bank_cache import default_cache_dir
 
 
 @dataclass
@@ -93,23 +96,36 @@ class PendingWorker:
         self.process.join(5)
 
 
-def spawn_worker(model_dir: str | None, cache_dir: str | None) -> PendingWorker:
-    """Start the worker process; it loads its source while the caller goes on (`PendingWorker.wait`)."""
+def worker_arguments(model_dir, cache_dir) -> tuple[str | None, str | None]:
+    """(model folder, bank cache folder) as the worker takes them: `cache_dir` "auto" is
+    `bank_cache.default_cache_dir()`, None turns the cache off."""
+    if cache_dir == "auto":
+        cache_dir = default_cache_dir()
+    return (None if model_dir is None else str(model_dir), None if cache_dir is None else str(cache_dir))
+
+
+def spawn_worker(model_dir: str | None, cache_dir: str | Path | None = "auto",
+                 compute_threads: int = 1) -> PendingWorker:
+    """Start the worker process; it loads its source while the caller goes on (`PendingWorker.wait`).
+    Spawned ahead of its `BankManager` (passed as `worker=`), the model loads while the audio
+    device, the engine and the GRU voice start. `compute_threads`: see `bank_render.worker_main`."""
     context = multiprocessing.get_context("spawn")
     requests, results = context.Queue(), context.Queue()
     process = context.Process(target=_worker_entry, name="latentsynth-banks", daemon=True,
-                              args=(model_dir, cache_dir, requests, results))
+                              args=(*worker_arguments(model_dir, cache_dir), requests, results,
+                                    int(compute_threads)))
     process.start()
     return PendingWorker(process, requests, results)
 
 
-def start_worker(model_dir: str | None, cache_dir: str | None, start_timeout_s: float) -> WorkerHandle:
+def start_worker(model_dir: str | None, cache_dir: str | Path | None, start_timeout_s: float,
+                 compute_threads: int = 1) -> WorkerHandle:
     """Spawn the worker and wait for its hello (see `PendingWorker.wait`)."""
-    return spawn_worker(model_dir, cache_dir).wait(start_timeout_s)
+    return spawn_worker(model_dir, cache_dir, compute_threads).wait(start_timeout_s)
 
 
-def _worker_entry(model_dir: str | None, cache_dir: str | None, requests, results) -> None:
+def _worker_entry(model_dir: str | None, cache_dir: str | None, requests, results, compute_threads: int) -> None:
     """The spawned process's target: imports the worker's body there only."""
     from rt_engine.bank_render import worker_main  # the worker's imports (torch, scipy) stay out of the audio process
 
-    worker_main(model_dir, cache_dir, requests, results)
+    worker_main(model_dir, cache_dir, requests, results, compute_threads)

@@ -40,6 +40,30 @@ GAIN_LAYERS = {"sampler": GAIN_SAMPLER, "gru": GAIN_GRU, "master": GAIN_MASTER}
 GRU_RING_CAPACITY = 16384
 
 
+class _NoBanks:
+    """The least bank provider an engine runs on (one empty slot of one silent row): what
+    `load_kernels` renders through."""
+
+    grid_n = 2
+    initial_point = (0.5, 0.5)
+    loop_start, loop_end = vk.HEAD_PAD, vk.HEAD_PAD + 64
+
+    def __init__(self):
+        self.slots = np.zeros((1, vk.N_SLOT_FIELDS))
+        self.row_ready = np.zeros((1, 1), dtype=np.uint8)
+        self.row_pitch = np.full(1, 60.0)
+        self.banks = np.zeros((1, 1, self.loop_end + vk.HEAD_PAD), dtype=np.float32)
+
+    def bind(self, select) -> None:
+        pass
+
+
+def load_kernels(sample_rate: int = 48_000) -> None:
+    """Load (or compile) the block kernel's machine code before any bank exists, so that it overlaps
+    with the bank worker's start (`render`, `serve`); an `Engine` made afterwards starts at once."""
+    Engine(_NoBanks(), sample_rate, max_block=64, n_voices=1)
+
+
 class Engine:
     """Polyphonic sampler engine with an optional stream layer, played through `EngineControl`.
 

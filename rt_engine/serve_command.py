@@ -204,8 +204,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from rt_engine.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
-    from rt_engine.bank_manager import BankManager, spawn_bank_worker
-    from rt_engine.engine import Engine
+    from rt_engine.bank_manager import BankManager
+    from rt_engine.bank_worker import spawn_worker
+    from rt_engine.engine import Engine, load_kernels
     from rt_engine.midi_input import MidiInput
     from rt_engine.osc_server import OscServer
     from rt_engine.sound_access import SoundAccess, default_sound_dirs
@@ -220,7 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
     # the bank worker loads the model while the audio device and the GRU voice start; it reads the
     # blend from the environment it is spawned with
     with _environment(BLEND_ENVIRONMENT, blend_text(blend)):
-        pending_worker = spawn_bank_worker(model_dir, own_sample_cache_dir(blend))
+        pending_worker = spawn_worker(model_dir, own_sample_cache_dir(blend))
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)
     try:
@@ -235,6 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
     started = False
     try:
         layer = load_stream_layer(model_dir, args.gru, temperature=args.gru_temperature)
+        load_kernels(backend.sample_rate)  # while the worker loads the model
         banks = BankManager(model_dir, backend.sample_rate, cache_dir=own_sample_cache_dir(blend),
                             worker=pending_worker)
         engine = Engine(banks, backend.sample_rate, max_block=max(backend.block, 1024),

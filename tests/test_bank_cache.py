@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rt_engine.bank_cache import BankCache, model_hash
+from rt_engine.bank_layout import BankLayout
 
 N_SAMPLES = 64
 
@@ -39,6 +40,29 @@ def test_cached_rows_are_read_back_without_rendering(tmp_path, model):
     np.testing.assert_array_equal(again[:, 0], [61.25, 62.25, 60.25])
     assert BankCache(tmp_path / "cache", model, N_SAMPLES).rows(source, h + 1, [60])[0, 0] == 61.25
     assert source.rendered[-1] == 60  # another conditioning is another timbre
+
+
+def test_prepared_rows_are_read_back_per_layout_without_preparing_again(tmp_path, model):
+    source, h = CountingSource(), np.array([0.5], dtype=np.float32)
+    prepared: list[int] = []
+
+    def prepare(notes, pitches):  # stands for retune + resample + loop
+        prepared.extend(pitches)
+        return np.zeros((len(pitches), layout.bank_frames), dtype=np.float32) + notes[:, :1] + 0.125
+
+    layout = BankLayout.create(N_SAMPLES * 100, N_SAMPLES * 200, N_SAMPLES * 10)
+    cache = BankCache(tmp_path / "cache", model, N_SAMPLES * 10)
+    source_rows = lambda conditioning, pitches: np.stack(  # noqa: E731
+        [np.full(N_SAMPLES * 10, conditioning[0] + p, dtype=np.float32) for p in pitches])
+    source.render_pitches = lambda c, p: (source.rendered.extend(p), source_rows(c, p))[1]
+    first = cache.prepared_rows(source, h, [60, 61], layout, prepare)
+    again = cache.prepared_rows(source, h, [61, 60, 62], layout, prepare)
+    assert first.shape == (2, layout.bank_frames) and again.shape == (3, layout.bank_frames)
+    np.testing.assert_array_equal(again[:2, 0], [61.625, 60.625])
+    assert prepared == [60, 61, 62] and source.rendered == [60, 61, 62]
+    layout = BankLayout.create(N_SAMPLES * 100, N_SAMPLES * 150, N_SAMPLES * 10)  # another device rate
+    assert cache.prepared_rows(source, h, [60], layout, prepare).shape == (1, layout.bank_frames)
+    assert prepared == [60, 61, 62, 60] and source.rendered == [60, 61, 62]  # prepared again, not rendered
 
 
 def test_a_changed_model_or_a_damaged_file_renders_again(tmp_path, model):

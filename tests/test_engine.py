@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rt_engine import voice_kernel as vk
-from rt_engine.engine import Engine
+from rt_engine.engine import Engine, load_kernels
 from rt_engine.held_notes import pitch_note_id
 from tests.support.static_banks import StaticBanks
 
@@ -423,3 +423,14 @@ def test_null_backend_plays_in_real_time_and_records(tmp_path):
     assert rate == RATE and audio.shape[0] == engine.frame
     assert 0.3 * RATE < engine.frame < (elapsed + 0.2) * RATE  # paced by the clock, not faster
     assert abs(_peak_hz(audio[-RATE // 4:, 0]) / 440.0 - 1) < 0.005
+
+
+def test_kernels_loaded_before_the_banks_serve_a_real_engine_without_compiling_again():
+    load_kernels(RATE)  # what render and serve run while the bank worker starts
+    signatures = {kernel: list(kernel.signatures) for kernel in (vk.render_block, vk.adopt_voices)}
+    assert all(signatures.values())
+    engine = _engine()
+    engine.note_on(60.0, 100)
+    engine.set_polyphony(12)
+    assert np.abs(_render(engine, 1024)).max() > 0.01
+    assert {kernel: list(kernel.signatures) for kernel in signatures} == signatures
