@@ -55,21 +55,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and inversion threads (0: their defaults, one per core)")
     parser.add_argument("--compare-representations", metavar="DATA", default=None,
                         help="also compare representations on real notes of this note store")
     parser.add_argument("--notes", type=int, default=24, help="real notes for the representation comparison")
     args = parser.parse_args()
 
     import librosa
+    import numba
     import torch
 
     from models.bank_source import KEYBOARD_PITCHES
     from models.model_config import denormalise_log_mel
-    from models.gan_bank import GanBankSource, _mel_inverter, load_one_shot, log_mel_to_audio
+    from models.gan_bank import GanBankSource, load_one_shot, log_mel_to_audio
+    from models.harmonic_inversion import mel_inverter
 
-    if args.threads:
+    if args.threads:  # torch's and the inversion's (Numba's parallel kernels reset OpenMP's count to theirs)
         torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     source = GanBankSource.from_dir(args.model)
     config = source.config
     keys = list(KEYBOARD_PITCHES)
@@ -95,7 +99,7 @@ def main() -> int:
 
         def baseline_invert_88():
             mel = np.exp(denormalise_log_mel(state["x88"], config))
-            linear = np.maximum(np.einsum("fm,bmt->bft", _mel_inverter(config).inverse, mel), 0.0)
+            linear = np.maximum(np.einsum("fm,bmt->bft", mel_inverter(config).inverse, mel), 0.0)
             librosa.griffinlim(linear, n_iter=32, hop_length=config.hop_length, n_fft=config.n_fft,
                                length=config.n_samples, random_state=0)
 
@@ -108,7 +112,7 @@ def main() -> int:
     first_note_ms = timings["features_ms"] + timings["generator_one_ms"] + timings["inversion_one_ms"]
     bank_ms = timings["generator_88_ms"] + timings["inversion_88_ms"]
     report = {
-        "model": args.model, "torch_threads": torch.get_num_threads(),
+        "model": args.model, "torch_threads": torch.get_num_threads(), "inversion_threads": numba.get_num_threads(),
         "generator_parameters": sum(p.numel() for p in source.generator.parameters()),
         "feature_extractor_parameters": sum(p.numel() for p in source.extractor.parameters()),
         **{k: round(v, 2) for k, v in timings.items()},

@@ -61,6 +61,23 @@ def timed(fn, repeats: int):
                     "cpu_median_s": round(statistics.median(cpu), 5)}
 
 
+def fft_backends(repeats: int) -> dict:
+    """One Griffin-Lim slice's FFTs (4 notes x 63 frames of 2048 samples, float32) on one thread:
+    `spectral.rfft_frames`/`irfft_frames` (torch's MKL FFT when torch is installed) against scipy.fft."""
+    import scipy.fft
+
+    frames = np.random.default_rng(0).standard_normal((4, 63, 2048)).astype(np.float32)
+    spectra = scipy.fft.rfft(frames, axis=-1)
+    with scipy.fft.set_workers(1):
+        timings = {"backend": "torch" if sp._torch_or_none() is not None else "scipy"}
+        for name, fn in (("rfft_frames", lambda: sp.rfft_frames(frames)),
+                         ("scipy_rfft", lambda: scipy.fft.rfft(frames, axis=-1)),
+                         ("irfft_frames", lambda: sp.irfft_frames(spectra, 2048)),
+                         ("scipy_irfft", lambda: scipy.fft.irfft(spectra, n=2048, axis=-1))):
+            timings[f"{name}_ms"] = round(1000 * timed(fn, repeats * 20)[1]["median_s"], 3)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-notes", type=int, default=88, help="notes, spread over MIDI 21-108 (default 88)")
@@ -146,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f"nnls_over_mel_pinv_fista{n_iter}_time": round(
             methods["scipy_nnls"]["estimated_batch_s"] / methods[f"mel_pinv_fista{n_iter}"]["min_s"], 1),
     }
+    report["fft_2048"] = fft_backends(args.repeats)
     if args.plot:
         import matplotlib
 

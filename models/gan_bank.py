@@ -19,7 +19,7 @@ the configs, presets and grid are read without it, so a start whose banks are al
 Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
 by PGHI then Fast Griffin-Lim (`models.phase_reconstruction`) -> peak-normalised waveform. The
 mel -> linear step knows each note's pitch, so it starts from the pseudo-inverse solution masked by
-the pitch's harmonic comb and fits the mel by multiplicative updates (`mel_to_linear_harmonic`):
+the pitch's harmonic comb and fits the mel by multiplicative updates (`models.harmonic_inversion`):
 128 mel bands cannot resolve the harmonics of low notes (MIDI 28-40), and this prior restores them.
 Without a pitch, GANStrument's pseudo-inverse + projected gradient (`models.mel_inversion`).
 
@@ -38,23 +38,19 @@ Public API:
     interpolate_conditioning(hs [m, dim], weights [m]) -> [dim]   HyperGANStrument: h = sum_i a_i h_i
     bilinear_conditioning(corners [4, dim], x, y) -> [dim]
     log_mel_to_audio(log_mel_x [batch, n_mels, n_frames], config, pitches=None) -> float32 [batch, n_samples]
-    mel_to_linear_harmonic(mel [batch, n_mels, n_frames], f0_hz [batch], config) -> [batch, n_bins, n_frames]
-    harmonic_comb(f0_hz, n_fft, sample_rate) -> float32 [n_bins]
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import scipy.sparse
 
 from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError, load_config
-from models.mel_inversion import MelInverter
+from models.harmonic_inversion import mel_inverter, mel_to_linear_harmonic
 from models.model_config import FeatureConfig, GanConfig, denormalise_log_mel, mel_filterbank
 from models.one_shot import load_one_shot
 from models.own_sample_blend import (BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi,
@@ -69,72 +65,10 @@ PHASE_ITERATIONS = 16
 """Fast Griffin-Lim iterations after the PGHI start."""
 GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
-_INVERTERS: dict[tuple, object] = {}
 ONE_SHOT_MEMORY = 8
 """One-shot inputs kept (with their pitch and refined G) for later `render_pitches` calls."""
 UNPITCHED_REFINEMENT_PITCH = 60
 """MIDI pitch of H's first reconstruction for a one-shot without a clear pitch."""
-
-
-def _mel_inverter(config):
-    """The core's MelInverter for this config's filterbank, built once per process."""
-    key = (config.sample_rate, config.n_fft, config.n_mels)
-    if key not in _INVERTERS:
-        _INVERTERS[key] = MelInverter(mel_filterbank(config))
-    return _INVERTERS[key]
-
-
-HARMONIC_PRIOR_ITERATIONS = 30
-"""Multiplicative updates of the pitch-informed mel -> linear solve."""
-HARMONIC_PRIOR_FLOOR = 0.05
-"""Relative weight the harmonic prior leaves between harmonics (noise, inharmonic partials)."""
-_SPARSE_FILTERBANKS: dict[tuple, tuple] = {}
-
-
-@functools.lru_cache(maxsize=512)
-def _cached_comb(f0_hz: float, n_fft: int, sample_rate: int) -> np.ndarray:
-    """`harmonic_comb` with the default floor, computed once per pitch (read-only float32 [n_bins])."""
-    comb = harmonic_comb(f0_hz, n_fft, sample_rate)
-    comb.flags.writeable = False
-    return comb
-
-
-def harmonic_comb(f0_hz: float, n_fft: int, sample_rate: int, floor: float = HARMONIC_PRIOR_FLOOR) -> np.ndarray:
-    """Prior weights `float32 [n_fft // 2 + 1]` on the linear STFT axis: 1 + floor at the harmonics
-    k * f0_hz (Gaussians of half a bin), `floor` between them."""
-    bin_hz = sample_rate / n_fft
-    freqs_hz = np.arange(n_fft // 2 + 1) * bin_hz
-    harmonics_hz = f0_hz * np.arange(1, int(sample_rate / 2 // f0_hz) + 1)
-    comb = np.zeros_like(freqs_hz)
-    for harmonic_hz in harmonics_hz:
-        comb += np.exp(-0.5 * ((freqs_hz - harmonic_hz) / (0.5 * bin_hz)) ** 2)
-    return (np.minimum(comb, 1.0) + floor).astype(np.float32)
-
-
-def mel_to_linear_harmonic(mel: np.ndarray, f0_hz, config, n_iter: int = HARMONIC_PRIOR_ITERATIONS) -> np.ndarray:
-    """Pitch-informed mel -> linear magnitude: the pseudo-inverse solution (negatives clipped) times
-    the harmonic comb of each note's known f0, then multiplicative updates
-    x <- x * F^T(mel / F x) / F^T 1 (they keep x >= 0 and its harmonic support while fitting the mel).
-    mel: float [batch, n_mels, n_frames] (magnitude); f0_hz: [batch] (Hz).
-    Returns float32 [batch, n_fft // 2 + 1, n_frames]."""
-    inverter = _mel_inverter(config)
-    key = (config.sample_rate, config.n_fft, config.n_mels)
-    if key not in _SPARSE_FILTERBANKS:
-        fb = scipy.sparse.csr_matrix(inverter.filterbank)
-        _SPARSE_FILTERBANKS[key] = (fb, fb.T.tocsr(), np.asarray(fb.sum(axis=0)).ravel() + 1e-12)
-    fb, fb_t, column_sums = _SPARSE_FILTERBANKS[key]
-    mel = np.asarray(mel, dtype=np.float32)
-    batch, n_mels, n_frames = mel.shape
-    comb = np.stack([_cached_comb(float(f), config.n_fft, config.sample_rate) for f in np.atleast_1d(f0_hz)])
-    y = np.ascontiguousarray(mel.transpose(1, 0, 2)).reshape(n_mels, -1)  # [n_mels, batch * n_frames]
-    import torch  # heavy: loaded with the networks (see the module docstring)
-
-    # torch's matmul, not NumPy's: OpenBLAS's own threads would keep spinning and slow the phase step
-    x = (torch.from_numpy(inverter.inverse) @ torch.from_numpy(y)).clamp_(min=0.0).numpy() + np.float32(1e-7)
-    x = (x.reshape(-1, batch, n_frames) * comb.T[:, :, None]).reshape(x.shape[0], -1)
-    for _ in range(n_iter):
-        x *= (fb_t @ (y / (fb @ x + 1e-12))) / column_sums[:, None]
-    return x.reshape(-1, batch, n_frames).transpose(1, 0, 2).astype(np.float32)
 
 
 def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations: int = MEL_ITERATIONS,
@@ -148,7 +82,7 @@ def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations
     floor = np.float32(config.log_floor)
     mel = np.where(mel <= floor * 1.0001, 0.0, mel).astype(np.float32)  # the floor means silence
     if pitches is None:
-        linear = _mel_inverter(config).invert(mel, n_iter=mel_iterations)
+        linear = mel_inverter(config).invert(mel, n_iter=mel_iterations)
     else:
         f0_hz = midi_to_hz(pitches)
         linear = mel_to_linear_harmonic(mel, f0_hz, config)

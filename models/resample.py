@@ -83,21 +83,53 @@ def _phase_filters(h: np.ndarray, up: int, dtype) -> np.ndarray:
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _resample_rows(x, phases, up, down, offset, out):
     """out[r, n] = sum_t phases[p, T - 1 - t] x[r, i - t] with j = n * down + offset, p = j % up,
-    i = j // up: the taps of h that meet real (not zero-stuffed) input samples, summed in x's dtype."""
+    i = j // up: the taps of h that meet real (not zero-stuffed) input samples, summed in x's dtype.
+    Away from the edges every tap meets the input: a fixed-length dot product the compiler vectorises."""
     n_in, per_phase = x.shape[1], phases.shape[1]
-    for n in range(out.shape[1]):               # the index arithmetic once per output column
+    for r in range(x.shape[0]):
+        for n in range(out.shape[1]):
+            j = n * down + offset
+            p, i = j % up, j // up
+            base = i - per_phase + 1                # x index met by reversed tap 0
+            acc = x[r, 0] * 0.0
+            if base >= 0 and i < n_in:
+                for u in range(per_phase):
+                    acc += phases[p, u] * x[r, base + u]
+            else:                                   # taps t in [first, last) meet x[i - t]
+                first = max(0, i - (n_in - 1))
+                last = min(per_phase, i + 1)
+                for u in range(per_phase - last, per_phase - first):
+                    acc += phases[p, u] * x[r, base + u]
+            out[r, n] = acc
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _resample_columns(x, phases, up, down, offset, out):
+    """`_resample_rows` with the signals as columns: x [n_in, n_signals], out [n_out, n_signals];
+    the innermost loop runs across the signals, contiguous, so it vectorises (several notes at once)."""
+    n_in, per_phase = x.shape[0], phases.shape[1]
+    n_signals = x.shape[1]
+    acc = np.empty(n_signals, dtype=x.dtype)
+    for n in range(out.shape[0]):
         j = n * down + offset
         p, i = j % up, j // up
-        first = max(0, i - (n_in - 1))          # taps t in [first, last) meet x[i - t]
+        first = max(0, i - (n_in - 1))
         last = min(per_phase, i + 1)
         taps = phases[p]
-        base = i - per_phase + 1                # x index met by reversed tap 0
-        for r in range(x.shape[0]):
-            row = x[r]
-            acc = row[0] * 0.0
-            for u in range(per_phase - last, per_phase - first):
-                acc += taps[u] * row[base + u]
-            out[r, n] = acc
+        base = i - per_phase + 1
+        for r in range(n_signals):
+            acc[r] = 0.0
+        for u in range(per_phase - last, per_phase - first):
+            w = taps[u]
+            k = base + u
+            for r in range(n_signals):
+                acc[r] += w * x[k, r]
+        for r in range(n_signals):
+            out[n, r] = acc[r]
+
+
+COLUMN_LAYOUT_SIGNALS = 4
+"""From this many signals in one call, they are filtered side by side (`_resample_columns`)."""
 
 
 def resample_poly(x: np.ndarray, up: int, down: int, axis: int = -1) -> np.ndarray:
@@ -116,8 +148,14 @@ def resample_poly(x: np.ndarray, up: int, down: int, axis: int = -1) -> np.ndarr
     moved = np.moveaxis(x, axis, -1)
     rows = np.ascontiguousarray(moved.reshape(-1, moved.shape[-1]), dtype=dtype)
     h, offset = polyphase_filter(up, down)
-    out = np.empty((rows.shape[0], output_length(rows.shape[1], up, down)), dtype)
-    _resample_rows(rows, _phase_filters(h, up, dtype), up, down, offset, out)
+    n_out = output_length(rows.shape[1], up, down)
+    if rows.shape[0] >= COLUMN_LAYOUT_SIGNALS:
+        columns = np.empty((n_out, rows.shape[0]), dtype)
+        _resample_columns(np.ascontiguousarray(rows.T), _phase_filters(h, up, dtype), up, down, offset, columns)
+        out = np.ascontiguousarray(columns.T)
+    else:
+        out = np.empty((rows.shape[0], n_out), dtype)
+        _resample_rows(rows, _phase_filters(h, up, dtype), up, down, offset, out)
     return np.moveaxis(out.reshape(moved.shape[:-1] + (out.shape[1],)), -1, axis)
 
 

@@ -97,11 +97,39 @@ def n_frames_for(n_samples: int, hop_length: int = HOP_LENGTH) -> int:
     return 1 + n_samples // hop_length
 
 
+@functools.cache
+def _torch_or_none():
+    """torch, when it is installed: its FFT (MKL's) is 2-3x scipy's pocketfft for batches of
+    2048-point frames on one core (`python3 bench/inversion.py`, "fft_2048"). None: scipy.fft serves."""
+    try:
+        import torch  # heavy, optional: the bank worker and training have it loaded for the networks
+    except ImportError:
+        return None
+    return torch
+
+
+def rfft_frames(frames: np.ndarray) -> np.ndarray:
+    """Real FFT over the last axis: float32 [..., n_fft] -> complex64 [..., n_fft // 2 + 1]
+    (torch's FFT when installed, else scipy.fft; the same unnormalised forward transform)."""
+    torch = _torch_or_none()
+    if torch is None:
+        return scipy.fft.rfft(frames, axis=-1)
+    return torch.fft.rfft(torch.from_numpy(frames), dim=-1).numpy()
+
+
+def irfft_frames(spectra: np.ndarray, n_fft: int) -> np.ndarray:
+    """Inverse of `rfft_frames`: complex64 [..., n_fft // 2 + 1] -> float32 [..., n_fft]."""
+    torch = _torch_or_none()
+    if torch is None:
+        return scipy.fft.irfft(spectra, n=n_fft, axis=-1)
+    return torch.fft.irfft(torch.from_numpy(spectra), n=n_fft, dim=-1).numpy()
+
+
 def stft_frame_major(audio: np.ndarray, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
     """STFT, frame-major. audio: float [batch, n_samples]. Returns complex64 [batch, n_frames, n_bins]."""
     audio = _check_audio(audio)
     frames = frame_and_window(audio, hann_window(n_fft), hop_length, n_frames_for(audio.shape[1], hop_length))
-    return scipy.fft.rfft(frames, axis=-1)
+    return rfft_frames(frames)
 
 
 def stft(audio: np.ndarray, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
@@ -118,7 +146,7 @@ def istft_frame_major(spectrogram: np.ndarray, n_samples: int, hop_length: int =
     (samples) of the output. Returns float32 [batch, n_samples]."""
     spectrogram = _check_spectrogram(spectrogram, "spectrogram")
     n_fft = 2 * (spectrogram.shape[2] - 1)
-    frames = scipy.fft.irfft(spectrogram.astype(np.complex64, copy=False), n=n_fft, axis=-1)
+    frames = irfft_frames(spectrogram.astype(np.complex64, copy=False), n_fft)
     return overlap_add(np.ascontiguousarray(frames, dtype=np.float32), hann_window(n_fft), hop_length,
                        n_samples)
 

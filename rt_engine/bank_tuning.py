@@ -13,6 +13,7 @@ import numpy as np
 
 from models.pitch import midi_to_hz
 from models.resample import resample_poly
+from models.spectral import rfft_frames
 
 SEARCH_CENTS = 100.0
 """How far from the nominal pitch the fundamental is looked for (cents)."""
@@ -28,7 +29,9 @@ def measure_detune_cents(notes: np.ndarray, pitches, sample_rate: int,
     n_samples = notes.shape[1]
     body = notes[:, n_samples // 10: n_samples // 10 + min(8192, n_samples - n_samples // 10)]
     n_fft = 8 * 8192
-    spectrum = np.abs(np.fft.rfft(body * np.hanning(body.shape[1]), n_fft, axis=1))
+    padded = np.zeros((len(notes), n_fft), dtype=np.float32)
+    padded[:, :body.shape[1]] = body * np.hanning(body.shape[1])
+    spectrum = np.abs(rfft_frames(padded))
     bin_hz = sample_rate / n_fft
     candidates_cents = np.arange(-search_cents, search_cents + 0.5, 1.0)
     detune = np.full(len(notes), np.nan)

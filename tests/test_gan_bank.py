@@ -12,13 +12,8 @@ from models.checkpoint import CheckpointError, save_checkpoint
 from models.features import FeatureModel
 from models.gan import Generator
 from models.model_config import FeatureConfig, GanConfig
-from models.gan_bank import (
-    GanBankSource,
-    bilinear_conditioning,
-    harmonic_comb,
-    interpolate_conditioning,
-    mel_to_linear_harmonic,
-)
+from models.gan_bank import GanBankSource, bilinear_conditioning, interpolate_conditioning
+from models.harmonic_inversion import harmonic_comb, mel_inverter, mel_to_linear_harmonic
 from models.one_shot import load_one_shot
 from models.spectral import stft
 from models.timbre_sources import load_bank_source
@@ -122,16 +117,15 @@ def test_harmonic_prior_inversion_fits_the_mel_and_keeps_a_low_note_periodic():
     f0_hz = 440.0 * 2 ** ((31 - 69) / 12)  # MIDI 31: harmonics 49 Hz apart, finer than the mel bands
     t = np.arange(16_000) / 16_000
     note = sum(np.sin(2 * np.pi * k * f0_hz * t) / k for k in range(1, 60)).astype(np.float32)[None]
-    from models.gan_bank import _mel_inverter
     from models.phase_reconstruction import griffin_lim
 
-    filterbank = _mel_inverter(config).filterbank
+    filterbank = mel_inverter(config).filterbank
     mel = np.einsum("mf,bft->bmt", filterbank, np.abs(stft(note, config.n_fft, config.hop_length)))
     linear = mel_to_linear_harmonic(mel, [f0_hz], config)
     fitted = np.einsum("mf,bft->bmt", filterbank, linear)
     assert np.linalg.norm(fitted - mel) / np.linalg.norm(mel) < 1e-3
     on_harmonics = harmonic_comb(f0_hz, config.n_fft, config.sample_rate) > 0.5
-    plain = _mel_inverter(config).invert(mel)
+    plain = mel_inverter(config).invert(mel)
 
     def harmonic_share(magnitude):
         return magnitude[0][on_harmonics].sum() / magnitude[0].sum()

@@ -16,7 +16,7 @@ RUNTIME = ("rt_engine", "models")
 PROJECT = RUNTIME + ("training", "tests", "bench", "patches")
 LAYERS = ("dsp", "networks", "sources", "engine", "cli")
 MODEL_LAYERS = {
-    "dsp": ("checkpoint", "kernel_cache", "mel_inversion", "model_config", "mu_law", "one_shot", "own_sample_blend",
+    "dsp": ("checkpoint", "harmonic_inversion", "kernel_cache", "mel_inversion", "model_config", "mu_law", "one_shot", "own_sample_blend",
             "phase_reconstruction", "pitch", "resample",
             "spectral", "spectral_kernels", "timbre_grid"),
     "networks": ("features", "gan", "gru", "gru_config", "gru_stream", "hypernetwork"),
