@@ -18,8 +18,9 @@ xruns under the same load: a client of a real-time graph on a loaded machine can
 reasons of the machine alone (scheduling of its threads). So each engine phase's xruns are compared
 with a "baseline under engine load" phase: the same engine configuration runs with `--audio null`
 (out of the graph, the same GRU voice, the same notes and timbre moves, so the same CPU load) while
-only the baseline synth and the capture are in the graph. `xruns_vs_loaded_baseline` is the
-difference in xruns per minute (target: <= 0).
+the baseline synth, the capture and a native stand-in client (`jack_simple_client`, in the engine's
+place: the graph keeps its size; `--stand-in none` leaves it out) are in the graph.
+`xruns_vs_loaded_baseline` is the difference in xruns per minute (target: <= 0).
 
 Usage: python bench/latency.py [--trials 12] [--runs 1] [--gru off,on] [--callbacks native]
        [--period 128] [--no-midi]            (default: under 2 minutes)
@@ -200,13 +201,19 @@ def _loaded_baseline(server, baseline_port: int, midi, gru: str, callback: str, 
         serve, _ = _start_serve(server, port, gru, callback, checkout, audio="null")
     except RuntimeError as error:
         return [{"config": f"baseline under GRU {gru} engine load", "error": str(error)[-400:]}]
+    stand_in = None
+    if args.stand_in == "native":  # a C client in the engine's place: the graph keeps its size
+        stand_in = subprocess.Popen(["jack_simple_client"], env=server.env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
     phases = []
     try:
         for move, engine_phase in zip(args.moves.split(","), engine_phases):
             base = _Target("baseline", baseline_port, f"{BASELINE}:out")
             phase = _phase(server, [base], midi, args.trials, port if move == "moving" else None, args, rng,
                            load_port=port)
-            config = f"baseline under GRU {gru} engine load (null audio), timbre {move}"
+            config = (f"baseline under GRU {gru} engine load (null audio"
+                      f"{', a native stand-in client in the graph' if stand_in else ''}), timbre {move}")
             phases.append(_report([base], dict(phase, run=engine_phase.get("run"), config=config),
                                   period_ms, midi is not None))
             if "xruns_per_min" in engine_phase:
@@ -214,6 +221,9 @@ def _loaded_baseline(server, baseline_port: int, midi, gru: str, callback: str, 
                     engine_phase["xruns_per_min"] - phase["xruns_per_min"], 2)
     finally:
         serve.stop()
+        if stand_in is not None:
+            stand_in.terminate()
+            stand_in.wait(10)
     return phases
 
 
@@ -255,6 +265,9 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=128, help="JACK period (frames)")
     parser.add_argument("--rate", type=int, default=48_000, help="JACK rate (Hz)")
     parser.add_argument("--no-midi", action="store_true", help="OSC trials only")
+    parser.add_argument("--stand-in", choices=("native", "none"), default="native",
+                        help="the loaded baseline's graph: a native JACK client (jack_simple_client) in "
+                             "the engine's place, or nothing")
     parser.add_argument("--before", type=Path, default=None, metavar="DIR",
                         help="also run `serve` from this checkout (e.g. `git archive` of an older "
                              "commit), labelled 'before callback'")
