@@ -1,20 +1,33 @@
-"""Fixed-size command records in a bounded single-producer/single-consumer ring.
+"""The engine's one event stream: fixed-size command records in a bounded ring, written once by
+the engine and read by every layer.
 
-Control threads (OSC, MIDI, score player) push records; the audio callback's block kernel
-(`rt_engine.voice_kernel.render_block`) drains them at the start of each block. Nothing here
-allocates on the consumer side, and the producer never blocks: a full ring counts and drops.
+Control threads (OSC, MIDI, score player) call the engine, which publishes each control event as
+one record; the audio callback's block kernel (`rt_engine.voice_kernel.render_block`) drains them
+at the start of each block, and a stream layer (the GRU voices) follows the same records from its
+own thread (`EventFollower`). Nothing here allocates on the kernel's side, and the producer never
+blocks: a ring the kernel has not drained counts and drops.
 
 Layout:
 - `COMMAND_DTYPE`: one record = kind, channel, absolute output frame (-1 = next block), arrival
-  sequence number, note id and three float arguments (meaning per kind, see `CommandKind`).
+  sequence number, note id, three float arguments (meaning per kind, see `CommandKind`), the
+  held-note table's id of the note or of a release's fall-back note (`held_id`), the frame of the
+  next block when the record was published (`posted`: where an undated record lands for a layer
+  that renders ahead) and `skip_kernel` (1: the block kernel skips it, because the native JACK
+  callback already applied it or it is for the stream layers only).
 - `CommandQueue`: `records` (structured [capacity]) plus `positions` int64 [2] =
-  (written, read), both monotonic counters; the slot of counter `k` is `k % capacity`.
+  (written, read by the kernel), both monotonic counters; the slot of counter `k` is `k % capacity`.
   The producer writes a record, then publishes it by advancing `written`; the consumer reads
   records below `written`, then advances `read`. Several control threads share one producer side
-  through a producer lock (the audio thread never takes it).
+  through a producer lock (the audio thread never takes it). A follower keeps its own position and
+  never holds the producer back: one that falls a whole ring behind skips what was overwritten
+  and counts it.
 - The pending schedule (future-dated commands) lives in the kernel's state: a bounded structured
   array of the same dtype, `PENDING_CAPACITY` records; the kernel counts what it drops and what
   came late (see `Counter`).
+
+Releases (NOTE_OFF_ID, NOTE_OFF_PITCH, ALL_NOTES_OFF, ALL_SOUND_OFF, PANIC) carry the newest note
+the engine's held-note table still holds after them, which a monophonic layer falls back to:
+`held_id` its id, `b` its pitch (NaN: none), `c` its MIDI channel.
 """
 from __future__ import annotations
 
@@ -32,6 +45,9 @@ COMMAND_DTYPE = np.dtype([
     ("a", np.float64),
     ("b", np.float64),
     ("c", np.float64),
+    ("held_id", np.int64),  # the held-note table's id of the note (NOTE_ON) or of the fall-back (releases)
+    ("posted", np.int64),   # frame of the next block at publication (-1: unknown)
+    ("skip_kernel", np.int32),
 ])
 
 DEFAULT_QUEUE_CAPACITY = 4096
@@ -57,6 +73,11 @@ class CommandKind(IntEnum):
     SELECT_BANK = 12       # note_id = slot id of an exact bank, a = timbre generation: plays that
                            # bank with its envelope unless a newer timbre request was applied
     PANIC = 13             # all voices fade out, pending schedule cleared
+    GRU_TEMPERATURE = 14   # a = sampling temperature of the GRU voices (stream layers only)
+
+
+FIRST_LAYER_KIND = int(CommandKind.GRU_TEMPERATURE)
+"""Kinds from this one on are for the stream layers; the block kernel skips them."""
 
 
 DEFAULT_ADSR = (0.003, 0.3, 1.0, 0.25)
@@ -102,7 +123,8 @@ class CommandQueue:
         self._producer_lock = threading.Lock()
 
     def push(self, kind: int, frame: int = -1, channel: int = -1, note_id: int = -1,
-             a: float = 0.0, b: float = 0.0, c: float = 0.0) -> bool:
+             a: float = 0.0, b: float = 0.0, c: float = 0.0, held_id: int = -1, posted: int = -1,
+             skip_kernel: bool = False) -> bool:
         """Append one command for absolute output `frame` (samples; -1 = next block).
         Returns False (and counts a drop) when the ring is full."""
         with self._producer_lock:
@@ -119,6 +141,9 @@ class CommandQueue:
             record["a"] = a
             record["b"] = b
             record["c"] = c
+            record["held_id"] = held_id
+            record["posted"] = posted
+            record["skip_kernel"] = 1 if skip_kernel else 0
             self._seq += 1
             self.positions[0] = written + 1  # publish after the record is complete
             return True
@@ -134,6 +159,33 @@ class CommandQueue:
         out = self.records[index].copy()
         self.positions[1] = written
         return out
+
+
+_NO_RECORDS = np.zeros(0, dtype=COMMAND_DTYPE)
+
+
+class EventFollower:
+    """A second reader of a `CommandQueue` (a stream layer's thread): every record published since
+    it began following, in order, copied out; it never holds the producer back. `missed` counts the
+    records it lost by falling a whole ring behind (overwritten before it read them)."""
+
+    def __init__(self, queue: CommandQueue):
+        self.queue = queue
+        self.position = int(queue.positions[0])
+        self.missed = 0
+
+    def drain(self) -> np.ndarray:
+        """The records published since the last drain (a copy, oldest first)."""
+        queue, capacity = self.queue, self.queue.capacity
+        written = int(queue.positions[0])
+        if written == self.position:  # the usual case, once per rendered block: no allocation
+            return _NO_RECORDS
+        start = max(self.position, written - capacity)
+        records = queue.records[np.arange(start, written) % capacity]  # fancy indexing: a copy
+        intact_from = max(start, int(queue.positions[0]) - capacity + 1)  # the producer may be reusing older slots
+        self.missed += intact_from - self.position
+        self.position = written
+        return records[intact_from - start:]
 
 
 def pending_order_ref(pending: np.ndarray, block_start: int, block_end: int) -> np.ndarray:

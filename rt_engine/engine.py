@@ -11,11 +11,17 @@ the callback adopts a staged set that is not already its own (a copy without all
 the reference, and the old arrays are dropped later off the audio thread. A change staged while the
 callback adopts the previous one is adopted at the next block.
 
+One event stream: every control event is published once, as one record in the command ring
+(`rt_engine.commands`), under the control lock; the block kernel drains it, and the stream layer
+follows the same records from its thread (`EventFollower`), each at its frame plus the layer's
+render-ahead. Events the native JACK callback already applied (MIDI read in the callback) are
+published too, marked for the layers only.
+
 Held notes: one table keyed by note id (`rt_engine.held_notes.HeldNotes`, bounded by the polyphony)
-that `note_on`/`note_off`/`note_pitch` write once under the control lock; the sampler voices (the
-command record carries the id), the stream layer (each note's id, and with a release the newest
-note still held) and the bank manager's boost (the held pitches) all read it. A note without an id
-gets one from its channel and pitch.
+that `note_on`/`note_off`/`note_pitch` write once under the control lock; its ids travel in the
+records (`held_id`: a note's own, and with every release the newest note still held, which a
+monophonic layer falls back to), and the bank manager's boost reads the held pitches. A note
+without an id gets one from its channel and pitch.
 
 Latency the engine adds (reported by `status()["latency_s"]`): one block of scheduling (an
 undated command waits for the next block start) plus the backend's declared output latency. The
@@ -32,7 +38,7 @@ import numpy as np
 from rt_engine import voice_kernel as vk
 from rt_engine.commands import (
     COMMAND_DTYPE, DEFAULT_ADSR, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
-    CommandKind, CommandQueue, Counter, channel_slot,
+    CommandKind, CommandQueue, Counter, EventFollower, channel_slot,
 )
 from rt_engine.held_notes import HeldNotes, pitch_note_id
 
@@ -114,9 +120,9 @@ class Engine:
         self._params[vk.P_GRU_PRESENT] = 1.0 if stream_layer else 0.0
         banks.bind(self.select_bank)
         self._warm_up()
-        if stream_layer is not None:
-            stream_layer.set_mix_gain(gru_gain)  # a layer at gain 0 is not computed
-            stream_layer.start(self.sample_rate, self._gru_ring, self._gru_pos)
+        if stream_layer is not None:  # it follows the event stream from here on
+            stream_layer.set_mix_gain(gru_gain)  # its starting gain: a layer at gain 0 is not computed
+            stream_layer.start(self.sample_rate, self._gru_ring, self._gru_pos, EventFollower(self.queue))
 
     def _warm_up(self) -> None:
         """Load (or compile) the kernels now, not in an audio callback; then rewind."""
@@ -225,19 +231,33 @@ class Engine:
             epoch = time.time() - self.frame / self.sample_rate
         return int(round((unix_time_s - epoch - self.output_latency_s) * self.sample_rate))
 
-    def _push(self, kind, at_frame, channel=-1, note_id=-1, a=0.0, b=0.0, c=0.0) -> bool:
+    def _publish(self, kind, at_frame, channel=-1, note_id=-1, a=0.0, b=0.0, c=0.0, held_id=-1,
+                 skip_kernel=False) -> bool:
+        """Write one event into the stream every layer reads (the block kernel, the stream layer)."""
         frame = -1 if at_frame is None else int(at_frame)
-        return self.queue.push(kind, frame, channel, note_id, a, b, c)
+        return self.queue.push(kind, frame, channel, note_id, a, b, c, held_id, self.frame + self.block,
+                               skip_kernel)
 
-    def _layer_frame(self, at_frame: int | None) -> int:
-        base = self.frame + self.block if at_frame is None else at_frame
-        return base + self.stream_layer.latency_frames
+    def _publish_release(self, kind, at_frame, channel=-1, note_id=-1, a=0.0, skip_kernel=False) -> bool:
+        """A release, with the newest note the table still holds (control lock held): see
+        `rt_engine.commands` (held_id, b = its pitch or NaN, c = its MIDI channel)."""
+        newest = self._held.newest()
+        if newest is None:
+            return self._publish(kind, at_frame, channel, note_id, a, np.nan, 0.0, -1, skip_kernel)
+        return self._publish(kind, at_frame, channel, note_id, a, newest.pitch, float(newest.slot - 1),
+                             newest.note_id, skip_kernel)
+
+    def _publish_forgotten(self, note_ids: list[int], at_frame: int | None) -> None:
+        """Notes the table forgot to stay within the polyphony (control lock held): released for the
+        stream layers (the sampler has stolen their voices itself)."""
+        for note_id in note_ids:
+            self._publish_release(CommandKind.NOTE_OFF_ID, at_frame, -1, note_id, skip_kernel=True)
 
     # ---- EngineControl: notes -----------------------------------------------------------
     def note_on(self, pitch: float, velocity: float, note_id: int = -1, channel: int = -1,
                 at_frame: int | None = None, applied: bool = False) -> bool:
         # applied (note_on, note_off, pitch_bend): the native callback already applied the command
-        # at its frame (JACK MIDI read in the callback); only the control-side work runs here
+        # at its frame (JACK MIDI read in the callback); the event is published for the other layers
         if velocity <= 0:  # the one place "velocity 0 is off" is decided (OSC and MIDI alike)
             if note_id >= 0:
                 return self.note_off(note_id=note_id, channel=channel, at_frame=at_frame, applied=applied)
@@ -248,11 +268,9 @@ class Engine:
         with self._control_lock:
             forgotten = self._held.press(key, float(pitch), slot)
             self.banks.note_requested(pitch, self._held.pitches())
-            if self.stream_layer is not None:
-                frame = self._layer_frame(at_frame)
-                self._layer_release(forgotten, frame)
-                self.stream_layer.note_on(key, float(pitch), velocity, frame, channel)
-        return applied or self._push(CommandKind.NOTE_ON, at_frame, channel, note_id, pitch, velocity)
+            self._publish_forgotten(forgotten, at_frame)
+            return self._publish(CommandKind.NOTE_ON, at_frame, channel, note_id, float(pitch), velocity,
+                                 held_id=key, skip_kernel=applied)
 
     def note_off(self, pitch: float | None = None, note_id: int | None = None, channel: int = -1,
                  at_frame: int | None = None, applied: bool = False) -> bool:
@@ -261,63 +279,43 @@ class Engine:
         slot = channel_slot(channel)
         with self._control_lock:
             if note_id is not None:
-                released = [int(note_id)] if self._held.release(int(note_id)) is not None else []
-            else:
-                released = self._held.release_pitch(float(pitch), slot)
-            if self.stream_layer is not None:
-                self._layer_release(released, self._layer_frame(at_frame))
-        if applied:
-            return True
-        if note_id is not None:
-            return self._push(CommandKind.NOTE_OFF_ID, at_frame, channel, int(note_id))
-        return self._push(CommandKind.NOTE_OFF_PITCH, at_frame, channel, -1, float(pitch))
-
-    def _layer_release(self, note_ids: list[int], frame: int | None) -> None:
-        """Tell the stream layer that `note_ids` were released (control lock held), each with the
-        newest note still held, which a monophonic layer falls back to."""
-        newest = self._held.newest()
-        fallback = None if newest is None else (newest.note_id, newest.pitch, newest.slot - 1)
-        for note_id in note_ids:
-            self.stream_layer.note_off(note_id, frame, fallback)
+                self._held.release(int(note_id))
+                return self._publish_release(CommandKind.NOTE_OFF_ID, at_frame, channel, int(note_id),
+                                             skip_kernel=applied)
+            self._held.release_pitch(float(pitch), slot)
+            return self._publish_release(CommandKind.NOTE_OFF_PITCH, at_frame, channel, -1, float(pitch),
+                                         skip_kernel=applied)
 
     def note_pitch(self, note_id: int, pitch: float, glide_s: float = 0.0,
                    at_frame: int | None = None) -> bool:
         with self._control_lock:
             self._held.set_pitch(int(note_id), float(pitch))
-            if self.stream_layer is not None:
-                self.stream_layer.note_pitch(int(note_id), float(pitch), max(glide_s, 0.0),
-                                             self._layer_frame(at_frame))
-        return self._push(CommandKind.NOTE_PITCH, at_frame, -1, int(note_id), pitch, max(glide_s, 0.0))
+            return self._publish(CommandKind.NOTE_PITCH, at_frame, -1, int(note_id), pitch, max(glide_s, 0.0))
 
     def pitch_bend(self, channel: int, semitones: float, at_frame: int | None = None,
                    applied: bool = False) -> bool:
         channel_slot(channel)
-        if self.stream_layer is not None:
-            self.stream_layer.pitch_bend(semitones, self._layer_frame(at_frame), channel)
-        return applied or self._push(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones))
+        return self._publish(CommandKind.PITCH_BEND, at_frame, channel, -1, float(semitones), skip_kernel=applied)
 
     def sustain(self, channel: int, down: bool, at_frame: int | None = None) -> bool:
         channel_slot(channel)
-        return self._push(CommandKind.SUSTAIN, at_frame, channel, -1, 1.0 if down else 0.0)
+        return self._publish(CommandKind.SUSTAIN, at_frame, channel, -1, 1.0 if down else 0.0)
 
     def all_notes_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
-        self._forget_held(channel, at_frame)
-        return self._push(CommandKind.ALL_NOTES_OFF, at_frame, channel)
+        return self._release_channel(CommandKind.ALL_NOTES_OFF, channel, at_frame)
 
     def all_sound_off(self, channel: int = -1, at_frame: int | None = None) -> bool:
-        self._forget_held(channel, at_frame)
-        return self._push(CommandKind.ALL_SOUND_OFF, at_frame, channel)
+        return self._release_channel(CommandKind.ALL_SOUND_OFF, channel, at_frame)
 
     def reset_controllers(self, channel: int = -1, at_frame: int | None = None) -> bool:
         channel_slot(channel)
-        return self._push(CommandKind.RESET_CONTROLLERS, at_frame, channel)
+        return self._publish(CommandKind.RESET_CONTROLLERS, at_frame, channel)
 
-    def _forget_held(self, channel: int, at_frame: int | None = None) -> None:
+    def _release_channel(self, kind: int, channel: int, at_frame: int | None = None) -> bool:
         slot = channel_slot(channel)
         with self._control_lock:
-            released = self._held.release_channel(slot)
-            if self.stream_layer is not None:
-                self._layer_release(released, self._layer_frame(at_frame))
+            self._held.release_channel(slot)
+            return self._publish_release(kind, at_frame, channel)
 
     # ---- EngineControl: timbre, mix -----------------------------------------------------
     def _next_generation(self) -> int:
@@ -329,9 +327,7 @@ class Engine:
         x, y = float(np.clip(x, 0.0, 1.0)), float(np.clip(y, 0.0, 1.0))
         generation = self._next_generation()
         self.banks.request_xy(x, y, generation)
-        if self.stream_layer is not None:
-            self.stream_layer.timbre_xy(x, y, glide_s, self._layer_frame(at_frame))
-        return self._push(CommandKind.TIMBRE_XY, at_frame, -1, generation, x, y, max(glide_s, 0.0))
+        return self._publish(CommandKind.TIMBRE_XY, at_frame, -1, generation, x, y, max(glide_s, 0.0))
 
     def timbre_preset(self, name: str) -> None:
         if name not in self.banks.preset_names():
@@ -346,7 +342,7 @@ class Engine:
         """Stage 3 of a bank load (called by the bank provider once the held pitches' rows of exact
         bank `slot` are playable): the callback plays it, with its envelope, unless a newer timbre
         request (`generation`) was applied meanwhile."""
-        return self._push(CommandKind.SELECT_BANK, None, -1, int(slot), float(generation))
+        return self._publish(CommandKind.SELECT_BANK, None, -1, int(slot), float(generation))
 
     def gru_glide(self, seconds: float, at_frame: int | None = None) -> bool:
         if self.stream_layer is not None:
@@ -354,9 +350,7 @@ class Engine:
         return True
 
     def gru_temperature(self, value: float, at_frame: int | None = None) -> bool:
-        if self.stream_layer is not None:
-            self.stream_layer.set_temperature(max(float(value), 0.0), self._layer_frame(at_frame))
-        return True
+        return self._publish(CommandKind.GRU_TEMPERATURE, at_frame, -1, -1, max(float(value), 0.0))
 
     def gru_voices(self, n_voices: int) -> bool:
         if self.stream_layer is not None:
@@ -366,16 +360,12 @@ class Engine:
     def set_gain(self, layer: str, gain: float, at_frame: int | None = None) -> bool:
         if layer not in GAIN_LAYERS:
             raise ValueError(f"unknown gain layer {layer!r}; known: {', '.join(GAIN_LAYERS)}")
-        if layer == "gru" and self.stream_layer is not None:
-            self.stream_layer.set_mix_gain(max(float(gain), 0.0), self._layer_frame(at_frame))
-        return self._push(CommandKind.SET_GAIN, at_frame, GAIN_LAYERS[layer], -1, max(float(gain), 0.0))
+        return self._publish(CommandKind.SET_GAIN, at_frame, GAIN_LAYERS[layer], -1, max(float(gain), 0.0))
 
     def set_polyphony(self, n_voices: int) -> None:
         staged = self._allocate_voices(int(n_voices))  # stage 1: allocate here, off the audio thread
         with self._control_lock:
-            forgotten = self._held.resize(int(n_voices))
-            if self.stream_layer is not None:
-                self._layer_release(forgotten, None)
+            self._publish_forgotten(self._held.resize(int(n_voices)), None)
         self._retired_voices = None                    # stage 4: drop what the callback swapped out
         if self.native_block is not None:              # stage 2-3 in the native table
             self.native_block.stage_voices(staged)
@@ -384,10 +374,7 @@ class Engine:
         self._staged_voices = staged                   # stage 2-3: the callback adopts and swaps
 
     def panic(self) -> None:
-        self._forget_held(-1)
-        if self.stream_layer is not None:
-            self.stream_layer.panic()
-        self._push(CommandKind.PANIC, None)
+        self._release_channel(CommandKind.PANIC, -1)
 
     def preset_names(self) -> list[str]:
         return self.banks.preset_names()

@@ -62,7 +62,8 @@ from models.mu_law import mu_law_decode_table
 from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
                                   C_PITCH, C_PITCH_TARGET, C_X, C_Y, FADE_S, GLIDES, N_CONTROL, GruVoice,
                                   allocate, hand_over)
-from rt_engine.commands import N_CHANNELS, channel_slot
+from rt_engine.commands import N_CHANNELS, EventFollower, channel_slot
+from rt_engine.layer_api import apply_event
 from rt_engine.stream_resampler import StreamResampler
 from models.kernel_cache import drop_stale_cache
 
@@ -74,6 +75,7 @@ EVENT_CAPACITY = 1024
 `dropped_events` and dropped."""
 MAX_VOICES = 16
 """Most GRU voices (`set_voices`)."""
+
 TAIL_VOICES = 2
 """Tail voices that fade out stolen and retriggered notes."""
 MUTE_TAIL_S = 0.05
@@ -174,6 +176,7 @@ class GruLayer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.ring = self.positions = None
+        self._follower: EventFollower | None = None
         self._configure_rate(sample_rate)
 
     @classmethod
@@ -210,10 +213,13 @@ class GruLayer:
         control_block(self._voices[0].control.copy(), self._conditioning[:1], self._envelope[:1])
         _decode_add(self._mu[:1], self._decode_table, self._envelope[:1], 0.0, self._audio[:1])
 
-    def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray) -> None:
+    def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray,
+              events: EventFollower | None = None) -> None:
         """Prepare, then render in a daemon worker thread until `stop`. With `threaded=False` (offline
-        rendering) no thread starts: the caller runs `render_available()` before each block."""
+        rendering) no thread starts: the caller runs `render_available()` before each block.
+        `events`: the engine's event stream, followed before each rendered block (`follow_events`)."""
         self.prepare(sample_rate, ring, positions)
+        self._follower = events
         if not self.threaded:
             return
         self._stop.clear()
@@ -306,6 +312,29 @@ class GruLayer:
     def panic(self) -> None:
         self._post((None, "panic"))
 
+    def note_off_pitch(self, pitch: float, at_frame: int | None = None, channel: int = -1,
+                       fallback: tuple[int, float, int] | None = None) -> None:
+        """Release the held notes at `pitch` (their glide target) on MIDI `channel` (-1: any)."""
+        self._post((at_frame, "off_pitch", float(pitch), channel_slot(channel), fallback))
+
+    def release_channel(self, at_frame: int | None = None, channel: int = -1,
+                        fallback: tuple[int, float, int] | None = None) -> None:
+        """Release every held note on MIDI `channel` (-1: all)."""
+        self._post((at_frame, "off_channel", channel_slot(channel), fallback))
+
+    def follow_events(self) -> int:
+        """Apply the engine's published records since the last call (each at its frame, or the
+        block it was published for, plus `latency_frames`); returns how many were read. Records
+        the follower lost by falling a ring behind count in `dropped_events`."""
+        if self._follower is None:
+            return 0
+        missed = self._follower.missed
+        records = self._follower.drain()
+        self.dropped_events += self._follower.missed - missed
+        for record in records:
+            apply_event(self, record)
+        return len(records)
+
     def is_active(self) -> bool:
         return any(voice.held or voice.control[C_ENV] > 0.0 for voice in self._voices + self._tails)
 
@@ -379,6 +408,7 @@ class GruLayer:
 
     def _render_block(self) -> int:
         """One block of model samples -> resampled frames in self._frames; returns their number."""
+        self.follow_events()
         while self._events:
             event = self._events.popleft()
             if len(self._pending) >= EVENT_CAPACITY:
@@ -439,6 +469,21 @@ class GruLayer:
                 return
             for voice in self._voices:
                 if voice.held and voice.note_id == event[1]:
+                    voice.held = False
+                    voice.control[C_ENV_TARGET] = 0.0
+        elif kind in ("off_pitch", "off_channel"):
+            if kind == "off_pitch":
+                pitch, slot, fallback = event[1], event[2], event[3]
+            else:
+                pitch, slot, fallback = None, event[1], event[2]
+            for voice in self._voices:
+                matches = voice.held and (slot == 0 or voice.slot == slot) and (
+                    pitch is None or abs(voice.control[C_PITCH_TARGET] - pitch) < 1e-6)
+                if not matches:
+                    continue
+                if len(self._voices) == 1:
+                    self._mono_off(voice.note_id, fallback)
+                else:
                     voice.held = False
                     voice.control[C_ENV_TARGET] = 0.0
         elif kind == "pitch":

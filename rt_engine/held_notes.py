@@ -5,9 +5,10 @@ Every note has an id: the client's (`/note/on ... id`, 0 ..), MIDI input's (from
 pitch)` (negative, so it never collides with a client's or MIDI's). Two notes at the same pitch with
 different ids (two MPE channels, two OSC ids) are two entries.
 
-The engine writes the table once per control event (under its control lock) and every layer reads
-it: the GRU layer gets each note's id and, with a release, the newest note still held (its fall-back
-for last-note priority); the bank manager's boost reads the held pitches. The table is bounded by
+The engine writes the table once per control event (under its control lock), and its ids travel
+in the event stream every layer reads (`rt_engine.commands`): each note's id, and with a release the
+newest note still held (a monophonic layer's fall-back for last-note priority); the bank manager's
+boost reads the held pitches. The table is bounded by
 the polyphony: a note beyond it forgets the oldest (the sampler steals that voice too). Every
 operation is O(1) except the rare whole-channel release (O(held) <= O(polyphony)).
 

@@ -12,8 +12,11 @@ Ring protocol (single producer = layer thread, single consumer = audio callback)
 the layer writes only while `written - read < capacity`, the callback reads only
 `min(block, written - read)` frames and counts a shortfall as a layer underrun.
 
-Events carry the absolute output frame `at_frame` at which they take effect (already offset by the
-engine; `None` = as soon as possible). They are called from control threads and must not block.
+Events: the layer follows the engine's one event stream (`rt_engine.commands.EventFollower`, given
+to `start`) and applies each record through its own event methods below, at the record's frame (or
+the block it was published for) plus `latency_frames`. The event methods take the absolute output
+frame `at_frame` at which they take effect (`None` = as soon as possible); they are the layer's
+vocabulary for the stream (and for tests) and must not block.
 """
 from __future__ import annotations
 
@@ -21,13 +24,21 @@ from typing import Protocol
 
 import numpy as np
 
+from rt_engine.commands import GAIN_GRU, CommandKind, EventFollower
+
 
 class StreamLayer(Protocol):
     latency_frames: int
     """Frames the layer renders ahead of the callback (declared latency)."""
 
-    def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray) -> None:
-        """Begin rendering into `ring` (float32 [capacity]) at `sample_rate` (Hz)."""
+    def start(self, sample_rate: int, ring: np.ndarray, positions: np.ndarray,
+              events: EventFollower | None = None) -> None:
+        """Begin rendering into `ring` (float32 [capacity]) at `sample_rate` (Hz), following the
+        engine's event stream `events`."""
+
+    def follow_events(self) -> int:
+        """Apply the records published since the last call (the layer's thread calls it before each
+        block it renders); returns how many were read."""
 
     def stop(self) -> None:
         """Stop the rendering thread and join it."""
@@ -42,6 +53,14 @@ class StreamLayer(Protocol):
                  fallback: tuple[int, float, int] | None = None) -> None:
         """Release note `note_id`. `fallback` is (id, pitch, MIDI channel) of the newest note still
         held in the engine's table (None: none), which a monophonic layer falls back to."""
+
+    def note_off_pitch(self, pitch: float, at_frame: int | None = None, channel: int = -1,
+                       fallback: tuple[int, float, int] | None = None) -> None:
+        """Release the held notes at MIDI `pitch` on `channel` (-1: any); `fallback` as for `note_off`."""
+
+    def release_channel(self, at_frame: int | None = None, channel: int = -1,
+                        fallback: tuple[int, float, int] | None = None) -> None:
+        """Release every held note on MIDI `channel` (-1: all); `fallback` as for `note_off`."""
 
     def note_pitch(self, note_id: int, pitch: float, glide_s: float, at_frame: int | None = None) -> None:
         """Glide note `note_id` to MIDI `pitch` over `glide_s` seconds."""
@@ -75,3 +94,43 @@ class StreamLayer(Protocol):
 
     def is_active(self) -> bool:
         """True while a note sounds (reported as `gru_active`)."""
+
+
+RELEASES = (CommandKind.NOTE_OFF_ID, CommandKind.NOTE_OFF_PITCH, CommandKind.ALL_NOTES_OFF,
+            CommandKind.ALL_SOUND_OFF, CommandKind.PANIC)
+"""Record kinds that carry the fall-back note (`rt_engine.commands`)."""
+
+
+def apply_event(layer, record) -> None:
+    """One record of the engine's event stream (`rt_engine.commands.COMMAND_DTYPE`) as a call of
+    `layer`'s event methods, at the record's frame (or the block it was published for) plus the
+    layer's `latency_frames`. Kinds a stream layer has no part in (sustain, bank selection, the
+    sampler's and master gains) are ignored."""
+    kind, channel = int(record["kind"]), int(record["channel"])
+    frame = int(record["frame"]) if record["frame"] >= 0 else int(record["posted"])
+    at_frame = None if frame < 0 else frame + layer.latency_frames
+    fallback = None
+    if kind in RELEASES and np.isfinite(record["b"]):
+        fallback = (int(record["held_id"]), float(record["b"]), int(record["c"]))
+    if kind == CommandKind.NOTE_ON:
+        layer.note_on(int(record["held_id"]), float(record["a"]), float(record["b"]), at_frame, channel)
+    elif kind == CommandKind.NOTE_OFF_ID:
+        layer.note_off(int(record["note_id"]), at_frame, fallback)
+    elif kind == CommandKind.NOTE_OFF_PITCH:
+        layer.note_off_pitch(float(record["a"]), at_frame, channel, fallback)
+    elif kind in (CommandKind.ALL_NOTES_OFF, CommandKind.ALL_SOUND_OFF):
+        layer.release_channel(at_frame, channel, fallback)
+    elif kind == CommandKind.PANIC:
+        layer.panic()
+    elif kind == CommandKind.NOTE_PITCH:
+        layer.note_pitch(int(record["note_id"]), float(record["a"]), float(record["b"]), at_frame)
+    elif kind == CommandKind.PITCH_BEND:
+        layer.pitch_bend(float(record["a"]), at_frame, channel)
+    elif kind == CommandKind.RESET_CONTROLLERS:
+        layer.pitch_bend(0.0, at_frame, channel)
+    elif kind == CommandKind.TIMBRE_XY:
+        layer.timbre_xy(float(record["a"]), float(record["b"]), float(record["c"]), at_frame)
+    elif kind == CommandKind.SET_GAIN and channel == GAIN_GRU:
+        layer.set_mix_gain(float(record["a"]), at_frame)
+    elif kind == CommandKind.GRU_TEMPERATURE:
+        layer.set_temperature(float(record["a"]), at_frame)

@@ -32,7 +32,8 @@ import math
 import numba
 import numpy as np
 
-from rt_engine.commands import GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, CommandKind, Counter
+from rt_engine.commands import (FIRST_LAYER_KIND, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, CommandKind,
+                               Counter)
 from models.kernel_cache import drop_stale_cache
 
 drop_stale_cache(__name__)
@@ -616,7 +617,10 @@ def render_block(out, n_frames, queue, queue_pos, pending, voices, voice_w, w_st
     n_pending = counters[Counter.PENDING]
     read, written = queue_pos[1], queue_pos[0]
     while read < written:
-        if n_pending < pending.shape[0]:
+        record = queue[read % capacity]
+        if record["skip_kernel"] != 0 or record["kind"] >= FIRST_LAYER_KIND:
+            pass  # applied by the native callback already, or for the stream layers only
+        elif n_pending < pending.shape[0]:
             _copy_record(queue, read % capacity, pending, n_pending)
             n_pending += 1
         else:

@@ -1,10 +1,12 @@
-"""The command ring: order, bounded drops, wrap-around, concurrent producers, due order."""
+"""The command ring: order, bounded drops, wrap-around, concurrent producers, due order, a
+follower that reads the same records and never holds the producer back."""
 import threading
 
 import numpy as np
 import pytest
 
-from rt_engine.commands import COMMAND_DTYPE, CommandKind, CommandQueue, channel_slot, pending_order_ref
+from rt_engine.commands import (COMMAND_DTYPE, CommandKind, CommandQueue, EventFollower, channel_slot,
+                                pending_order_ref)
 
 
 def test_records_come_out_in_arrival_order_with_their_fields():
@@ -69,3 +71,29 @@ def test_due_order_sorts_by_effective_frame_then_arrival():
     oracle = sorted((max(int(f), block_start), int(s), i) for i, (f, s) in
                     enumerate(zip(pending["frame"], pending["seq"])) if max(f, block_start) < block_end)
     assert order.tolist() == [i for _, _, i in oracle]
+
+
+def test_a_follower_reads_every_record_in_order_beside_the_kernel():
+    q = CommandQueue(8)
+    follower = EventFollower(q)
+    q.push(CommandKind.NOTE_ON, 10, 2, 7, 60.0, 90.0, held_id=7, posted=256)
+    q.push(CommandKind.NOTE_OFF_ID, -1, -1, 7, b=np.nan, held_id=-1, posted=512, skip_kernel=True)
+    assert len(q.pop_all_ref()) == 2  # the kernel's read does not move the follower
+    first = follower.drain()
+    assert list(first["kind"]) == [CommandKind.NOTE_ON, CommandKind.NOTE_OFF_ID]
+    assert list(first["held_id"]) == [7, -1] and list(first["posted"]) == [256, 512]
+    assert list(first["skip_kernel"]) == [0, 1] and np.isnan(first[1]["b"])
+    assert len(follower.drain()) == 0 and follower.missed == 0
+
+
+def test_a_follower_a_whole_ring_behind_skips_what_was_overwritten_and_counts_it():
+    q = CommandQueue(4)
+    follower = EventFollower(q)
+    for k in range(10):  # the kernel keeps up; the follower does not
+        assert q.push(CommandKind.NOTE_ON, a=float(k))
+        q.pop_all_ref()
+    records = follower.drain()
+    assert records["a"].tolist() == [7.0, 8.0, 9.0]  # the slot after them may be being rewritten
+    assert follower.missed == 7
+    q.push(CommandKind.PANIC)
+    assert list(follower.drain()["kind"]) == [CommandKind.PANIC] and follower.missed == 7

@@ -8,6 +8,7 @@ import pytest
 from rt_engine import voice_kernel as vk
 from rt_engine.engine import Engine, load_kernels
 from rt_engine.held_notes import pitch_note_id
+from rt_engine.layer_api import apply_event
 from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
@@ -316,10 +317,16 @@ class _FakeLayer:
 
     def __init__(self):
         self.events = []
-        self.ring = self.positions = None
+        self.ring = self.positions = self.follower = None
 
-    def start(self, sample_rate, ring, positions):
-        self.ring, self.positions = ring, positions
+    def start(self, sample_rate, ring, positions, events=None):
+        self.ring, self.positions, self.follower = ring, positions, events
+
+    def follow_events(self):
+        records = self.follower.drain()
+        for record in records:
+            apply_event(self, record)
+        return len(records)
 
     def fill(self, n_frames, value):
         written = int(self.positions[0])
@@ -338,6 +345,15 @@ class _FakeLayer:
 
     def note_off(self, note_id, at_frame=None, fallback=None):
         self.events.append(("note_off", note_id, at_frame, fallback))
+
+    def note_off_pitch(self, pitch, at_frame=None, channel=-1, fallback=None):
+        self.events.append(("note_off_pitch", pitch, at_frame, fallback))
+
+    def release_channel(self, at_frame=None, channel=-1, fallback=None):
+        self.events.append(("release_channel", channel, at_frame, fallback))
+
+    def set_temperature(self, temperature, at_frame=None):
+        self.events.append(("temperature", temperature, at_frame))
 
     def note_pitch(self, note_id, pitch, glide_s, at_frame=None):
         self.events.append(("note_pitch", note_id, pitch, at_frame))
@@ -372,16 +388,27 @@ def test_stream_layer_ring_is_mixed_with_its_gain_and_underruns_counted():
     assert status["gru_latency_s"] == pytest.approx(status["latency_s"] + 512 / RATE, abs=1e-5)
 
 
-def test_stream_layer_gets_note_events_delayed_by_its_latency():
+def test_the_stream_layer_follows_the_engines_events_delayed_by_its_latency():
     layer = _FakeLayer()
     engine = _engine(stream_layer=layer)
     engine.note_on(60, 100, at_frame=10_000)
+    engine.note_on(64, 90, note_id=7, channel=2, at_frame=10_100)
     engine.timbre_xy(0.2, 0.3, 0.0, at_frame=20_000)
     engine.note_off(pitch=60, at_frame=30_000)
+    engine.gru_temperature(0.5)
+    engine.set_gain("sampler", 0.1)  # not the layer's
+    engine.all_notes_off(2, at_frame=40_000)
+    assert layer.follow_events() == 7  # every event published once, read by the layer too
     note_id = pitch_note_id(0, 60.0)  # a note without an id gets one from its pitch
-    assert ("note_on", note_id, 60.0, 10_512) in layer.events
-    assert ("xy", 0.2, 0.3, 20_512) in layer.events
-    assert ("note_off", note_id, 30_512, None) in layer.events
+    next_block = engine.frame + engine.block
+    assert layer.events == [
+        ("mix", 0.0, None),  # its starting gain, set before it starts
+        ("note_on", note_id, 60.0, 10_512), ("note_on", 7, 64.0, 10_612), ("xy", 0.2, 0.3, 20_512),
+        ("note_off_pitch", 60.0, 30_512, (7, 64.0, 2)),  # with the newest note still held: its fall-back
+        ("temperature", 0.5, next_block + 512), ("release_channel", 2, 40_512, None)]
+    _render(engine, 512)  # the kernel applied what was its own and skipped the layer's temperature
+    assert engine.status()["commands"] >= 1 and engine.status()["dropped"] == 0
+    assert layer.follow_events() == 0
 
 
 def test_frame_for_time_tracks_the_callback_clock():
@@ -434,3 +461,15 @@ def test_kernels_loaded_before_the_banks_serve_a_real_engine_without_compiling_a
     engine.set_polyphony(12)
     assert np.abs(_render(engine, 1024)).max() > 0.01
     assert {kernel: list(kernel.signatures) for kernel in signatures} == signatures
+
+
+def test_the_kernel_skips_what_the_native_callback_applied_and_what_is_for_the_layers():
+    engine = _engine()
+    _render(engine, 256)
+    applied = engine.status()["commands"]
+    engine.note_on(60, 100, applied=True)  # as if the native JACK callback had played it
+    engine.gru_temperature(0.5)
+    out = _render(engine, 2048)
+    assert np.abs(out).max() == 0.0 and engine.status()["commands"] == applied
+    engine.note_on(60, 100)
+    assert np.abs(_render(engine, 2048)).max() > 0.01 and engine.status()["commands"] == applied + 1

@@ -236,9 +236,16 @@ class _TemperatureLayer:
 
     def __init__(self):
         self.calls = []
+        self.follower = None
 
-    def start(self, sample_rate, ring, positions):
-        pass
+    def start(self, sample_rate, ring, positions, events=None):
+        self.follower = events
+
+    def follow_events(self):
+        from rt_engine.layer_api import apply_event
+
+        for record in self.follower.drain():
+            apply_event(self, record)
 
     def stop(self):
         pass
@@ -264,6 +271,7 @@ def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     layer = _TemperatureLayer()
     engine = Engine(StaticBanks(rows, [60], 16000, RATE), RATE, max_block=256, stream_layer=layer)
     assert engine.gru_temperature(0.25, at_frame=1000) and engine.gru_temperature(2.0)
+    layer.follow_events()
     assert layer.calls == [(0.25, 1000 + 512), (2.0, engine.frame + engine.block + 512)]
     assert engine.gru_voices(3) and layer.calls[-1] == ("voices", 3)
     engine.close()
@@ -489,3 +497,32 @@ def test_behind_real_time_the_worker_sheds_tails_and_released_voices_but_offline
         assert all(tail.order == 0 for tail in layer._tails)     # no tail took the stolen note
     else:
         assert layer.shed_voices == 0 and any(tail.order > 0 for tail in layer._tails)
+
+
+def test_through_the_engine_a_pitch_release_falls_back_and_a_channel_release_ends_the_notes():
+    """The layer follows the engine's event stream: notes without ids, released by pitch, reach the
+    GRU voice with the fall-back the engine's held-note table names; all-notes-off ends them."""
+    from tests.support.static_banks import StaticBanks
+    from rt_engine.engine import Engine
+
+    rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
+    layer = GruLayer(_weights(), 16000, threaded=False, voices=1, temperature=0.0)
+    engine = Engine(StaticBanks(rows, [60], 16000, RATE), RATE, max_block=256, stream_layer=layer, gru_gain=1.0)
+
+    def play(seconds):
+        for _ in range(int(seconds * RATE) // 256):
+            layer.render_available()
+            engine.process(256)
+
+    engine.note_on(60.0, 100.0)
+    engine.note_on(64.0, 100.0)
+    play(0.1)
+    assert layer.snapshot()["held"] == [64.0]
+    engine.note_off(pitch=64.0)
+    play(0.1)
+    assert layer.snapshot()["pitch"] == 60.0 and layer.snapshot()["held"] == [60.0]  # fell back
+    engine.note_on(67.0, 100.0, channel=3)
+    engine.all_notes_off()
+    play(0.3)
+    assert layer.snapshot()["held"] == [] and not layer.is_active() and layer.dropped_events == 0
+    engine.close()

@@ -11,6 +11,7 @@ from rt_engine import native_audio as na
 from rt_engine import native_midi as nm
 from rt_engine import voice_kernel as vk
 from rt_engine.audio_backends import JackBackend
+from rt_engine.layer_api import RELEASES
 from rt_engine.commands import CommandKind
 from rt_engine.midi_input import MidiInput
 from rt_engine.midi_map import MidiMapper, midi_note_id, parse_midi_map
@@ -26,8 +27,11 @@ MESSAGES = [
 
 
 def _commands(engine) -> list[tuple]:
-    return [(int(r["kind"]), int(r["channel"]), int(r["note_id"]), float(r["a"]), float(r["b"]))
-            for r in engine.queue.pop_all_ref()]
+    """What the block kernel takes from the engine's stream: (kind, channel, note id, a, b) of the
+    records it does not skip (a release's b is the layers' fall-back pitch: not the kernel's)."""
+    return [(int(r["kind"]), int(r["channel"]), int(r["note_id"]), float(r["a"]),
+             0.0 if r["kind"] in RELEASES else float(r["b"]))
+            for r in engine.queue.pop_all_ref() if r["skip_kernel"] == 0]
 
 
 @pytest.mark.parametrize("map_data", [{}, {"channels": [1, 6], "cc": {"64": "sustain", "66": "sustain"}},
@@ -94,8 +98,11 @@ def test_the_drain_does_the_rest_once_and_no_command_twice():
                             (8, (0xB0, 100, 0)), (9, (0xB0, 6, 12)), (10, (0xE0, 0x7F, 0x7F))):
         nm.apply_midi_event(*state, offset, 3, *message)
     midi.drain_native()
+    published = engine.queue.records[:int(engine.queue.positions[0])].copy()
     pushed = _commands(engine)  # the note was applied; the bend, applied at the old range, is resent
     assert [c[0] for c in pushed] == [CommandKind.TIMBRE_XY, CommandKind.PITCH_BEND]
+    notes = [(int(r["kind"]), int(r["skip_kernel"])) for r in published if r["kind"] == CommandKind.NOTE_ON]
+    assert notes == [(CommandKind.NOTE_ON, 1)]  # the applied note is published once, for the other layers
     assert pushed[0][3] == 1.0 and pushed[1][3] == 12.0 and engine._pending[1]["a"] == 2.0
     assert midi.native.params[nm.M_BEND_RANGE] == 12.0 and midi.n_errors == 0
     nm.apply_midi_event(*state, 11, 3, 0xE0, 0x7F, 0x7F)   # now at the new range: not resent
