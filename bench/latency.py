@@ -43,8 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rt_engine.audio_backends import connect_ports  # noqa: E402
-from rt_engine.osc_codec import encode_message  # noqa: E402
+from rt_engine.io.audio_backends import connect_ports  # noqa: E402
+from rt_engine.osc.osc_codec import encode_message  # noqa: E402
 from tests.serve_process import ServeProcess  # noqa: E402
 from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSender  # noqa: E402
 

@@ -35,7 +35,7 @@ def engine_seconds(n_voices: int, seconds: float) -> float:
     from models.bank_source import TimbreRequest
     from models.procedural_source import ProceduralBankSource
     from tests.support.static_banks import StaticBanks
-    from rt_engine.engine import Engine
+    from rt_engine.core.engine import Engine
 
     pitches = list(range(36, 100))
     rows = ProceduralBankSource(16_000).render_bank(TimbreRequest("xy", 0.6, 0.3), pitches)

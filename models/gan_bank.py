@@ -14,7 +14,7 @@ A model folder holds
 
 torch loads with the networks, on first use (`GanBankSource.warm`, or the first render or one-shot):
 the configs, presets and grid are read without it, so a start whose banks are all in the disk cache
-(`rt_engine.bank_cache`) never imports torch.
+(`rt_engine.banks.bank_cache`) never imports torch.
 
 Rendering: h -> G(z, pitch, h) -> normalised log-mel -> mel magnitude -> linear magnitude -> phase
 by PGHI then Fast Griffin-Lim (`models.phase_reconstruction`) -> peak-normalised waveform. The

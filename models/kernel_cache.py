@@ -51,7 +51,7 @@ def project_imports(module_name: str) -> list[Path]:
             imported = sys.modules.get(name)
             path = Path(getattr(imported, "__file__", "") or "").resolve() if imported is not None else None
             if (path and path not in (own, Path(__file__).resolve()) and path.name != "__init__.py"
-                    and path.parent.parent == PROJECT_ROOT and path.parent.name in PROJECT_PACKAGES):
+                    and any(path.is_relative_to(PROJECT_ROOT / package) for package in PROJECT_PACKAGES)):
                 files.add(path)
     return sorted(files)
 

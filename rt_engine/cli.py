@@ -19,15 +19,15 @@ import sys
 
 # name -> (module implementing it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("rt_engine.serve_command", "play live: open the audio device, listen for OSC and MIDI"),
-    "render": ("rt_engine.render_command", "render a MIDI file or an OSC score to a WAV, offline"),
+    "serve": ("rt_engine.subcommands.serve_command", "play live: open the audio device, listen for OSC and MIDI"),
+    "render": ("rt_engine.subcommands.render_command", "render a MIDI file or an OSC score to a WAV, offline"),
     "generate": ("training.generate_command", "render notes of a timbre with the GAN to WAV files"),
     "dataset": ("training.dataset_command", "build training sets (render SoundFonts, index NSynth)"),
     "train": ("training.train_command", "train the feature extractor, GAN, timbre grid or GRU"),
     "eval": ("training.eval_command", "evaluate a model: pitch accuracy, reconstruction, plots"),
-    "bench": ("rt_engine.bench_command", "run a benchmark from bench/ and print its JSON"),
-    "devices": ("rt_engine.devices_command", "list audio devices and MIDI ports"),
-    "build-caches": ("rt_engine.build_caches_command", "compile and cache the kernels, so the first serve starts warm"),
+    "bench": ("rt_engine.subcommands.bench_command", "run a benchmark from bench/ and print its JSON"),
+    "devices": ("rt_engine.subcommands.devices_command", "list audio devices and MIDI ports"),
+    "build-caches": ("rt_engine.subcommands.build_caches_command", "compile and cache the kernels, so the first serve starts warm"),
 }
 
 

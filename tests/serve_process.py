@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from rt_engine.osc_codec import decode_packet, encode_message
+from rt_engine.osc.osc_codec import decode_packet, encode_message
 
 REPO = Path(__file__).resolve().parents[1]
 

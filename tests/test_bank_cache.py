@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from rt_engine.bank_cache import BankCache, model_hash
-from rt_engine.bank_layout import BankLayout
+from rt_engine.banks.bank_cache import BankCache, model_hash
+from rt_engine.banks.bank_layout import BankLayout
 
 N_SAMPLES = 64
 

@@ -12,11 +12,11 @@ import soundfile
 
 from models.bank_source import TimbreRequest
 from models.procedural_source import PROCEDURAL_ENVELOPES, ProceduralBankSource
-from rt_engine import voice_kernel as vk
-from rt_engine import bank_manager as bank_manager_module
-from rt_engine.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
-from rt_engine.bank_render import prepare_rows
-from rt_engine.bank_layout import BankLayout
+from rt_engine.core import voice_kernel as vk
+from rt_engine.banks import bank_manager as bank_manager_module
+from rt_engine.banks.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
+from rt_engine.banks.bank_render import prepare_rows
+from rt_engine.banks.bank_layout import BankLayout
 
 
 def _peak_hz(signal, rate):
@@ -153,7 +153,7 @@ def test_a_worker_whose_server_is_killed_exits_by_itself():
 
     from tests.support.processes import wait_gone
 
-    code = ("import os; from rt_engine.bank_worker import start_worker; "
+    code = ("import os; from rt_engine.banks.bank_worker import start_worker; "
             "worker = start_worker(None, None, 60.0); print(worker.process.pid, flush=True); os._exit(0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[1])

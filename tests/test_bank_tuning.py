@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rt_engine.bank_tuning import measure_detune_cents, retune
+from rt_engine.banks.bank_tuning import measure_detune_cents, retune
 
 RATE = 16_000
 

@@ -4,7 +4,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from rt_engine import bench_command
+from rt_engine.subcommands import bench_command
 
 
 def _bench_dir(tmp_path):
@@ -45,7 +45,7 @@ def test_without_a_checkout_it_says_the_benchmarks_need_one(tmp_path, capsys):
 
 
 def test_the_default_training_configs_are_package_data():
-    root = Path(bench_command.__file__).resolve().parents[1]
+    root = Path(bench_command.__file__).resolve().parents[2]
     package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped = {path for pattern in package_data["training"] for path in (root / "training").glob(pattern)}
     assert {root / "training" / "configs" / f"{kind}_default.json" for kind in ("gan", "features", "grid", "gru")} <= shipped

@@ -49,7 +49,7 @@ def test_a_runtime_subcommand_loads_neither_training_nor_torch(command):
 
 
 def test_build_caches_renders_a_note_through_every_layer(tmp_path):
-    from rt_engine.build_caches_command import build
+    from rt_engine.subcommands.build_caches_command import build
     from tests.support.osc_udp import procedural_model
 
     summary = build(str(procedural_model(tmp_path / "m")))

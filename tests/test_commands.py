@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from rt_engine.commands import (COMMAND_DTYPE, CommandKind, CommandQueue, EventFollower, channel_slot,
+from rt_engine.core.commands import (COMMAND_DTYPE, CommandKind, CommandQueue, EventFollower, channel_slot,
                                 pending_order_ref)
 
 

@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from rt_engine import voice_kernel as vk
-from rt_engine.engine import Engine, load_kernels
-from rt_engine.held_notes import pitch_note_id
-from rt_engine.layer_api import apply_event
+from rt_engine.core import voice_kernel as vk
+from rt_engine.core.engine import Engine, load_kernels
+from rt_engine.core.held_notes import pitch_note_id
+from rt_engine.core.layer_api import apply_event
 from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
@@ -434,7 +434,7 @@ def test_status_reports_the_declared_fields():
 def test_null_backend_plays_in_real_time_and_records(tmp_path):
     import soundfile
 
-    from rt_engine.audio_backends import NullBackend, Recorder
+    from rt_engine.io.audio_backends import NullBackend, Recorder
 
     engine = _engine()
     backend = NullBackend(RATE, 256)

@@ -9,9 +9,9 @@ import torch
 
 from models.gru import GruSynth, GruSynthConfig, save_gru
 from models.gru_stream import copy_state, stream_weights
-from rt_engine.gru_layer import (EVENT_CAPACITY, FADE_S, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, GruLayer,
+from rt_engine.gru.gru_layer import (EVENT_CAPACITY, FADE_S, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, GruLayer,
                                  control_block, control_block_reference)
-from rt_engine.gru_voices import C_BEND, C_PITCH
+from rt_engine.gru.gru_voices import C_BEND, C_PITCH
 
 RATE = 48000
 TINY = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=4, conditioning_size=4)
@@ -176,7 +176,7 @@ def test_an_unthreaded_layer_renders_only_when_asked():
 
 
 def test_a_full_event_queue_counts_and_drops_instead_of_blocking():
-    from rt_engine.gru_layer import EVENT_CAPACITY
+    from rt_engine.gru.gru_layer import EVENT_CAPACITY
 
     layer = GruLayer(_weights(), 16000, threaded=False)
     for _ in range(EVENT_CAPACITY + 5):
@@ -185,7 +185,7 @@ def test_a_full_event_queue_counts_and_drops_instead_of_blocking():
 
 
 def test_a_temperature_event_switches_to_the_argmax_chain_at_its_sample(monkeypatch):
-    import rt_engine.gru_layer as gru_layer_module
+    import rt_engine.gru.gru_layer as gru_layer_module
     from models.gru_stream import gru_stream_sample, new_state
 
     layer, ring, positions = _layer(temperature=1.0)
@@ -242,7 +242,7 @@ class _TemperatureLayer:
         self.follower = events
 
     def follow_events(self):
-        from rt_engine.layer_api import apply_event
+        from rt_engine.core.layer_api import apply_event
 
         for record in self.follower.drain():
             apply_event(self, record)
@@ -265,7 +265,7 @@ class _TemperatureLayer:
 
 def test_the_engine_delays_gru_temperature_by_the_layers_declared_latency():
     from tests.support.static_banks import StaticBanks
-    from rt_engine.engine import Engine
+    from rt_engine.core.engine import Engine
 
     rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
     layer = _TemperatureLayer()
@@ -389,7 +389,7 @@ def test_a_three_note_chord_sounds_its_three_pitches(voices):
 
 
 def test_the_osc_voice_bound_is_the_layers():
-    from rt_engine.osc_registry import MAX_GRU_VOICES
+    from rt_engine.osc.osc_registry import MAX_GRU_VOICES
 
     assert MAX_GRU_VOICES == MAX_VOICES
 
@@ -424,7 +424,7 @@ def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
     gliding) leave no new container object (what the garbage collector tracks and scans) behind, so the
     collector never gets work from the audio path (`serve` freezes what start-up made with gc.freeze)."""
     from tests.support.static_banks import StaticBanks
-    from rt_engine.engine import Engine
+    from rt_engine.core.engine import Engine
 
     rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
     ring, positions = np.zeros(16384, np.float32), np.zeros(2, np.int64)
@@ -503,7 +503,7 @@ def test_through_the_engine_a_pitch_release_falls_back_and_a_channel_release_end
     """The layer follows the engine's event stream: notes without ids, released by pitch, reach the
     GRU voice with the fall-back the engine's held-note table names; all-notes-off ends them."""
     from tests.support.static_banks import StaticBanks
-    from rt_engine.engine import Engine
+    from rt_engine.core.engine import Engine
 
     rows = np.sin(np.arange(4000) * 0.05)[None].astype(np.float32)
     layer = GruLayer(_weights(), 16000, threaded=False, voices=1, temperature=0.0)

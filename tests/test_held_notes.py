@@ -1,4 +1,4 @@
-"""The engine's one held-note table (rt_engine.held_notes): notes keyed by id, bounded by the
+"""The engine's one held-note table (rt_engine.core.held_notes): notes keyed by id, bounded by the
 polyphony, read by the sampler voices, the GRU voices and the bank manager's boost."""
 import time
 import tracemalloc
@@ -9,11 +9,11 @@ import torch
 
 from models.gru import GruSynth, GruSynthConfig
 from models.gru_stream import stream_weights
-from rt_engine import held_notes
-from rt_engine.engine import Engine
-from rt_engine.gru_layer import EVENT_CAPACITY, GruLayer
-from rt_engine.held_notes import HeldNotes, pitch_note_id
-from rt_engine.midi_map import midi_note_id
+from rt_engine.core import held_notes
+from rt_engine.core.engine import Engine
+from rt_engine.gru.gru_layer import EVENT_CAPACITY, GruLayer
+from rt_engine.core.held_notes import HeldNotes, pitch_note_id
+from rt_engine.io.midi_map import midi_note_id
 from tests.support.static_banks import StaticBanks
 
 RATE = 48_000

@@ -18,7 +18,7 @@ from models.hypernetwork import (HyperNetwork, RefinedGenerator, fixed_z, hyper_
 from models.one_shot import load_one_shot
 from models.own_sample_blend import BLEND_ENVIRONMENT, DEFAULT_BLEND, OwnSampleBlend, blend_text, parse_blend
 from models.pitch import midi_to_hz
-from rt_engine import serve_command
+from rt_engine.subcommands import serve_command
 from rt_engine.cli import main as cli_main
 from tests.test_gan_bank import make_tiny_model
 from tests.test_train_gan import _write_harmonic_store

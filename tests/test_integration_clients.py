@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_engine.bank_tuning import measure_detune_cents
-from rt_engine.osc_registry import REGISTRY
-from rt_engine.osc_codec import IMMEDIATE, encode_bundle, encode_message, unix_to_timetag
+from rt_engine.banks.bank_tuning import measure_detune_cents
+from rt_engine.osc.osc_registry import REGISTRY
+from rt_engine.osc.osc_codec import IMMEDIATE, encode_bundle, encode_message, unix_to_timetag
 from tests.serve_process import ServeProcess
 from tests.test_patches import free_port
 

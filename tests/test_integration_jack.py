@@ -46,7 +46,7 @@ def jack_server():
 
 def test_an_osc_note_sounds_at_440_hz_within_the_declared_latency(jack_server):
     from tests.support.jack_harness import JackCapture
-    from rt_engine.bank_tuning import measure_detune_cents
+    from rt_engine.banks.bank_tuning import measure_detune_cents
 
     port = _free_port()
     serve = subprocess.Popen(

@@ -11,8 +11,8 @@ import uuid
 import mido
 import pytest
 
-from rt_engine.midi_input import MidiInput
-from rt_engine.midi_map import midi_note_id
+from rt_engine.io.midi_input import MidiInput
+from rt_engine.io.midi_map import midi_note_id
 from tests.test_osc_registry import RecordingEngine
 
 

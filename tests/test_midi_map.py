@@ -7,9 +7,9 @@ import mido
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rt_engine.midi_map import (DEFAULT_MAP_PATH, MidiMapper, load_midi_map, midi_note_id,
+from rt_engine.io.midi_map import (DEFAULT_MAP_PATH, MidiMapper, load_midi_map, midi_note_id,
                                 parse_midi_map)
-from rt_engine.osc_registry import MIDI_NOTE_ID_BASE
+from rt_engine.osc.osc_registry import MIDI_NOTE_ID_BASE
 from tests.test_osc_registry import RecordingEngine
 
 

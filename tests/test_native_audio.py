@@ -1,4 +1,4 @@
-"""The native block path (`rt_engine.native_audio`): the same audio, clock and staging as
+"""The native block path (`rt_engine.io.native_audio`): the same audio, clock and staging as
 `Engine.process`, callable as C callbacks; the kernel state table matches the kernel."""
 import ctypes
 import inspect
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from numba.core.runtime import _nrt_python, rtsys
 
-from rt_engine import native_audio as na
-from rt_engine import voice_kernel as vk
-from rt_engine.audio_backends import JackBackend
-from rt_engine.engine import Engine
+from rt_engine.io import native_audio as na
+from rt_engine.core import voice_kernel as vk
+from rt_engine.io.audio_backends import JackBackend
+from rt_engine.core.engine import Engine
 from tests.support.static_banks import StaticBanks
 
 RATE = 48_000
@@ -184,8 +184,8 @@ from tests.support.jack_harness import DummyJackServer, JackCapture
 server = DummyJackServer({name!r}, 48000, 128)
 atexit.register(server.close)  # after PortAudio's own exit handler (registered later)
 os.environ.update(server.env)
-from rt_engine import native_audio
-from rt_engine.audio_backends import SoundDeviceBackend
+from rt_engine.io import native_audio
+from rt_engine.io.audio_backends import SoundDeviceBackend
 from tests.test_native_audio import _engine
 backend = SoundDeviceBackend("system", 128, 48000)
 engine = _engine()

@@ -1,4 +1,4 @@
-"""JACK MIDI read in the native callback (`rt_engine.native_midi`): the commands it applies are the
+"""JACK MIDI read in the native callback (`rt_engine.io.native_midi`): the commands it applies are the
 MIDI map's, at the event's frame in the same block; what it does not apply reaches the mapper
 through its ring; with a real JACK dummy server a note sounds at the frame it was sent at."""
 import ctypes
@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
-from rt_engine import native_audio as na
-from rt_engine import native_midi as nm
-from rt_engine import voice_kernel as vk
-from rt_engine.audio_backends import JackBackend
-from rt_engine.layer_api import RELEASES
-from rt_engine.commands import CommandKind
-from rt_engine.midi_input import MidiInput
-from rt_engine.midi_map import MidiMapper, midi_note_id, parse_midi_map
+from rt_engine.io import native_audio as na
+from rt_engine.io import native_midi as nm
+from rt_engine.core import voice_kernel as vk
+from rt_engine.io.audio_backends import JackBackend
+from rt_engine.core.layer_api import RELEASES
+from rt_engine.core.commands import CommandKind
+from rt_engine.io.midi_input import MidiInput
+from rt_engine.io.midi_map import MidiMapper, midi_note_id, parse_midi_map
 from tests.test_native_audio import RATE, _engine, _fake_jack, jack_server  # noqa: F401 (fixture)
 
 MESSAGES = [

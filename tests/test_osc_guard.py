@@ -1,5 +1,5 @@
 """The OSC server's per-source bookkeeping, without sockets: buckets, reply credit, dated bounds."""
-from rt_engine.osc_guard import DatedBook, GuardConfig, SourceTable, TokenBucket, clip_text
+from rt_engine.osc.osc_guard import DatedBook, GuardConfig, SourceTable, TokenBucket, clip_text
 
 CONFIG = GuardConfig(rate_per_s=10.0, burst=5.0, reply_ratio=4.0, reply_allowance_bytes=100.0,
                      reply_refill_bytes_per_s=50.0, reply_credit_cap_bytes=1000.0, max_dated_per_source=3,

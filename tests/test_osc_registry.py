@@ -11,8 +11,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rt_engine import osc_registry
-from rt_engine.osc_registry import (MIDI_NOTE_ID_BASE, NOT_FOUND, REGISTRY, ServerHooks, dispatch,
+from rt_engine.osc import osc_registry
+from rt_engine.osc.osc_registry import (MIDI_NOTE_ID_BASE, NOT_FOUND, REGISTRY, ServerHooks, dispatch,
                                     markdown, status_pairs)
 
 

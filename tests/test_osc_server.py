@@ -19,10 +19,10 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.parsing.ntp import system_time_to_ntp
 
-from rt_engine.osc_codec import (IMMEDIATE, Bundle, Message, OscDecodeError, decode_packet, encode_bundle, encode_message,
+from rt_engine.osc.osc_codec import (IMMEDIATE, Bundle, Message, OscDecodeError, decode_packet, encode_bundle, encode_message,
                                  flatten, slip_decode, slip_encode, timetag_to_unix, unix_to_timetag)
-from rt_engine.osc_server import OscServer
-from rt_engine.osc_guard import GuardConfig
+from rt_engine.osc.osc_server import OscServer
+from rt_engine.osc.osc_guard import GuardConfig
 from tests.support.osc_udp import tcp_sync
 from tests.test_osc_registry import RecordingEngine
 

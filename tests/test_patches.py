@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from rt_engine.osc_registry import REGISTRY, ServerHooks, dispatch
-from rt_engine.osc_server import OscServer
+from rt_engine.osc.osc_registry import REGISTRY, ServerHooks, dispatch
+from rt_engine.osc.osc_server import OscServer
 from tests.serve_process import ServeProcess
 from tests.test_osc_registry import RecordingEngine, Replies
 

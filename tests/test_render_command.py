@@ -8,7 +8,7 @@ import pytest
 import soundfile
 
 from rt_engine.cli import main as cli_main
-from rt_engine.render_command import read_score
+from rt_engine.subcommands.render_command import read_score
 
 RATE = 48_000
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from rt_engine.osc_guard import AccessPolicy, GuardConfig
-from rt_engine.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag
-from rt_engine.serve_command import network_warning
-from rt_engine.sound_access import OUTSIDE
+from rt_engine.osc.osc_guard import AccessPolicy, GuardConfig
+from rt_engine.osc.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag
+from rt_engine.subcommands.serve_command import network_warning
+from rt_engine.osc.sound_access import OUTSIDE
 from tests.serve_process import ServeProcess
 from tests.support.osc_udp import Udp, procedural_model, rss_kb, tcp_sync
 from tests.support.processes import signalled_cleanly

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rt_engine.osc_codec import decode_packet, encode_message
+from rt_engine.osc.osc_codec import decode_packet, encode_message
 from tests.serve_process import REPO
 from tests.support.osc_udp import Udp, procedural_model
 from tests.support.processes import signalled_cleanly, thread_ids

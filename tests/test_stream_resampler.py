@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rt_engine.stream_resampler import (StreamResampler, resample_offline, resample_stream,
+from rt_engine.gru.stream_resampler import (StreamResampler, resample_offline, resample_stream,
                                         resample_stream_reference)
 
 RATES = [(16000, 48000), (16000, 44100), (48000, 16000)]

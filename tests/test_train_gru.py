@@ -23,7 +23,7 @@ from training.train_gru import (
     render_retuned,
     train_gru,
 )
-from rt_engine.bank_tuning import measure_detune_cents
+from rt_engine.banks.bank_tuning import measure_detune_cents
 
 SAMPLE_RATE = 16000
 TINY_CONFIG = DEFAULT_CONFIG.parent / "gru_tiny.json"

@@ -1,8 +1,8 @@
 """Kernel pieces against their NumPy references and analytic signals."""
 import numpy as np
 
-from rt_engine import voice_kernel as vk
-from rt_engine.commands import COMMAND_DTYPE, pending_order_ref
+from rt_engine.core import voice_kernel as vk
+from rt_engine.core.commands import COMMAND_DTYPE, pending_order_ref
 
 
 def test_interpolator_equals_its_numpy_reference():

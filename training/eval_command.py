@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from rt_engine.serve_command import add_own_sample_blend_argument
+from rt_engine.subcommands.serve_command import add_own_sample_blend_argument
 from training.generate_command import DEFAULT_MODEL_DIR
 
 

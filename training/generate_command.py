@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models.timbre_sources import DEFAULT_MODEL_DIR
-from rt_engine.serve_command import add_own_sample_blend_argument
+from rt_engine.subcommands.serve_command import add_own_sample_blend_argument
 
 _XY = re.compile(r"^\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")

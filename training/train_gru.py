@@ -35,7 +35,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from models.own_sample_blend import estimate_pitch_midi
-from rt_engine.bank_tuning import measure_detune_cents, retune
+from rt_engine.banks.bank_tuning import measure_detune_cents, retune
 from training.config_files import build_dataclass, read_config_json
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "gru_default.json"
@@ -66,7 +66,7 @@ class GruTrainConfig:
     peak: float = 0.9
     render_seed: int = 0
     sample_rate: int = 16_000
-    """The GRU's rate (Hz). G's renders are retuned as the banks are (`rt_engine.bank_tuning`) and
+    """The GRU's rate (Hz). G's renders are retuned as the banks are (`rt_engine.banks.bank_tuning`) and
     resampled to it; 0 keeps the GAN's rate. A sample-level GRU costs in proportion to its rate."""
     window: int = 256
     batch_size: int = 128

@@ -12,7 +12,7 @@ import time
 import jack
 import numpy as np
 
-from rt_engine.audio_backends import connect_ports
+from rt_engine.io.audio_backends import connect_ports
 
 
 class DummyJackServer:

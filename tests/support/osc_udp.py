@@ -8,7 +8,7 @@ import struct
 import time
 from pathlib import Path
 
-from rt_engine.osc_codec import decode_packet, encode_message
+from rt_engine.osc.osc_codec import decode_packet, encode_message
 
 
 def rss_kb(pid: int) -> int:

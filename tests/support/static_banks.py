@@ -1,4 +1,4 @@
-"""`StaticBanks`: the bank-provider interface of `rt_engine.bank_manager.BankManager` over fixed
+"""`StaticBanks`: the bank-provider interface of `rt_engine.banks.bank_manager.BankManager` over fixed
 banks, already at the device rate, for tests and benchmarks (no worker process)."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rt_engine import voice_kernel as vk
-from rt_engine.bank_manager import DEFAULT_GRID_N, ENVELOPE_FIELDS
-from rt_engine.bank_layout import BankLayout
-from rt_engine.bank_render import prepare_rows
-from rt_engine.commands import DEFAULT_ADSR
+from rt_engine.core import voice_kernel as vk
+from rt_engine.banks.bank_manager import DEFAULT_GRID_N, ENVELOPE_FIELDS
+from rt_engine.banks.bank_layout import BankLayout
+from rt_engine.banks.bank_render import prepare_rows
+from rt_engine.core.commands import DEFAULT_ADSR
 
 
 class StaticBanks:

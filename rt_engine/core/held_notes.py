@@ -1,12 +1,12 @@
 """The engine's one held-note table: the notes held at control time, keyed by note id.
 
 Every note has an id: the client's (`/note/on ... id`, 0 ..), MIDI input's (from channel and key,
-`rt_engine.midi_map.midi_note_id`), or, for a note started without one, `pitch_note_id(slot,
+`rt_engine.io.midi_map.midi_note_id`), or, for a note started without one, `pitch_note_id(slot,
 pitch)` (negative, so it never collides with a client's or MIDI's). Two notes at the same pitch with
 different ids (two MPE channels, two OSC ids) are two entries.
 
 The engine writes the table once per control event (under its control lock), and its ids travel
-in the event stream every layer reads (`rt_engine.commands`): each note's id, and with a release the
+in the event stream every layer reads (`rt_engine.core.commands`): each note's id, and with a release the
 newest note still held (a monophonic layer's fall-back for last-note priority); the bank manager's
 boost reads the held pitches. The table is bounded by
 the polyphony: a note beyond it forgets the oldest (the sampler steals that voice too). Every

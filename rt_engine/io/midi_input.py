@@ -1,7 +1,7 @@
 """MIDI input: a virtual input port named `latentsynth` plus chosen hardware ports, feeding
 `MidiMapper`, by one of two paths (`path`, shown at start-up and in /status as `midi_input`):
 - "native-jack": with the JACK audio backend's native callback and the JACK MIDI API, the port
-  `latentsynth` belongs to the audio client and the callback reads it (`rt_engine.native_midi`):
+  `latentsynth` belongs to the audio client and the callback reads it (`rt_engine.io.native_midi`):
   notes, bends and sustain sound at their event's frame in the same block. A thread, woken by
   the callback when events arrived, drains its event ring into the mapper, which does the rest
   (CC timbre, program change, RPN, gains) and the control-side work of what the callback applied.
@@ -28,10 +28,10 @@ import threading
 import warnings
 from pathlib import Path
 
-from rt_engine import native_midi as nm
-from rt_engine.audio_backends import MIDI_PORT_NAME, connect_ports
-from rt_engine.control_api import EngineControl
-from rt_engine.midi_map import MidiMapper, load_midi_map
+from rt_engine.io import native_midi as nm
+from rt_engine.io.audio_backends import MIDI_PORT_NAME, connect_ports
+from rt_engine.core.control_api import EngineControl
+from rt_engine.io.midi_map import MidiMapper, load_midi_map
 
 VIRTUAL_PORT_NAME = MIDI_PORT_NAME
 APIS = ("auto", "alsa", "jack")

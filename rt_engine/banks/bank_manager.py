@@ -1,4 +1,4 @@
-"""Sample banks for the engine: a worker process (`rt_engine.bank_worker`) renders them into
+"""Sample banks for the engine: a worker process (`rt_engine.banks.bank_worker`) renders them into
 shared-memory slots, float32 [n_slots, n_rows, bank_frames], which the engine's kernel reads directly.
 
 In the audio process, `BankManager` keeps the slot table the kernel reads (`slots`: kind, x, y,
@@ -21,7 +21,7 @@ The worker is watched: one that dies (a crash, the OOM killer) or grows past
 `worker_memory_limit_bytes` is restarted on the same shared memory; the banks already loaded keep
 playing meanwhile, the timbre requests it was rendering fail with the reason, the grid nodes are
 rendered again. More than `MAX_RESTARTS` restarts within `RESTART_WINDOW_S` set `failed`.
-Rendered rows of a model are kept on disk (`rt_engine.bank_cache`; `cache_dir` "auto" is
+Rendered rows of a model are kept on disk (`rt_engine.banks.bank_cache`; `cache_dir` "auto" is
 `default_cache_dir()`, None turns it off), so a
 restarted server or another render reads them instead of running the model again.
 """
@@ -39,11 +39,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rt_engine import voice_kernel as vk
-from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
-from rt_engine.bank_worker import PendingWorker, spawn_worker, start_worker, worker_arguments
+from rt_engine.core import voice_kernel as vk
+from rt_engine.banks.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
+from rt_engine.banks.bank_worker import PendingWorker, spawn_worker, start_worker, worker_arguments
 from models.bank_source import KEYBOARD_PITCHES, TimbreRequest
-from rt_engine.commands import DEFAULT_ADSR
+from rt_engine.core.commands import DEFAULT_ADSR
 
 DEFAULT_GRID_N = 5
 DEFAULT_N_SLOTS = 12

@@ -1,11 +1,11 @@
-"""The GRU voices: a `StreamLayer` (rt_engine.layer_api) that streams the Sound Model
+"""The GRU voices: a `StreamLayer` (rt_engine.core.layer_api) that streams the Sound Model
 Factory GRU at 16 kHz, resamples it to the device rate and writes it ahead of the audio callback.
 
 A worker thread (or, offline, the caller via `render_available`) renders blocks of `block_samples`
 model samples while the ring holds fewer than `ahead_frames` frames. Each block: events due in it are applied at their exact model sample
 (splitting the block), the control kernel smooths (pitch, x, y, bend, envelope) per sample, the
 nogil GRU kernel (`models.gru_stream`) samples mu-law classes, which are decoded, enveloped,
-resampled (`rt_engine.stream_resampler`) and copied into the ring. All buffers are preallocated;
+resampled (`rt_engine.gru.stream_resampler`) and copied into the ring. All buffers are preallocated;
 the heavy work runs in nogil kernels, so the thread holds the GIL only briefly per block.
 
 Timing: an event's `at_frame` is the absolute output frame (= ring frame) at which its effect
@@ -14,8 +14,8 @@ so the change reaches the ring exactly at `at_frame`. `latency_frames` (the rend
 plus the resampler delay) is what the engine adds to events so that they arrive before that sample
 is rendered; events that arrive later apply at the next unrendered sample (counted in `late_events`).
 
-Voices (`set_voices`, default 4; `rt_engine.gru_voices`): each has its own recurrent state, pitch,
-glide and envelope and plays one note id (the engine's held-note table's, `rt_engine.held_notes`: two
+Voices (`set_voices`, default 4; `rt_engine.gru.gru_voices`): each has its own recurrent state, pitch,
+glide and envelope and plays one note id (the engine's held-note table's, `rt_engine.core.held_notes`: two
 notes at one pitch with different ids are two voices). A new note takes a voice as the sampler's notes
 do (the same id, else a free voice, else the quietest released, else the oldest held: a steal,
 counted). With one voice the layer is monophonic with last-note priority over the held notes: a new
@@ -59,12 +59,12 @@ import numpy as np
 
 from models.gru_stream import gru_stream_sample, kernel_path, load_stream_weights, new_state
 from models.mu_law import mu_law_decode_table
-from rt_engine.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
+from rt_engine.gru.gru_voices import (C_BEND, C_BEND_COEFF, C_BEND_TARGET, C_ENV, C_ENV_DOWN, C_ENV_TARGET, C_ENV_UP,
                                   C_PITCH, C_PITCH_TARGET, C_X, C_Y, FADE_S, GLIDES, N_CONTROL, GruVoice,
                                   allocate, hand_over)
-from rt_engine.commands import N_CHANNELS, EventFollower, channel_slot
-from rt_engine.layer_api import apply_event
-from rt_engine.stream_resampler import StreamResampler
+from rt_engine.core.commands import N_CHANNELS, EventFollower, channel_slot
+from rt_engine.core.layer_api import apply_event
+from rt_engine.gru.stream_resampler import StreamResampler
 from models.kernel_cache import drop_stale_cache
 
 drop_stale_cache(__name__)

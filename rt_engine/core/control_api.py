@@ -2,7 +2,7 @@
 
 Control code parses and validates messages, then calls these methods; it never touches engine
 state directly. The engine implements them by pushing fixed-size command records into its bounded
-lock-free queue (`rt_engine.commands`) or, for actions that allocate (timbre changes), by handing a
+lock-free queue (`rt_engine.core.commands`) or, for actions that allocate (timbre changes), by handing a
 request to the bank manager process. Every method is called from a control thread, never from the
 audio callback, and never blocks for long.
 

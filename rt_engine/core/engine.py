@@ -1,9 +1,9 @@
 """The real-time engine: implements `EngineControl` on top of the block kernel.
 
 Control threads call the `EngineControl` methods; they push fixed-size records into the command
-ring (`rt_engine.commands`) or hand timbre requests to the bank manager. The audio backend calls
+ring (`rt_engine.core.commands`) or hand timbre requests to the bank manager. The audio backend calls
 `process(n_frames)` from its callback: that touches preallocated arrays only and calls the one
-`nogil` kernel `rt_engine.voice_kernel.render_block`.
+`nogil` kernel `rt_engine.core.voice_kernel.render_block`.
 
 Staged allocation (SuperCollider's Stage1-4): `set_polyphony` allocates the new voice arrays on
 the calling (control) thread and publishes them in `_staged_voices`, which only control writes;
@@ -12,12 +12,12 @@ the reference, and the old arrays are dropped later off the audio thread. A chan
 callback adopts the previous one is adopted at the next block.
 
 One event stream: every control event is published once, as one record in the command ring
-(`rt_engine.commands`), under the control lock; the block kernel drains it, and the stream layer
+(`rt_engine.core.commands`), under the control lock; the block kernel drains it, and the stream layer
 follows the same records from its thread (`EventFollower`), each at its frame plus the layer's
 render-ahead. Events the native JACK callback already applied (MIDI read in the callback) are
 published too, marked for the layers only.
 
-Held notes: one table keyed by note id (`rt_engine.held_notes.HeldNotes`, bounded by the polyphony)
+Held notes: one table keyed by note id (`rt_engine.core.held_notes.HeldNotes`, bounded by the polyphony)
 that `note_on`/`note_off`/`note_pitch` write once under the control lock; its ids travel in the
 records (`held_id`: a note's own, and with every release the newest note still held, which a
 monophonic layer falls back to), and the bank manager's boost reads the held pitches. A note
@@ -35,12 +35,12 @@ from typing import Callable
 
 import numpy as np
 
-from rt_engine import voice_kernel as vk
-from rt_engine.commands import (
+from rt_engine.core import voice_kernel as vk
+from rt_engine.core.commands import (
     COMMAND_DTYPE, DEFAULT_ADSR, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, PENDING_CAPACITY,
     CommandKind, CommandQueue, Counter, EventFollower, channel_slot,
 )
-from rt_engine.held_notes import HeldNotes, pitch_note_id
+from rt_engine.core.held_notes import HeldNotes, pitch_note_id
 
 GAIN_LAYERS = {"sampler": GAIN_SAMPLER, "gru": GAIN_GRU, "master": GAIN_MASTER}
 GRU_RING_CAPACITY = 16384
@@ -73,7 +73,7 @@ def load_kernels(sample_rate: int = 48_000) -> None:
 class Engine:
     """Polyphonic sampler engine with an optional stream layer, played through `EngineControl`.
 
-    `banks` is the bank provider (`rt_engine.bank_manager.BankManager`; tests use fixed banks):
+    `banks` is the bank provider (`rt_engine.banks.bank_manager.BankManager`; tests use fixed banks):
     it owns the slot arrays the kernel reads and answers timbre requests."""
 
     def __init__(self, banks, sample_rate: int = 48_000, max_block: int = 1024,
@@ -92,7 +92,7 @@ class Engine:
         self._xruns = np.zeros(1, dtype=np.int64)  # counted by the backend (native or Python)
         self.audio_callback = "none"  # which callback renders: "native" or "python" (backend)
         self.midi_input = "none"      # which MIDI path runs: "native-jack", "rtmidi" (serve)
-        self.native_block = None      # rt_engine.native_audio.NativeBlock when a native one does
+        self.native_block = None      # rt_engine.io.native_audio.NativeBlock when a native one does
         self.block = self.max_block
         self._pending = np.zeros(PENDING_CAPACITY, dtype=COMMAND_DTYPE)
         self._due = np.zeros(PENDING_CAPACITY, dtype=np.int64)
@@ -111,7 +111,7 @@ class Engine:
         self._sinc = vk.make_sinc_table()
         self._cpu = np.zeros(2)            # (smoothed load, peak load) of the callback
         self._clock = np.full(1, np.nan)   # estimated wall time of frame 0 (s since epoch)
-        self._held = HeldNotes(self.polyphony)  # the one held-note table (rt_engine.held_notes)
+        self._held = HeldNotes(self.polyphony)  # the one held-note table (rt_engine.core.held_notes)
         self._control_lock = threading.Lock()
         self._timbre_generation = 0
         self.stream_layer = stream_layer
@@ -240,7 +240,7 @@ class Engine:
 
     def _publish_release(self, kind, at_frame, channel=-1, note_id=-1, a=0.0, skip_kernel=False) -> bool:
         """A release, with the newest note the table still holds (control lock held): see
-        `rt_engine.commands` (held_id, b = its pitch or NaN, c = its MIDI channel)."""
+        `rt_engine.core.commands` (held_id, b = its pitch or NaN, c = its MIDI channel)."""
         newest = self._held.newest()
         if newest is None:
             return self._publish(kind, at_frame, channel, note_id, a, np.nan, 0.0, -1, skip_kernel)

@@ -2,7 +2,7 @@
 the engine and read by every layer.
 
 Control threads (OSC, MIDI, score player) call the engine, which publishes each control event as
-one record; the audio callback's block kernel (`rt_engine.voice_kernel.render_block`) drains them
+one record; the audio callback's block kernel (`rt_engine.core.voice_kernel.render_block`) drains them
 at the start of each block, and a stream layer (the GRU voices) follows the same records from its
 own thread (`EventFollower`). Nothing here allocates on the kernel's side, and the producer never
 blocks: a ring the kernel has not drained counts and drops.

@@ -23,7 +23,7 @@ from pathlib import Path
 from models.timbre_sources import default_model_dir
 from typing import Iterator
 
-from rt_engine.osc_guard import GuardConfig, is_loopback
+from rt_engine.osc.osc_guard import GuardConfig, is_loopback
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def own_sample_cache_dir(blend):
     """The bank cache of a server whose own-sample blend is `blend`: "auto" (the shared cache) for
     the shipped setting, else a sibling folder per setting, so cached one-shot banks never mix settings."""
     from models.own_sample_blend import DEFAULT_BLEND, blend_text  # run-time imports: subcommand modules load fast
-    from rt_engine.bank_cache import default_cache_dir
+    from rt_engine.banks.bank_cache import default_cache_dir
 
     if blend == DEFAULT_BLEND:
         return "auto"
@@ -116,7 +116,7 @@ def _say(text: str) -> None:
 
 
 def _checked_temperature(value, source: str) -> float:
-    from rt_engine.osc_registry import MAX_TEMPERATURE  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.osc.osc_registry import MAX_TEMPERATURE  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= MAX_TEMPERATURE:
         raise ValueError(f"{source} must be a number in [0, {MAX_TEMPERATURE:g}], got {value!r}")
@@ -148,7 +148,7 @@ def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
         _checked_temperature(temperature, "--gru-temperature")
     if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
         return None
-    from rt_engine.gru_layer import GruLayer  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.gru.gru_layer import GruLayer  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     gru_dir = Path(model_dir) / "gru"
     return GruLayer.from_dir(gru_dir, threaded=threaded, temperature=gru_temperature(gru_dir, temperature))
@@ -203,13 +203,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from rt_engine.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
-    from rt_engine.bank_manager import BankManager
-    from rt_engine.bank_worker import spawn_worker
-    from rt_engine.engine import Engine, load_kernels
-    from rt_engine.midi_input import MidiInput
-    from rt_engine.osc_server import OscServer
-    from rt_engine.sound_access import SoundAccess, default_sound_dirs
+    from rt_engine.io.audio_backends import Recorder, open_backend  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.banks.bank_manager import BankManager
+    from rt_engine.banks.bank_worker import spawn_worker
+    from rt_engine.core.engine import Engine, load_kernels
+    from rt_engine.io.midi_input import MidiInput
+    from rt_engine.osc.osc_server import OscServer
+    from rt_engine.osc.sound_access import SoundAccess, default_sound_dirs
     from models.own_sample_blend import BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_text, parse_blend
 
     try:

@@ -14,12 +14,12 @@ and `output_latency_s` are known; `backend.start(engine)` starts calling the eng
 An optional `Recorder` taps the output (`--record out.wav`): the callback copies each block into
 a preallocated ring, a writer thread drains it to the file, off the audio thread.
 
-The JACK and PortAudio backends run the native callback (`rt_engine.native_audio`: machine code
+The JACK and PortAudio backends run the native callback (`rt_engine.io.native_audio`: machine code
 calling the block kernel, no Python and no GIL per block) and fall back to a Python callback
 around `Engine.process` where it cannot load, or with a recorder; `backend.callback` ("native" or
 "python") and `callback_note` (why the fallback) say which one runs. The JACK backend's native
 callback can also read JACK MIDI (`reads_midi`): a MIDI input port `latentsynth` on the same
-client, read in the callback (`rt_engine.native_midi`); `backend.native_midi` is set while it does.
+client, read in the callback (`rt_engine.io.native_midi`); `backend.native_midi` is set while it does.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from rt_engine import native_audio
+from rt_engine.io import native_audio
 
 AUDIO_CHOICES = "auto|DEVICE|jack|null"
 MIDI_PORT_NAME = "latentsynth"
@@ -111,7 +111,7 @@ class _Backend:
         self.recorder: Recorder | None = None
         self.callback = "python"
         self.callback_note = ""
-        self.native_midi = None  # rt_engine.native_midi.NativeMidi while the callback reads MIDI
+        self.native_midi = None  # rt_engine.io.native_midi.NativeMidi while the callback reads MIDI
 
     def reads_midi(self, native_midi, recorder: Recorder | None = None) -> bool:
         """Ask the native callback to read MIDI into `native_midi` once started; True when it

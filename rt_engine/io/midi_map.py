@@ -2,7 +2,7 @@
 the map: `MidiMapper.handle(bytes)` is fed raw MIDI messages (as rtmidi delivers them) and calls the
 engine, so it is tested without any MIDI system.
 
-The default map (`rt_engine/midi_map_default.json`, DESIGN.md):
+The default map (`rt_engine/io/midi_map_default.json`, DESIGN.md):
 - note on / note off (note on with velocity 0 is a note off); each note gets the id
   `MIDI_NOTE_ID_BASE + 128 * channel + note` (channel 0-based), so equal pitches on different
   channels (MPE) are separate notes and never collide with OSC ids;
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt_engine.control_api import EngineControl
-from rt_engine.osc_registry import MAX_TEMPERATURE, MIDI_NOTE_ID_BASE
+from rt_engine.core.control_api import EngineControl
+from rt_engine.osc.osc_registry import MAX_TEMPERATURE, MIDI_NOTE_ID_BASE
 
 DEFAULT_MAP_PATH = Path(__file__).with_name("midi_map_default.json")
 CC_ACTIONS = ("timbre_x", "timbre_y", "sustain", "all_sound_off", "all_notes_off", "reset_controllers",

@@ -1,9 +1,9 @@
 """The OSC server: UDP and TCP on one port, replies, bundles with timetags, per-source limits.
 
-The codec is `rt_engine.osc_codec` (pure, safe on arbitrary bytes). `OscServer` runs ONE light thread that blocks in `select` on the
+The codec is `rt_engine.osc.osc_codec` (pure, safe on arbitrary bytes). `OscServer` runs ONE light thread that blocks in `select` on the
 UDP socket, the TCP listener, its connections and a wake-up pipe (it shares the GIL with the audio
 callback, so it never spins); each packet is decoded, its messages timed and handed to
-`rt_engine.osc_registry.dispatch`.
+`rt_engine.osc.osc_registry.dispatch`.
 
 Turns: UDP sources and TCP connections take turns. UDP datagrams wait per source and are served
 `UDP_QUANTUM` per source per round; a TCP connection's complete frames wait in it and are served one
@@ -19,7 +19,7 @@ bundle plays sample-accurately; a past one is passed on too, and the engine play
 block and counts it late); the timetag 1 ("immediately") gives `at_frame=None`. Timetags further
 ahead than `max_ahead_s` are rejected with `/fail #bundle`.
 
-Safety (scsynth's conventions, limits in `rt_engine.osc_guard.GuardConfig`): loopback unless the
+Safety (scsynth's conventions, limits in `rt_engine.osc.osc_guard.GuardConfig`): loopback unless the
 operator binds another address; replies go to the sender's own address (or the operator's
 `reply_port`) and stay within a small multiple of what the sender sent; rate and dated commands
 are bounded per source, so a flooding client neither starves another nor fills the engine's
@@ -41,12 +41,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from rt_engine.control_api import EngineControl
-from rt_engine.osc_codec import (IMMEDIATE, SLIP_END, Message, OscDecodeError, decode_packet, encode_message,
+from rt_engine.core.control_api import EngineControl
+from rt_engine.osc.osc_codec import (IMMEDIATE, SLIP_END, Message, OscDecodeError, decode_packet, encode_message,
                                  flatten, slip_decode, slip_encode, timetag_to_unix)
-from rt_engine.osc_guard import (AccessPolicy, DatedBook, GuardConfig, Source, SourceTable, TokenBucket,
+from rt_engine.osc.osc_guard import (AccessPolicy, DatedBook, GuardConfig, Source, SourceTable, TokenBucket,
                                  clip_text, is_loopback)
-from rt_engine.osc_registry import MAX_AHEAD_S, REGISTRY, ServerHooks, dispatch
+from rt_engine.osc.osc_registry import MAX_AHEAD_S, REGISTRY, ServerHooks, dispatch
 
 MAX_TCP_PACKET = 1 << 20
 """Largest TCP packet accepted (bytes); a bigger size prefix closes the connection."""
@@ -172,7 +172,7 @@ class OscServer:
     IPv4, bound to `host` (loopback unless the operator opens it). `port` 0 picks a free port
     (the same number for UDP and TCP); `reply_port` sends UDP replies to that port of the
     sender's host instead of the sender's port. `config` holds the per-source limits
-    (`rt_engine.osc_guard`); `allow` lists the networks (CIDR) other hosts must be in;
+    (`rt_engine.osc.osc_guard`); `allow` lists the networks (CIDR) other hosts must be in;
     `password` makes every TCP connection start with `/password <password>` and refuses UDP from
     other hosts; `check_sound(path) -> path` vets `/timbre/audio` files (raises ValueError).
     Counters appear in /status.reply as osc_*."""

@@ -1,5 +1,5 @@
 """The OSC 1.0/1.1 wire codec: pure functions, bytes in, values out, safe on arbitrary bytes (every
-problem is an `OscDecodeError` naming it). Used by `rt_engine.osc_server` and by OSC clients.
+problem is an `OscDecodeError` naming it). Used by `rt_engine.osc.osc_server` and by OSC clients.
 
 Public API: `Message`, `Bundle`, `OscDecodeError`, `decode_packet(data)`, `decode_message(data)`,
 `encode_message(address, args)`, `encode_bundle(timetag, packets)`, `flatten(packet)`,
@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from rt_engine.osc_registry import MAX_BUNDLE_DEPTH
+from rt_engine.osc.osc_registry import MAX_BUNDLE_DEPTH
 IMMEDIATE = 1
 """The OSC timetag meaning "now"."""
 NTP_UNIX_OFFSET_S = 2208988800

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rt_engine import voice_kernel as vk
+from rt_engine.core import voice_kernel as vk
 
 CHUNK_ROWS = 8
 """Rows per render call of an urgent bank."""

@@ -12,7 +12,7 @@ Ring protocol (single producer = layer thread, single consumer = audio callback)
 the layer writes only while `written - read < capacity`, the callback reads only
 `min(block, written - read)` frames and counts a shortfall as a layer underrun.
 
-Events: the layer follows the engine's one event stream (`rt_engine.commands.EventFollower`, given
+Events: the layer follows the engine's one event stream (`rt_engine.core.commands.EventFollower`, given
 to `start`) and applies each record through its own event methods below, at the record's frame (or
 the block it was published for) plus `latency_frames`. The event methods take the absolute output
 frame `at_frame` at which they take effect (`None` = as soon as possible); they are the layer's
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rt_engine.commands import GAIN_GRU, CommandKind, EventFollower
+from rt_engine.core.commands import GAIN_GRU, CommandKind, EventFollower
 
 
 class StreamLayer(Protocol):
@@ -45,7 +45,7 @@ class StreamLayer(Protocol):
 
     def note_on(self, note_id: int, pitch: float, velocity: float, at_frame: int | None = None,
                 channel: int = -1) -> None:
-        """Start note `note_id` (the engine's held-note table's key, `rt_engine.held_notes`) on MIDI
+        """Start note `note_id` (the engine's held-note table's key, `rt_engine.core.held_notes`) on MIDI
         `channel` (-1: none; its bend applies): on a free (or stolen) voice; with one voice last-note
         priority (gliding if a note is held)."""
 
@@ -98,11 +98,11 @@ class StreamLayer(Protocol):
 
 RELEASES = (CommandKind.NOTE_OFF_ID, CommandKind.NOTE_OFF_PITCH, CommandKind.ALL_NOTES_OFF,
             CommandKind.ALL_SOUND_OFF, CommandKind.PANIC)
-"""Record kinds that carry the fall-back note (`rt_engine.commands`)."""
+"""Record kinds that carry the fall-back note (`rt_engine.core.commands`)."""
 
 
 def apply_event(layer, record) -> None:
-    """One record of the engine's event stream (`rt_engine.commands.COMMAND_DTYPE`) as a call of
+    """One record of the engine's event stream (`rt_engine.core.commands.COMMAND_DTYPE`) as a call of
     `layer`'s event methods, at the record's frame (or the block it was published for) plus the
     layer's `latency_frames`. Kinds a stream layer has no part in (sustain, bank selection, the
     sampler's and master gains) are ignored."""

@@ -2,11 +2,11 @@
 their event's frame in the same block, sample-accurately, with the MIDI map's semantics.
 
 The JACK backend registers a MIDI input port `latentsynth` on its own client; `jack_process`
-(`rt_engine.native_audio`) calls `read_jack_midi` before rendering. For every event in the
+(`rt_engine.io.native_audio`) calls `read_jack_midi` before rendering. For every event in the
 port buffer (`jack_port_get_buffer`, `jack_midi_get_event_count`, `jack_midi_event_get`, called
 through addresses held in `state`):
 - `midi_command` translates note on (velocity 0 is off), note off, pitch bend and the CCs the
-  map sends to "sustain" into a command record (`rt_engine.commands`) written straight into the
+  map sends to "sustain" into a command record (`rt_engine.core.commands`) written straight into the
   kernel's pending schedule at frame `block start + event time`;
 - every channel message (0x80-0xEF, 1-3 bytes) also goes into `ring`, a bounded single-producer
   ring the control side drains (`MidiInput`'s native path), woken by a POSIX semaphore the
@@ -40,9 +40,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from rt_engine.commands import CommandKind, Counter
-from rt_engine.midi_map import BEND_CENTER, MidiMap
-from rt_engine.osc_registry import MIDI_NOTE_ID_BASE
+from rt_engine.core.commands import CommandKind, Counter
+from rt_engine.io.midi_map import BEND_CENTER, MidiMap
+from rt_engine.osc.osc_registry import MIDI_NOTE_ID_BASE
 from models.kernel_cache import drop_stale_cache
 
 drop_stale_cache(__name__)

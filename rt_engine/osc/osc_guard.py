@@ -1,6 +1,6 @@
 """What the OSC server grants each source: rate, reply bytes, dated commands, access.
 
-Pure bookkeeping (no sockets), used by `rt_engine.osc_server.OscServer` and tested on its own.
+Pure bookkeeping (no sockets), used by `rt_engine.osc.osc_server.OscServer` and tested on its own.
 A *source* is one UDP sender address (host, port) or one TCP connection; each has
 
 - a token bucket over dispatched messages (`GuardConfig.rate_per_s`, `burst`), so one flooding
@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from rt_engine.commands import PENDING_CAPACITY
+from rt_engine.core.commands import PENDING_CAPACITY
 
 MAX_CACHED_HOSTS = 4096
 """Hosts whose access verdict `AccessPolicy` remembers."""

@@ -1,7 +1,7 @@
 """Native audio callbacks: the engine's block rendered by machine code that never takes the GIL.
 
 `NativeBlock(engine)` lays out the addresses and shapes of every array the block kernel
-(`rt_engine.voice_kernel.render_block`) reads and writes in one int64 table [N_ROWS, 4]
+(`rt_engine.core.voice_kernel.render_block`) reads and writes in one int64 table [N_ROWS, 4]
 (row = address, shape 0..2). `process_table(table, n_frames)` (Numba, `nogil`) does what
 `Engine.process` does in Python: adopt a staged voice pool, update the wall-clock estimate of
 frame 0, render the block and measure the callback load. Two C callbacks (Numba `cfunc`s,
@@ -10,7 +10,7 @@ compiled once and cached) call it with the table as their user pointer:
   `jack_set_process_callback` (ctypes, `libjack.so.0`): writes the two JACK output port buffers
   (`jack_port_get_buffer`, called through its address in the table) and, with a MIDI port
   attached (`attach_midi`, rows R_MIDI_*), first reads the block's JACK MIDI events into the
-  pending schedule at their frames (`rt_engine.native_midi`);
+  pending schedule at their frames (`rt_engine.io.native_midi`);
 - `portaudio_callback` (PortAudio's `PaStreamCallback`), for a stream opened through ctypes on
   `libportaudio.so.2` (`PortAudioStream`): writes interleaved float32 stereo and counts output
   underflows as xruns.
@@ -35,9 +35,9 @@ from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
-from rt_engine import native_midi as nm
-from rt_engine import voice_kernel as vk
-from rt_engine.commands import COMMAND_DTYPE, Counter
+from rt_engine.io import native_midi as nm
+from rt_engine.core import voice_kernel as vk
+from rt_engine.core.commands import COMMAND_DTYPE, Counter
 from models.kernel_cache import drop_stale_cache
 
 drop_stale_cache(__name__)
@@ -66,7 +66,7 @@ R_CLOCK = 24                                 # float64 [1]: wall time of frame 0
 R_CPU = 25                                   # float64 [2]: (smoothed, peak) callback load
 R_XRUNS = 26                                 # int64 [1]
 R_CONTROL = 27                               # int64 [N_CONTROL]
-R_MIDI_PARAMS, R_MIDI_RING, R_MIDI_POS, R_MIDI_STATE = 28, 29, 30, 31  # rt_engine.native_midi
+R_MIDI_PARAMS, R_MIDI_RING, R_MIDI_POS, R_MIDI_STATE = 28, 29, 30, 31  # rt_engine.io.native_midi
 N_ROWS = 32
 
 # --- control: int64 [N_CONTROL]

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # for annotations only: the audio process imports this module for its paths
-    from rt_engine.bank_layout import BankLayout
+    from rt_engine.banks.bank_layout import BankLayout
 
 DEFAULT_MAX_BYTES = 1 << 30
 """Size the cache folder is pruned to when it is opened (bytes)."""
 MODEL_SUFFIXES = (".json", ".safetensors")
-REPOSITORY = Path(__file__).resolve().parents[1]
-RENDERER_FILES = ("models/*.py", "rt_engine/bank_render.py", "rt_engine/bank_tuning.py",
-                  "rt_engine/bank_layout.py")
+REPOSITORY = Path(__file__).resolve().parents[2]
+RENDERER_FILES = ("models/*.py", "rt_engine/banks/bank_render.py", "rt_engine/banks/bank_tuning.py",
+                  "rt_engine/banks/bank_layout.py")
 """The code that renders and prepares a bank (globs relative to the package root)."""
 
 

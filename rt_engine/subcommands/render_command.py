@@ -2,7 +2,7 @@
 
 The same engine, bank manager and control code as `serve`, driven by a loop instead of an audio
 device: every event is dispatched at its exact output frame (MIDI through
-`rt_engine.midi_map.MidiMapper`, score lines through `rt_engine.osc_registry.dispatch`), and the
+`rt_engine.io.midi_map.MidiMapper`, score lines through `rt_engine.osc.osc_registry.dispatch`), and the
 loop waits for the banks a timbre change needs before rendering on (deterministic output).
 A score is JSON lines: `{"t": seconds, "address": "/timbre/xy", "args": [0.2, 0.8]}`.
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from models.timbre_sources import default_model_dir
-from rt_engine.commands import DEFAULT_QUEUE_CAPACITY
+from rt_engine.core.commands import DEFAULT_QUEUE_CAPACITY
 
 TIMBRE_REST_S = 0.15
 """A timbre point held at least this long (score time) gets its exact bank before rendering on;
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse inputs whose events reach beyond S seconds")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
-    from rt_engine.serve_command import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.subcommands.serve_command import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     add_gru_temperature_argument(parser)
 
@@ -149,7 +149,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     import gc  # run-time imports: subcommand modules load fast (rt_engine.cli)
     import time
 
-    from rt_engine.bank_worker import spawn_worker
+    from rt_engine.banks.bank_worker import spawn_worker
 
     started = time.perf_counter()
     # the model loads while the engine and the GRU voice start; offline, no audio thread needs a core
@@ -160,11 +160,11 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         import soundfile
         from tqdm import tqdm
 
-        from rt_engine.bank_manager import BankManager
-        from rt_engine.engine import Engine, load_kernels
-        from rt_engine.midi_map import MidiMapper, load_midi_map
-        from rt_engine.osc_registry import dispatch
-        from rt_engine.serve_command import load_stream_layer, uninterruptible
+        from rt_engine.banks.bank_manager import BankManager
+        from rt_engine.core.engine import Engine, load_kernels
+        from rt_engine.io.midi_map import MidiMapper, load_midi_map
+        from rt_engine.osc.osc_registry import dispatch
+        from rt_engine.subcommands.serve_command import load_stream_layer, uninterruptible
 
         layer = load_stream_layer(model_dir, gru, threaded=False, temperature=gru_temperature)
         load_kernels(sample_rate)  # while the worker loads the model
@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.midi and not args.score:
         print("latentsynth render: give --midi FILE.mid and/or --score FILE.jsonl", file=sys.stderr)
         return 2
-    from rt_engine.serve_command import interruptible  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.subcommands.serve_command import interruptible  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     events = []
     try:

@@ -1,4 +1,4 @@
-"""The bank worker process's body (`worker_main`, spawned by `rt_engine.bank_worker`): it owns the
+"""The bank worker process's body (`worker_main`, spawned by `rt_engine.banks.bank_worker`): it owns the
 `BankSource`, renders the requested rows chunk by chunk, most urgent job first, retunes them,
 prepares them for the kernel (`prepare_rows`) and writes them into the manager's shared memory.
 Only the worker process imports this module.
@@ -17,10 +17,10 @@ import numpy as np
 
 from models.resample import resample_poly
 from models.timbre_sources import load_bank_source
-from rt_engine import voice_kernel as vk
-from rt_engine.bank_cache import BankCache
-from rt_engine.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
-from rt_engine.bank_tuning import measure_detune_cents, retune
+from rt_engine.core import voice_kernel as vk
+from rt_engine.banks.bank_cache import BankCache
+from rt_engine.banks.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
+from rt_engine.banks.bank_tuning import measure_detune_cents, retune
 
 PARENT_CHECK_S = 1.0
 """An idle worker checks this often (s) that its server is alive, and exits when it is not."""

@@ -1,4 +1,4 @@
-"""The GRU layer's voices (rt_engine.gru_layer): one recurrent state, control smoothers and note each,
+"""The GRU layer's voices (rt_engine.gru.gru_layer): one recurrent state, control smoothers and note each,
 the allocation of a new note to a voice, and the hand-over of a cut note to a fading tail voice.
 
 A voice is free when its envelope and envelope target are 0. A new note takes (as the sampler does)
@@ -44,7 +44,7 @@ class GruVoice:
         self.control[C_ENV_UP] = 1.0 / max(attack_s * model_rate_hz, 1.0)
         self.control[C_ENV_DOWN] = 1.0 / max(release_s * model_rate_hz, 1.0)
         self.note_id: int | None = None
-        self.slot = 0  # channel slot of the note (rt_engine.commands.channel_slot): whose bend applies
+        self.slot = 0  # channel slot of the note (rt_engine.core.commands.channel_slot): whose bend applies
         self.held = False
         self.order = 0
         self.stale = False

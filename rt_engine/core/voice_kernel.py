@@ -1,6 +1,6 @@
 """The block kernel: one Numba `nogil` render of a whole stereo block from preallocated state.
 
-`render_block` drains the command ring (`rt_engine.commands`) into the pending schedule, applies
+`render_block` drains the command ring (`rt_engine.core.commands`) into the pending schedule, applies
 the commands due in this block at their exact sample offsets, renders every voice (band-limited
 windowed-sinc interpolation of the nearest rendered pitch, ADSR, per-sample glides and bends,
 timbre crossfades across bank slots), mixes the stream layer's ring (the GRU voice), applies the
@@ -11,7 +11,7 @@ Public API
 - `interpolate(row, positions, table)` / `interpolate_ref(...)`: band-limited read of a buffer.
 - `limit(stereo, ceiling, release_coef, gain_state)` / `limit_ref(...)`: the peak limiter.
 - `due_order(pending, n_pending, block_start, block_end, out)`: Numba twin of
-  `rt_engine.commands.pending_order_ref`.
+  `rt_engine.core.commands.pending_order_ref`.
 - `render_block(...)`: the kernel (argument list documented on the function).
 - Layout constants of the state arrays: `P_*` (params), `V_*` (voice fields), `C_*` (channel
   fields), `S_*` (slot fields).
@@ -32,7 +32,7 @@ import math
 import numba
 import numpy as np
 
-from rt_engine.commands import (FIRST_LAYER_KIND, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, CommandKind,
+from rt_engine.core.commands import (FIRST_LAYER_KIND, GAIN_GRU, GAIN_MASTER, GAIN_SAMPLER, N_CHANNELS, CommandKind,
                                Counter)
 from models.kernel_cache import drop_stale_cache
 

@@ -2,7 +2,7 @@
 
 The worker owns the `BankSource` and renders banks into shared memory: torch, the inversion and
 file I/O run there, never in the audio process. `start_worker` spawns the process and waits for
-its hello; its body is `rt_engine.bank_render.worker_main`, which the audio process never imports
+its hello; its body is `rt_engine.banks.bank_render.worker_main`, which the audio process never imports
 (nor scipy's resampler or torch that it needs). Each rendered row is retuned to its nominal pitch
 (`bank_tuning`), resampled once to the device rate and given its crossfaded sustain loop
 (`bank_render.prepare_rows`), then written into its slot of the manager's shared-memory block,
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rt_engine.bank_cache import default_cache_dir
+from rt_engine.banks.bank_cache import default_cache_dir
 
 
 @dataclass
@@ -126,6 +126,6 @@ def start_worker(model_dir: str | None, cache_dir: str | Path | None, start_time
 
 def _worker_entry(model_dir: str | None, cache_dir: str | None, requests, results, compute_threads: int) -> None:
     """The spawned process's target: imports the worker's body there only."""
-    from rt_engine.bank_render import worker_main  # the worker's imports (torch, scipy) stay out of the audio process
+    from rt_engine.banks.bank_render import worker_main  # the worker's imports (torch, scipy) stay out of the audio process
 
     worker_main(model_dir, cache_dir, requests, results, compute_threads)

@@ -3,7 +3,7 @@ runs, so that the first `serve` on a machine starts warm (`.ci/install` runs it)
 
 Numba compiles a kernel the first time it is called and caches the machine code beside its module
 (`__pycache__`, keyed by the source and the CPU); a cold `serve` spends most of its start compiling.
-This renders half a second through the engine offline (`rt_engine.render_command.render`): the
+This renders half a second through the engine offline (`rt_engine.subcommands.render_command.render`): the
 block kernel, the GRU voice (unmuted) and its resampler in this process, and in the bank worker
 the GAN's inversion, retuning and row preparation, for a timbre point no bank cache holds. Importing
 the native audio and MIDI callbacks compiles them too. Prints the seconds it took.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from models.timbre_sources import default_model_dir
-from rt_engine import native_audio, native_midi  # noqa: F401 - importing compiles the C callbacks
-from rt_engine.render_command import render
+from rt_engine.io import native_audio, native_midi  # noqa: F401 - importing compiles the C callbacks
+from rt_engine.subcommands.render_command import render
 
 
 def build(model_dir: str | None) -> dict:

@@ -1,0 +1,1 @@
+"""The GRU voices: the stream layer, its voices and its resampler."""
