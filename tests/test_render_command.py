@@ -100,3 +100,37 @@ def test_a_preset_in_a_score_switches_the_timbre(tmp_path, procedural_model):
     saw = harmonic_ratio(audio[int(0.75 * RATE):int(1.05 * RATE), 0])
     # procedural presets: harmonic k has amplitude k ** -4 for 'sine' and k ** -1 for 'saw'
     assert sine == pytest.approx(3.0 ** -4, rel=0.3) and saw == pytest.approx(1 / 3, rel=0.3)
+
+
+def _midi_file(path, messages):
+    """A one-track MIDI file at 120 bpm from (ticks after the previous, message) pairs."""
+    midi = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=500_000))
+    for ticks, message in messages:
+        track.append(message.copy(time=ticks))
+    midi.save(path)
+    return path
+
+
+def test_a_program_change_before_the_first_note_plays_its_preset_from_the_notes_first_sample(
+        tmp_path, procedural_model):
+    """The opening preset is playable before the notes of its block start (no crossfade from the
+    grid, whose banks are then never rendered); an opening program change the map ignores (beyond
+    the presets) leaves the notes on the grid of the starting point."""
+    saw, ignored = mido.Message("program_change", program=5), mido.Message("program_change", program=100)
+    note_on, note_off = mido.Message("note_on", note=69, velocity=100), mido.Message("note_off", note=69)
+    renders = {}
+    for name, messages in {"together": [(0, saw), (0, note_on), (480, note_off)],
+                           "later": [(0, saw), (240, note_on), (480, note_off)],
+                           "ignored": [(0, ignored), (0, note_on), (480, note_off)]}.items():
+        out = tmp_path / f"{name}.wav"
+        assert cli_main(["render", "--midi", str(_midi_file(tmp_path / f"{name}.mid", messages)), "--out", str(out),
+                         "--model", procedural_model, "--tail", "0.2"]) == 0
+        renders[name] = soundfile.read(out)[0][:, 0]
+    onset = int(0.25 * RATE)
+    np.testing.assert_allclose(renders["together"][:4800], renders["later"][onset:onset + 4800], atol=1e-6)
+    assert np.abs(renders["together"][:4800]).max() > 0.05
+    assert np.abs(renders["ignored"][:4800]).max() > 0.05
+    assert np.abs(renders["ignored"][:4800] - renders["together"][:4800]).max() > 0.01  # another timbre

@@ -130,10 +130,13 @@ class BankManager:
                  grid_n: int = DEFAULT_GRID_N, pitches: Sequence[int] = KEYBOARD_PITCHES,
                  render_ahead: bool = True, exact_delay_s: float = 0.15,
                  start_timeout_s: float = 120.0, cache_dir: str | Path | None = "auto",
-                 worker: PendingWorker | None = None, compute_threads: int = 1):
+                 worker: PendingWorker | None = None, compute_threads: int = 1,
+                 request_initial_point: bool = True):
         """`worker`: one spawned ahead by `bank_worker.spawn_worker(model_dir, cache_dir,
         compute_threads)` (the same arguments), so the model loads while the caller starts up;
-        None spawns it here. `compute_threads`: the worker's (`bank_render.worker_main`)."""
+        None spawns it here. `compute_threads`: the worker's (`bank_render.worker_main`).
+        `request_initial_point`: render the grid around `initial_point` at once (False: when the
+        caller knows a timbre request comes before any note, `request_initial_point()` later)."""
         if n_slots < 5:
             raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
         if grid_n < 2:
@@ -182,7 +185,17 @@ class BankManager:
         self._thread = threading.Thread(target=self._listen, name="latentsynth-bank-manager",
                                         daemon=True)
         self._thread.start()
+        if request_initial_point:
+            self.request_initial_point()
+
+    def request_initial_point(self) -> None:
+        """The grid around `initial_point`, where the timbre starts."""
         self.request_xy(*self.initial_point, 0)
+
+    @property
+    def timbre_requested(self) -> bool:
+        """True once a performer's timbre request (grid point, preset, sound) arrived."""
+        return self._latest_generation > 0
 
     @property
     def worker_pid(self) -> int:

@@ -125,19 +125,38 @@ def _timbre_kind(payload) -> str:
     return "bank" if payload[0].startswith("/timbre") else ""
 
 
+def _is_note_on(kind: str, payload) -> bool:
+    """A MIDI note-on with a velocity, or an OSC /note/on."""
+    if kind == "midi":
+        return payload[0] & 0xF0 == 0x90 and len(payload) > 2 and payload[2] > 0
+    return payload[0] == "/note/on"
+
+
 def played_pitches(events) -> list[int]:
     """The keyboard pitches the events play (MIDI note-ons, /note/on), rounded; only those rows
     are rendered offline (a voice plays the nearest row). [60] when there are none."""
     pitches = set()
     for _, kind, payload in events:
-        if kind == "midi" and payload[0] & 0xF0 == 0x90 and len(payload) > 2 and payload[2] > 0:
+        if not _is_note_on(kind, payload):
+            continue
+        if kind == "midi":
             pitches.add(int(payload[1]))
-        elif kind == "osc" and payload[0] == "/note/on" and payload[1]:
+        elif payload[1]:
             try:
                 pitches.add(int(round(float(payload[1][0]))))
             except (TypeError, ValueError):
                 continue  # dispatch answers the bad message with /fail
     return sorted(pitches) or [60]
+
+
+def opens_with_a_timbre(events) -> bool:
+    """True when a timbre event (grid point, preset, sound) comes before the first note."""
+    for _, kind, payload in sorted(events, key=lambda e: e[0]):
+        if _timbre_kind(payload):
+            return True
+        if _is_note_on(kind, payload):
+            return False
+    return False
 
 
 def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,
@@ -171,8 +190,10 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     except BaseException:
         pending_worker.kill()
         raise
-    banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events),
-                        render_ahead=False, exact_delay_s=0.0, worker=pending_worker, compute_threads=threads)
+    initial_grid = not opens_with_a_timbre(events)  # else that grid would be rendered and never played
+    banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events), render_ahead=False,
+                        exact_delay_s=0.0, worker=pending_worker, compute_threads=threads,
+                        request_initial_point=initial_grid)
     engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony, stream_layer=layer)
     failures = []
 
@@ -204,12 +225,18 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     n_dispatched += 1
                     t, kind, payload = events[next_event]
                     at_frame = max(frames[next_event], engine.frame)
+                    if not (initial_grid or banks.timbre_requested) and _is_note_on(kind, payload):
+                        banks.request_initial_point()  # the opening timbre request was not one (ignored)
+                        initial_grid = True
+                        changed.add("point")
                     if kind == "midi":
                         mapper.handle(payload, at_frame)
                     else:
                         dispatch(engine, payload[0], payload[1], at_frame, reply)
                     changed.add(kinds[next_event])
                     next_event += 1
+                    if kinds[next_event - 1] == "bank":  # playable before the block's later notes start
+                        banks.wait_ready(120.0, include_exact=True)
                 if changed - {""}:
                     later = [events[k][0] for k in range(next_event, len(events)) if kinds[k]]
                     resting = not later or later[0] - engine.frame / sample_rate >= TIMBRE_REST_S
