@@ -226,7 +226,8 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     t, kind, payload = events[next_event]
                     at_frame = max(frames[next_event], engine.frame)
                     if not (initial_grid or banks.timbre_requested) and _is_note_on(kind, payload):
-                        banks.request_initial_point()  # the opening timbre request was not one (ignored)
+                        banks.request_initial_point()  # nothing asked for a timbre before this note: the
+                        # opening event was one the MIDI map ignores
                         initial_grid = True
                         changed.add("point")
                     if kind == "midi":
