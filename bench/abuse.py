@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rt_engine.osc.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag# noqa: E402
+from rt_engine.osc.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag  # noqa: E402
 from tests.support.osc_udp import Udp, procedural_model, rss_kb, tcp_sync  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.timbre_sources import DEFAULT_MODEL_DIR  # noqa: E402 (after the checkout joins sys.path)
-from rt_engine.osc.osc_codec import decode_packet, encode_message# noqa: E402
+from rt_engine.osc.osc_codec import decode_packet, encode_message  # noqa: E402
 from tests.serve_process import ServeProcess  # noqa: E402
 
 HELD_PITCH = 60

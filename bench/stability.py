@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rt_engine.osc.osc_codec import decode_packet, encode_message# noqa: E402
+from rt_engine.osc.osc_codec import decode_packet, encode_message  # noqa: E402
 
 
 def _status(sock: socket.socket, port: int) -> dict:

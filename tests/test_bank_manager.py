@@ -14,7 +14,7 @@ from models.bank_source import TimbreRequest
 from models.procedural_source import PROCEDURAL_ENVELOPES, ProceduralBankSource
 from rt_engine.core import voice_kernel as vk
 from rt_engine.banks import bank_manager as bank_manager_module
-from rt_engine.banks.bank_manager import SUPERSEDED, BankManager, grid_nodes_around
+from rt_engine.banks.bank_manager import DEFAULT_GRID_N, SUPERSEDED, BankManager, grid_nodes_around
 from rt_engine.banks.bank_render import prepare_rows
 from rt_engine.banks.bank_layout import BankLayout
 
@@ -230,3 +230,23 @@ def test_a_preset_without_an_explicit_envelope_brings_its_own(manager):
     _let_blocks_pass(manager, lambda: selected)
     np.testing.assert_allclose(manager.slots[selected[-1], [vk.S_ATTACK_S, vk.S_DECAY_S, vk.S_SUSTAIN, vk.S_RELEASE_S]],
                                PROCEDURAL_ENVELOPES["brass"])
+
+
+@pytest.mark.parametrize("store_points", [False, True])
+def test_the_disk_cache_keeps_grid_nodes_and_pad_points_only_when_asked(tmp_path, store_points):
+    """Live, every pad move would write a bank to disk; the grid nodes (a finite set) are always
+    kept, the exact banks of pad points only with `store_points` (render)."""
+    folder = tmp_path / "procedural"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"bank_source": "procedural"}))
+    banks = BankManager(str(folder), 48_000, n_slots=6, pitches=[57, 69], render_ahead=False, exact_delay_s=0.0,
+                        cache_dir=tmp_path / "cache", store_points=store_points)
+    try:
+        banks.request_xy(0.3, 0.6, 7)
+        assert banks.wait_ready(60.0)
+    finally:
+        banks.close()
+    timbres = [timbre for model in (tmp_path / "cache").iterdir() for timbre in model.iterdir()]
+    nodes = {(x, y) for x, y, _ in grid_nodes_around(0.3, 0.6, DEFAULT_GRID_N)} | {(0.5, 0.5)}
+    assert len(timbres) == len(nodes) + store_points
+    assert all(len(list(timbre.glob("*.npy"))) == 4 for timbre in timbres)  # 2 pitches, as rendered and prepared

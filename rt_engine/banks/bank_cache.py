@@ -75,29 +75,30 @@ class BankCache:
         key = np.ascontiguousarray(conditioning, dtype=np.float32).tobytes() + str(self.n_samples).encode()
         return self.folder / hashlib.sha256(key).hexdigest()[:24]
 
-    def rows(self, source, conditioning: np.ndarray, pitches: Sequence[int]) -> np.ndarray:
+    def rows(self, source, conditioning: np.ndarray, pitches: Sequence[int], store: bool = True) -> np.ndarray:
         """Notes of `conditioning` at MIDI `pitches`: cached ones read, the rest rendered by
-        `source.render_pitches` and stored. float32 [len(pitches), n_samples]."""
+        `source.render_pitches` and (`store`) written. float32 [len(pitches), n_samples]."""
         folder = self._timbre_folder(conditioning)
         out = self._read_or_make(folder, "", pitches, self.n_samples,
-                                 lambda missing: source.render_pitches(conditioning, missing))
-        os.utime(folder)  # recently used timbres are pruned last
+                                 lambda missing: source.render_pitches(conditioning, missing), store)
+        if folder.is_dir():
+            os.utime(folder)  # recently used timbres are pruned last
         return out
 
     def prepared_rows(self, source, conditioning: np.ndarray, pitches: Sequence[int], layout: BankLayout,
-                      prepare: Callable[[np.ndarray, list[int]], np.ndarray]) -> np.ndarray:
+                      prepare: Callable[[np.ndarray, list[int]], np.ndarray], store: bool = True) -> np.ndarray:
         """Notes of `conditioning` at MIDI `pitches` prepared for `layout`: cached ones read, the
         rest made by `prepare(notes [m, n_samples], their pitches) -> [m, bank_frames]` from
-        `rows` and stored. float32 [len(pitches), layout.bank_frames]."""
+        `rows` and (`store`) written. float32 [len(pitches), layout.bank_frames]."""
         return self._read_or_make(
             self._timbre_folder(conditioning), f".{_layout_tag(layout)}", pitches, layout.bank_frames,
-            lambda missing: prepare(self.rows(source, conditioning, missing), missing))
+            lambda missing: prepare(self.rows(source, conditioning, missing, store), missing), store)
 
     @staticmethod
     def _read_or_make(folder: Path, suffix: str, pitches: Sequence[int], length: int,
-                      make: Callable[[list[int]], np.ndarray]) -> np.ndarray:
+                      make: Callable[[list[int]], np.ndarray], store: bool) -> np.ndarray:
         """Files `<pitch><suffix>.npy` of `folder` read, the missing ones made by `make(their
-        pitches)` and written: float32 [len(pitches), length]."""
+        pitches)` and (`store`) written: float32 [len(pitches), length]."""
         out = np.zeros((len(pitches), length), dtype=np.float32)
         missing = []
         for row, pitch in enumerate(pitches):
@@ -108,10 +109,12 @@ class BankCache:
                 out[row] = note
         if missing:
             made = make([int(pitches[row]) for row in missing])
-            folder.mkdir(parents=True, exist_ok=True)
+            if store:
+                folder.mkdir(parents=True, exist_ok=True)
             for row, note in zip(missing, made):
                 out[row] = note
-                _write(folder / f"{int(pitches[row])}{suffix}.npy", note)
+                if store:
+                    _write(folder / f"{int(pitches[row])}{suffix}.npy", note)
         return out
 
     def prune(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:

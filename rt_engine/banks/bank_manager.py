@@ -131,12 +131,15 @@ class BankManager:
                  render_ahead: bool = True, exact_delay_s: float = 0.15,
                  start_timeout_s: float = 120.0, cache_dir: str | Path | None = "auto",
                  worker: PendingWorker | None = None, compute_threads: int = 1,
-                 request_initial_point: bool = True):
+                 request_initial_point: bool = True, store_points: bool = False):
         """`worker`: one spawned ahead by `bank_worker.spawn_worker(model_dir, cache_dir,
         compute_threads)` (the same arguments), so the model loads while the caller starts up;
         None spawns it here. `compute_threads`: the worker's (`bank_render.worker_main`).
         `request_initial_point`: render the grid around `initial_point` at once (False: when the
-        caller knows a timbre request comes before any note, `request_initial_point()` later)."""
+        caller knows a timbre request comes before any note, `request_initial_point()` later).
+        `store_points`: write the exact banks of timbre-pad points to the disk cache too (`render`:
+        the same score renders the same points again; live, every pad move would write one, some
+        20 MB/s while the pad moves); grid nodes, presets and sounds are always written."""
         if n_slots < 5:
             raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
         if grid_n < 2:
@@ -144,6 +147,7 @@ class BankManager:
         self.grid_n = grid_n
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
         self.render_ahead = render_ahead
+        self.store_points = store_points
         self.exact_delay_s = exact_delay_s
         self._worker_args = (*worker_arguments(model_dir, cache_dir), start_timeout_s, compute_threads)
         self._worker = (worker or spawn_worker(model_dir, cache_dir, compute_threads)).wait(start_timeout_s)
@@ -408,8 +412,9 @@ class BankManager:
             self.slots[slot, [vk.S_X, vk.S_Y]] = job.point
             self.slots[slot, ENVELOPE_FIELDS] = job.envelope
             first = len(job.needed) or (CHUNK_ROWS if job.priority == 0 else BACKGROUND_CHUNK_ROWS)
+            store = self.store_points or not (job.kind == vk.SLOT_EXACT and job.request.kind == "xy")
             self._worker.requests.put(("render", job.job_id, slot, job.request, self._row_order(),
-                                       first, job.priority))
+                                       first, job.priority, store))
 
     def _row_order(self) -> list[int]:
         """Rows nearest the held pitches first, then outwards from them (or from middle C)."""

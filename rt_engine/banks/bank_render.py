@@ -52,13 +52,15 @@ def tuned_rows(notes: np.ndarray, pitches: list[int], layout: BankLayout) -> np.
     return prepare_rows(retune(notes, measure_detune_cents(notes, pitches, layout.source_rate)), layout)
 
 
-def _bank_rows(source, cache: BankCache | None, conditioning, pitches: list[int], layout: BankLayout) -> np.ndarray:
+def _bank_rows(source, cache: BankCache | None, conditioning, pitches: list[int], layout: BankLayout,
+               store: bool = True) -> np.ndarray:
     """One chunk of a bank, ready for the kernel: float32 [len(pitches), layout.bank_frames];
-    through the disk cache when there is one (a warm chunk is a file read)."""
+    through the disk cache when there is one (a warm chunk is a file read; `store`: what is
+    rendered is written to it)."""
     if cache is None:
         return tuned_rows(source.render_pitches(conditioning, pitches), pitches, layout)
     return cache.prepared_rows(source, conditioning, pitches, layout,
-                               lambda notes, note_pitches: tuned_rows(notes, note_pitches, layout))
+                               lambda notes, note_pitches: tuned_rows(notes, note_pitches, layout), store)
 
 
 def _attach_untracked(name: str) -> shared_memory.SharedMemory:
@@ -141,8 +143,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
                 if message[0] == "stop":
                     return
                 if message[0] == "render":
-                    _, job_id, slot, request, rows, n_first, priority = message
-                    jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows),
+                    _, job_id, slot, request, rows, n_first, priority, store = message
+                    jobs[job_id] = {"slot": slot, "request": request, "rows": list(rows), "store": store,
                                     "n_next": n_first, "priority": priority, "conditioning": None}
                 elif message[0] == "warm":
                     warm_pending = True
@@ -170,7 +172,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
                 pitches = [int(round(row_pitch[r])) for r in chunk]
                 if job["conditioning"] is None:  # once per request: file reads and f run here
                     job["conditioning"] = source.conditioning_for(job["request"])
-                banks[job["slot"], chunk] = _bank_rows(source, cache, job["conditioning"], pitches, layout)
+                banks[job["slot"], chunk] = _bank_rows(source, cache, job["conditioning"], pitches, layout,
+                                                       job["store"])
             except Exception as error:  # a bad timbre (file, preset) fails its job only
                 results.put(("fail", job_id, str(error)))
                 del jobs[job_id]
@@ -179,6 +182,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
             if not job["rows"]:
                 results.put(("done", job_id))
                 del jobs[job_id]
+                if cache is not None and job["store"]:
+                    cache.prune()  # a session that visits many timbres stays within the limit too
     finally:
         del banks
         shm.close()

@@ -193,7 +193,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
     initial_grid = not opens_with_a_timbre(events)  # else that grid would be rendered and never played
     banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events), render_ahead=False,
                         exact_delay_s=0.0, worker=pending_worker, compute_threads=threads,
-                        request_initial_point=initial_grid)
+                        request_initial_point=initial_grid, store_points=True)
     engine = Engine(banks, sample_rate, max_block=block, n_voices=polyphony, stream_layer=layer)
     failures = []
 
