@@ -11,8 +11,7 @@ from rt_engine.io import native_audio as na
 from rt_engine.io import native_midi as nm
 from rt_engine.core import voice_kernel as vk
 from rt_engine.io.audio_backends import JackBackend
-from rt_engine.core.layer_api import RELEASES
-from rt_engine.core.commands import CommandKind
+from rt_engine.core.commands import RELEASES, CommandKind
 from rt_engine.io.midi_input import MidiInput
 from rt_engine.io.midi_map import MidiMapper, midi_note_id, parse_midi_map
 from tests.test_native_audio import RATE, _engine, _fake_jack, jack_server  # noqa: F401 (fixture)

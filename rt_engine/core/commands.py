@@ -76,6 +76,9 @@ class CommandKind(IntEnum):
     GRU_TEMPERATURE = 14   # a = sampling temperature of the GRU voices (stream layers only)
 
 
+RELEASES = (CommandKind.NOTE_OFF_ID, CommandKind.NOTE_OFF_PITCH, CommandKind.ALL_NOTES_OFF,
+            CommandKind.ALL_SOUND_OFF, CommandKind.PANIC)
+"""Kinds that carry the fall-back note (see the module docstring)."""
 FIRST_LAYER_KIND = int(CommandKind.GRU_TEMPERATURE)
 """Kinds from this one on are for the stream layers; the block kernel skips them."""
 
@@ -110,7 +113,8 @@ def channel_slot(channel: int) -> int:
 
 
 class CommandQueue:
-    """Bounded SPSC ring of `COMMAND_DTYPE` records; `push` never blocks (full: count and drop)."""
+    """Bounded ring of `COMMAND_DTYPE` records, one producer side (locked) and the kernel as its
+    consumer, plus any `EventFollower`s; `push` never blocks (full: count and drop)."""
 
     def __init__(self, capacity: int = DEFAULT_QUEUE_CAPACITY):
         if capacity < 1:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rt_engine.core.commands import GAIN_GRU, CommandKind, EventFollower
+from rt_engine.core.commands import GAIN_GRU, RELEASES, CommandKind, EventFollower
 
 
 class StreamLayer(Protocol):
@@ -94,11 +94,6 @@ class StreamLayer(Protocol):
 
     def is_active(self) -> bool:
         """True while a note sounds (reported as `gru_active`)."""
-
-
-RELEASES = (CommandKind.NOTE_OFF_ID, CommandKind.NOTE_OFF_PITCH, CommandKind.ALL_NOTES_OFF,
-            CommandKind.ALL_SOUND_OFF, CommandKind.PANIC)
-"""Record kinds that carry the fall-back note (`rt_engine.core.commands`)."""
 
 
 def apply_event(layer, record) -> None:

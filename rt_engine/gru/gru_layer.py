@@ -11,8 +11,9 @@ the heavy work runs in nogil kernels, so the thread holds the GIL only briefly p
 Timing: an event's `at_frame` is the absolute output frame (= ring frame) at which its effect
 should be heard. It is applied at model sample ceil(at_frame * rate_in / rate_out) - resampler delay,
 so the change reaches the ring exactly at `at_frame`. `latency_frames` (the render-ahead plus one block
-plus the resampler delay) is what the engine adds to events so that they arrive before that sample
-is rendered; events that arrive later apply at the next unrendered sample (counted in `late_events`).
+plus the resampler delay) is what the layer adds to the frames of the engine's records
+(`follow_events`) so that they arrive before that sample is rendered; events that arrive later apply
+at the next unrendered sample (counted in `late_events`).
 
 Voices (`set_voices`, default 4; `rt_engine.gru.gru_voices`): each has its own recurrent state, pitch,
 glide and envelope and plays one note id (the engine's held-note table's, `rt_engine.core.held_notes`: two
@@ -464,28 +465,14 @@ class GruLayer:
             else:
                 self._poly_on(event[1], event[2], velocity, event[4])
         elif kind == "off":
-            if len(self._voices) == 1:
-                self._mono_off(event[1], event[2])
-                return
-            for voice in self._voices:
-                if voice.held and voice.note_id == event[1]:
-                    voice.held = False
-                    voice.control[C_ENV_TARGET] = 0.0
-        elif kind in ("off_pitch", "off_channel"):
-            if kind == "off_pitch":
-                pitch, slot, fallback = event[1], event[2], event[3]
-            else:
-                pitch, slot, fallback = None, event[1], event[2]
-            for voice in self._voices:
-                matches = voice.held and (slot == 0 or voice.slot == slot) and (
-                    pitch is None or abs(voice.control[C_PITCH_TARGET] - pitch) < 1e-6)
-                if not matches:
-                    continue
-                if len(self._voices) == 1:
-                    self._mono_off(voice.note_id, fallback)
-                else:
-                    voice.held = False
-                    voice.control[C_ENV_TARGET] = 0.0
+            self._release_where(lambda voice: voice.note_id == event[1], event[2])
+        elif kind == "off_pitch":
+            pitch, slot = event[1], event[2]
+            self._release_where(lambda voice: (slot == 0 or voice.slot == slot)
+                                and abs(voice.control[C_PITCH_TARGET] - pitch) < 1e-6, event[3])
+        elif kind == "off_channel":
+            slot = event[1]
+            self._release_where(lambda voice: slot == 0 or voice.slot == slot, event[2])
         elif kind == "pitch":
             for voice in self._voices:
                 if voice.note_id == event[1] and voice.sounding():
@@ -557,6 +544,18 @@ class GruLayer:
         if voice.held:  # retrigger: a fresh state and attack; the cut note fades out on a tail
             self._hand_over(voice)
         self._start_note(voice, note_id, pitch, velocity, slot)
+
+    def _release_where(self, matches, fallback: tuple[int, float, int] | None) -> None:
+        """Release the held notes `matches(voice)` picks; one voice instead glides to `fallback`
+        (id, pitch, MIDI channel) when there is one (last-note priority)."""
+        for voice in self._voices:
+            if not (voice.held and matches(voice)):
+                continue
+            if len(self._voices) == 1:
+                self._mono_off(voice.note_id, fallback)
+            else:
+                voice.held = False
+                voice.control[C_ENV_TARGET] = 0.0
 
     def _mono_off(self, note_id: int, fallback: tuple[int, float, int] | None) -> None:
         """The sounding note `note_id` ends: glide to `fallback` (id, pitch, MIDI channel), or release."""
