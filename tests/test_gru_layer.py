@@ -1,5 +1,6 @@
 """The GRU stream layer with a tiny random model: timing, ring protocol, voice behaviour."""
 import gc
+import threading
 import time
 from pathlib import Path
 
@@ -419,6 +420,17 @@ def test_a_steal_or_retrigger_fades_the_cut_note_instead_of_clicking(voices):
     assert FADE_S * RATE < 500 - 100  # the fade ends inside the measured window
 
 
+def _stop_progress_monitor() -> None:
+    """An earlier test's progress bar leaves tqdm's monitor thread in this process, waking every 10 s and
+    making a lock each time; stop it so that only the audio path's objects are counted."""
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
+    if tqdm.tqdm.monitor is not None:
+        tqdm.tqdm.monitor.exit()
+        tqdm.tqdm.monitor = None
+
+
 def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
     """600 blocks of the engine's callback plus the GRU worker's renders (4 voices sounding, the timbre
     gliding) leave no new container object (what the garbage collector tracks and scans) behind, so the
@@ -440,6 +452,7 @@ def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
         engine.note_on(pitch, 100.0, note_id=note_id)
     engine.timbre_xy(0.9, 0.1, 30.0)
     blocks(300)  # warm-up: kernels loaded, caches filled
+    _stop_progress_monitor()
     gc.collect()
     gc.disable()
     try:
@@ -450,7 +463,8 @@ def test_the_audio_path_in_steady_state_leaves_no_python_objects_behind():
     finally:
         gc.enable()
     assert layer.snapshot()["sounding_voices"] == 4 and layer.computed_samples > 4 * 12000
-    assert len(new) <= 1, [type(thing).__name__ for thing in new][:20]  # the set `before` itself
+    threads = [thread.name for thread in threading.enumerate()]
+    assert len(new) <= 1, ([type(thing).__name__ for thing in new][:20], threads)  # the set `before` itself
     engine.close()
 
 
