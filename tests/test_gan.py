@@ -4,7 +4,9 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, save_checkpoint
-from models.gan import Discriminator, Generator, load_generator, r1_penalty
+from torch.nn import functional as F
+
+from models.gan import Discriminator, Generator, load_generator, r1_penalty, upsampled_conv3x3
 from models.model_config import GanConfig
 
 TINY = GanConfig(n_samples=4096, n_mels=32, h_dim=8, z_dim=4, pitch_embedding_dim=8, style_dim=16,
@@ -32,6 +34,35 @@ def test_generator_output_depends_on_pitch_and_on_h():
         other_h = generator(z, p, h + 1.0)
     assert (base - other_pitch).abs().amax(dim=(1, 2)).min() > 1e-4
     assert (base - other_h).abs().amax(dim=(1, 2)).min() > 1e-4
+
+
+def test_upsampled_convolution_equals_upsampling_then_convolving():
+    """The stride-2 transposed convolution G's blocks run is conv3x3(nearest 2x upsample(x)),
+    including the borders, on odd and even sizes."""
+    torch.manual_seed(1)
+    for height, width in ((4, 2), (5, 3), (16, 8)):
+        x, weight = torch.randn(2, 6, height, width), torch.randn(5, 6, 3, 3)
+        reference = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+        assert torch.allclose(upsampled_conv3x3(x, weight), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_generator_blocks_equal_upsample_concat_template_convolve():
+    """Each upsampling block equals the plain recipe (upsample, concatenate the pitch template at the
+    output resolution, conv3x3, FiLM, leaky ReLU) computed from the block's own weights, gradients too."""
+    generator = Generator(TINY)
+    z, p, h = _inputs()
+    style = generator.style(torch.cat([z, generator.pitch_embedding(p), h], dim=1))
+    block = generator.blocks[1]
+    x = torch.randn(3, TINY.channels[0], 4, 3, requires_grad=True)
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    template = generator.templates.at(p, up.shape[2], up.shape[3])
+    scale, shift = block.film(style)[:, :, None, None].chunk(2, dim=1)
+    reference = F.leaky_relu(block.conv(torch.cat([up, template], 1)) * (1 + scale) + shift, 0.2)
+    out = block(x, style, generator.templates, p)
+    assert torch.allclose(out, reference, atol=1e-5)
+    (grad_out,) = torch.autograd.grad(out.square().sum(), x)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), x)
+    assert torch.allclose(grad_out, grad_reference, atol=1e-4)
 
 
 def test_discriminator_scores_each_note_and_projects_h():
