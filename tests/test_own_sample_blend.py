@@ -93,12 +93,17 @@ def test_a_one_shot_bank_of_the_gan_source_blends_its_input(tmp_path):
     source.own_sample_blend = None
     plain = source.render_bank(request, pitches)
     source.own_sample_blend = OwnSampleBlend(1.0, 2.0)
+    generated_pitches = []
+    render_conditioning = source.render_conditioning
+    source.render_conditioning = lambda h, p, *rest: generated_pitches.extend(p) or render_conditioning(h, p, *rest)
     blended = source.render_bank(request, pitches)
+    assert generated_pitches == [90]  # MIDI 60 and 61 (within 1 semitone) play the input alone: not generated
     one_shot = load_one_shot(path, source.sample_rate, source.n_samples)
     source_pitch = estimate_pitch_midi(one_shot, source.sample_rate)
+    # G in a batch of one rounds differently from a batch of three (1e-5 of the peak after the inversion)
     np.testing.assert_allclose(blended, blend_own_sample(plain, pitches, one_shot, source_pitch, source.sample_rate,
-                                                         source.own_sample_blend), atol=1e-5)
-    np.testing.assert_allclose(blended[2], plain[2], atol=1e-5)
+                                                         source.own_sample_blend), atol=2e-4)
+    np.testing.assert_allclose(blended[2], plain[2], atol=2e-4)
     preset = source.render_bank(TimbreRequest("preset", name="organ"), [60])
     source.own_sample_blend = None
     np.testing.assert_allclose(preset, source.render_bank(TimbreRequest("preset", name="organ"), [60]), atol=1e-5)
