@@ -18,13 +18,16 @@ KEYBOARD_PITCHES = tuple(range(21, 109))  # A0..C8, the 88 keys
 
 @dataclass(frozen=True)
 class TimbreRequest:
-    """A timbre to render: a point on the 2-D grid, a named preset, or a one-shot sound file."""
+    """A timbre to render: a point on the 2-D grid, a named preset, or a one-shot sound file.
+    `refine` (a sound file): with the source's test-time refinement (`refines_one_shots`); False
+    asks for the unrefined bank, which the live path plays while the refined one renders."""
 
     kind: Literal["xy", "preset", "audio"]
     x: float = 0.5
     y: float = 0.5
     name: str = ""
     path: str = ""
+    refine: bool = True
 
     def key(self) -> str:
         """A stable cache key for this timbre."""
@@ -32,7 +35,7 @@ class TimbreRequest:
             return f"xy:{self.x:.4f},{self.y:.4f}"
         if self.kind == "preset":
             return f"preset:{self.name}"
-        return f"audio:{self.path}"
+        return f"audio:{self.path}" if self.refine else f"audio-unrefined:{self.path}"
 
 
 class BankSource(Protocol):
@@ -40,6 +43,8 @@ class BankSource(Protocol):
     """Rate of rendered buffers (Hz)."""
     n_samples: int
     """Length of each rendered note (samples)."""
+    refines_one_shots: bool
+    """Whether a sound file's bank differs with `TimbreRequest.refine` (test-time refinement)."""
 
     def preset_names(self) -> list[str]:
         """Preset names, in program-change order."""

@@ -10,7 +10,8 @@ A model folder holds
                    between the four corner presets: a at (0, 0), b at (1, 0), c at (0, 1), d at (1, 1)
     hyper/         (optional) the hypernetwork H (`models.hypernetwork`): a one-shot request gets
                    its own refined G, W * (1 + H(h, h_init)) with h_init = f(G(h, z, p)) at the
-                   input's estimated pitch p, computed once per request; its bank renders with it
+                   input's estimated pitch p, computed once per request; its bank renders with it,
+                   from h refined at test time at p (`models.one_shot_refinement`)
 
 torch loads with the networks, on first use (`GanBankSource.warm`, or the first render or one-shot):
 the configs, presets and grid are read without it, so a start whose banks are all in the disk cache
@@ -30,6 +31,8 @@ Public API:
         .conditioning_for(timbre) -> float32 [conditioning_dim]
         .render_pitches(h [conditioning_dim], pitches) -> float32 [n, n_samples]
         .own_sample_blend   OwnSampleBlend | None: one-shot banks play the input near its pitch
+        .refinement_steps   int: test-time refinement of a one-shot's h (`models.one_shot_refinement`), 0: off
+        .refines_one_shots  bool: refinement_steps > 0 (a request's `refine` then matters)
         .hyper              HyperNetwork | None (from hyper/)
         .one_shot_generator(h [dim]) -> RefinedGenerator | None   H's refined G of a one-shot's h
         .render_conditioning(h [batch, dim], pitches int [batch], seed, generator=None) -> float32 [batch, n_samples]
@@ -55,6 +58,7 @@ from models.model_config import FeatureConfig, GanConfig, denormalise_log_mel, m
 from models.one_shot import load_one_shot
 from models.own_sample_blend import (BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi,
                                      own_sample_weights, parse_blend)
+from models.one_shot_refinement import REFINEMENT_ENVIRONMENT, REFINEMENT_STEPS, parse_refinement, refine_conditioning
 from models.phase_reconstruction import griffin_lim
 from models.pitch import midi_to_hz
 from models.timbre_grid import load_grid
@@ -130,6 +134,8 @@ class GanBankSource:
         (`training.preset_envelopes`); presets without one play the engine's default."""
         self.own_sample_blend = DEFAULT_BLEND
         """One-shot banks play the input itself near its pitch (`models.own_sample_blend`); None: off."""
+        self.refinement_steps = REFINEMENT_STEPS
+        """Test-time refinement steps of a one-shot's h (`models.one_shot_refinement`); 0: off."""
         self._one_shots: dict[bytes, tuple] = {}
         self._networks: tuple | None = None  # (G, f, H or None) once loaded
 
@@ -172,6 +178,9 @@ class GanBankSource:
             generator = load_generator(folder / "gan")
             extractor = load_feature_extractor(folder / "features")
             hyper = load_hypernetwork(folder / "hyper", generator) if (folder / "hyper").is_dir() else None
+            for network in (generator, extractor, hyper):
+                if network is not None:
+                    network.requires_grad_(False)  # a source never trains them; refinement differentiates h only
             self._networks = (generator, extractor, hyper)
         return self._networks
 
@@ -189,6 +198,11 @@ class GanBankSource:
     def hyper(self):
         """H (`models.hypernetwork.HyperNetwork`) from hyper/, or None; loaded on first use."""
         return self._loaded_networks()[2]
+
+    @property
+    def refines_one_shots(self) -> bool:
+        """Whether a sound file's bank is refined at test time (`TimbreRequest.refine`)."""
+        return self.refinement_steps > 0
 
     def preset_names(self) -> list[str]:
         """Preset names in program-change order."""
@@ -217,7 +231,10 @@ class GanBankSource:
             audio = load_one_shot(timbre.path, self.sample_rate, self.n_samples)
             h = self.features_of_audio(audio[None])[0]
             pitch = estimate_pitch_midi(audio, self.sample_rate)
-            self._one_shots[h.tobytes()] = (audio, pitch, self._refine(h, pitch))
+            generator = self._refine(h, pitch)
+            if timbre.refine and self.refines_one_shots:
+                h = self._refined_conditioning(h, audio, pitch, generator)
+            self._one_shots[h.tobytes()] = (audio, pitch, generator)
             while len(self._one_shots) > ONE_SHOT_MEMORY:
                 self._one_shots.pop(next(iter(self._one_shots)))
             return h
@@ -230,6 +247,29 @@ class GanBankSource:
             return bilinear_conditioning(corners, timbre.x, timbre.y)
         raise ValueError(f"unknown timbre kind {timbre.kind!r}: use xy, preset or audio")
 
+    def _own_pitch_class(self, source_pitch: float):
+        """G's pitch class (torch int [1]) of a one-shot whose pitch is `source_pitch` (MIDI; nan:
+        unpitched, UNPITCHED_REFINEMENT_PITCH)."""
+        import torch  # heavy: loaded with the networks (see the module docstring)
+
+        pitch = UNPITCHED_REFINEMENT_PITCH if not np.isfinite(source_pitch) else source_pitch
+        low = self.config.min_pitch
+        return torch.tensor([int(np.clip(round(pitch), low, low + self.config.n_pitches - 1)) - low])
+
+    def _refined_conditioning(self, h: np.ndarray, audio: np.ndarray, source_pitch: float, generator) -> np.ndarray:
+        """h [dim] of a one-shot `audio` [n_samples] refined at its own pitch by `refinement_steps`
+        steps through `generator` (H's refined G, or G): float32 [dim]."""
+        import torch  # heavy: loaded with the networks (see the module docstring)
+
+        from models.features import log_mel
+        from models.hypernetwork import fixed_z
+
+        with torch.inference_mode():
+            target = log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32))[None], self.config)
+        return refine_conditioning(self.generator if generator is None else generator, h, target.clone(),
+                                   self._own_pitch_class(source_pitch), fixed_z(self.config.z_dim),
+                                   steps=self.refinement_steps)
+
     def _refine(self, h: np.ndarray, source_pitch: float) -> RefinedGenerator | None:
         """H's refined G for a one-shot's h [dim] whose pitch is `source_pitch` (MIDI; nan: unpitched),
         or None without hyper/."""
@@ -239,9 +279,7 @@ class GanBankSource:
 
         from models.hypernetwork import RefinedGenerator, first_reconstruction_features, fixed_z
 
-        pitch = UNPITCHED_REFINEMENT_PITCH if not np.isfinite(source_pitch) else source_pitch
-        low = self.config.min_pitch
-        pitch_class = torch.tensor([int(np.clip(round(pitch), low, low + self.config.n_pitches - 1)) - low])
+        pitch_class = self._own_pitch_class(source_pitch)
         h_t = torch.from_numpy(np.asarray(h, dtype=np.float32))[None]
         with torch.inference_mode():
             h_init = first_reconstruction_features(self.generator, self.extractor, h_t, pitch_class,
@@ -325,6 +363,8 @@ def load_source(model_dir: Path) -> GanBankSource:
     source = GanBankSource.from_dir(model_dir)
     if os.environ.get(BLEND_ENVIRONMENT):
         source.own_sample_blend = parse_blend(os.environ[BLEND_ENVIRONMENT])
+    if os.environ.get(REFINEMENT_ENVIRONMENT):
+        source.refinement_steps = parse_refinement(os.environ[REFINEMENT_ENVIRONMENT])
     return source
 
 

@@ -45,6 +45,7 @@ class ProceduralBankSource:
 
     sample_rate = PROCEDURAL_SAMPLE_RATE
     conditioning_dim = 2
+    refines_one_shots = False
 
     def __init__(self, n_samples: int = PROCEDURAL_SAMPLE_RATE):
         self.n_samples = n_samples

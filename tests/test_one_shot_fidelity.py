@@ -66,6 +66,9 @@ def test_fidelity_on_synthetic_instruments_reports_both_subsets_and_a_figure(tmp
                                                if k in distances)
     assert metrics["per_instrument"][0]["same_named_preset"] == "acoustic_grand_piano"
     assert metrics["chosen_on_development"] in {"model", *metrics["blend_candidates"]}
+    rows = {row["row"]: row for row in metrics["ablation"]["held_out"]}  # no hyper/: refinement of G's h
+    assert {"model", "model + refinement", "G + blend 9,2", "refinement + blend 9,2"} <= set(rows)
+    assert rows["model + refinement"]["mean_distance_db"] != rows["model"]["mean_distance_db"]
 
 
 def test_eval_one_shot_fidelity_names_a_missing_font(tmp_path, capsys):

@@ -89,7 +89,7 @@ def test_a_one_shot_bank_of_the_gan_source_blends_its_input(tmp_path):
     source = GanBankSource.from_dir(make_tiny_model(tmp_path / "model"))
     path = tmp_path / "tone.wav"
     soundfile.write(path, harmonic_note(60.0, source.n_samples), source.sample_rate, subtype="FLOAT")
-    request, pitches = TimbreRequest("audio", path=str(path)), [60, 61, 90]
+    request, pitches = TimbreRequest("audio", path=str(path), refine=False), [60, 61, 90]
     source.own_sample_blend = None
     plain = source.render_bank(request, pitches)
     source.own_sample_blend = OwnSampleBlend(1.0, 2.0)

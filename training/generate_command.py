@@ -4,9 +4,10 @@
     latentsynth generate --timbre flute --pitches 21-108 --out DIR/      (one WAV per pitch: DIR/60.wav)
     latentsynth generate --timbre flute --blend trumpet --alpha 0.3 ...  (h = (1 - a) h1 + a h2)
     options: --model DIR (default models/pretrained/default), --seed N,
-             --own-sample-blend on|off|A[,B] (a one-shot FILE: the input itself within A semitones)
-A one-shot FILE renders as `/timbre/audio` does: with the model's hypernetwork (hyper/) when it has
-one, and the own-sample blend on top.
+             --own-sample-blend on|off|A[,B] (a one-shot FILE: the input itself within A semitones),
+             --one-shot-refinement on|off|STEPS (a one-shot FILE: its h refined at test time)
+A one-shot FILE renders as `/timbre/audio`'s refined bank does: with the model's hypernetwork (hyper/)
+when it has one, h refined at the input's pitch, and the own-sample blend on top.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from models.timbre_sources import DEFAULT_MODEL_DIR
-from rt_engine.subcommands.serve_command import add_own_sample_blend_argument
+from rt_engine.subcommands.serve_command import add_one_shot_refinement_argument, add_own_sample_blend_argument
 
 _XY = re.compile(r"^\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*$")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of --blend: h = (1-alpha) h1 + alpha h2")
     parser.add_argument("--seed", type=int, default=0, help="noise seed z (default 0)")
     add_own_sample_blend_argument(parser)
+    add_one_shot_refinement_argument(parser)
 
 
 def parse_timbre(text: str):
@@ -58,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
 
     from models.checkpoint import CheckpointError
     from models.gan_bank import GanBankSource, interpolate_conditioning
+    from models.one_shot_refinement import parse_refinement
     from models.own_sample_blend import parse_blend
     from training.dataset_command import parse_int_list
 
@@ -68,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
         source = GanBankSource.from_dir(args.model)
         if args.own_sample_blend is not None:
             source.own_sample_blend = parse_blend(args.own_sample_blend)
+        if args.one_shot_refinement is not None:
+            source.refinement_steps = parse_refinement(args.one_shot_refinement)
         h = source.conditioning_for(parse_timbre(args.timbre))
         if args.blend is not None:
             h2 = source.conditioning_for(parse_timbre(args.blend))

@@ -13,8 +13,10 @@ the input's estimated pitch) and on the known reference pitch. Distance: RMS log
 first 0.5 s to the font's real note at each pitch (`training.evaluation.log_mel_distance_db`),
 averaged over the pitches. The font is rendered at the model's own rate and note length and
 preprocessed as the training data is. With the model's hypernetwork (hyper/), the bank of the
-refined G is scored too, alone and with `FidelityConfig.blend` on top; `ablation` in the JSON (and
-the figure's heading) lists each subset's rows: model, model + H, blend, H + blend, resampled, best preset.
+refined G is scored too, and with a source that refines one-shots at test time
+(`models.one_shot_refinement`) the bank of the refined h, each alone and with `FidelityConfig.blend`
+on top; `ablation` in the JSON (and the figure's heading) lists each subset's rows: model, + H,
++ refinement, each with the blend, resampled, best preset.
 
 Programs p with p % held_out_every == held_out_every - 1 are held out of every choice (the blend's
 default is picked on the others) and reported apart.
@@ -64,8 +66,8 @@ REFERENCE_PITCH_SUFFIX = "_at_reference_pitch"
 """Key suffix of a blend centred on the known reference pitch instead of the input's estimated
 pitch: what a user who names the input's pitch would get (not a choice the live path can make)."""
 FIGURE_PITCHES = (36, 48, 60, 72, 84)
-HYPER_PREFIX = "model_hyper_"
-"""Key prefix of the refined G's bank with a blend (model_hyper_blend_A_B)."""
+REFINED_SUFFIX = "_refined"
+"""Key suffix of a bank rendered from h refined at test time (`models.one_shot_refinement`)."""
 
 
 @dataclass(frozen=True)
@@ -108,20 +110,24 @@ def render_font_notes(sf2_path, programs, pitches, sample_rate: int, n_samples: 
     return notes
 
 
-def _one_shot_conditioning(source: GanBankSource, note: np.ndarray, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """h of `note` through the source's one-shot path (a sound file) and the note as that path
-    reads it: (h [dim], note [n_samples])."""
+def _one_shot_conditioning(source: GanBankSource, note: np.ndarray,
+                           folder: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """h of `note` through the source's one-shot path (a sound file), unrefined and (when the source
+    refines one-shots, else None) refined at test time, and the note as that path reads it:
+    (h [dim], refined h [dim] | None, note [n_samples])."""
     path = folder / "one_shot.wav"
     soundfile.write(path, note, source.sample_rate, subtype="FLOAT")
-    h = source.conditioning_for(TimbreRequest("audio", path=str(path)))
-    return h, load_one_shot(path, source.sample_rate, source.n_samples)
+    h = source.conditioning_for(TimbreRequest("audio", path=str(path), refine=False))
+    refined = source.conditioning_for(TimbreRequest("audio", path=str(path))) if source.refines_one_shots else None
+    return h, refined, load_one_shot(path, source.sample_rate, source.n_samples)
 
 
 def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarray, real: dict,
-                        preset_bank, same_name: str | None, config: FidelityConfig, keep_notes: bool = False) -> dict:
+                        preset_bank, same_name: str | None, config: FidelityConfig, keep_notes: bool = False,
+                        h_refined: np.ndarray | None = None) -> dict:
     """Distances (dB, mean over the pitches) of each bank to the real notes `real` {pitch: [n_samples]}
-    for one instrument whose one-shot `one_shot` [n_samples] gave conditioning `h` [dim].
-    `preset_bank(name, pitches)` renders a preset's bank (cached by the caller)."""
+    for one instrument whose one-shot `one_shot` [n_samples] gave conditioning `h` [dim] (and, refined
+    at test time, `h_refined`). `preset_bank(name, pitches)` renders a preset's bank (cached by the caller)."""
     pitches = [p for p in config.pitches if p in real]
     target = np.stack([real[p] for p in pitches])
     source_pitch = estimate_pitch_midi(one_shot, source.sample_rate)
@@ -144,11 +150,16 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
                                                               own_sample_weights(pitches, source_pitch, blend))
         banks[key + REFERENCE_PITCH_SUFFIX] = blend_rows(generated, banks["resampled"],
                                                          own_sample_weights(pitches, config.reference_pitch, blend))
+    hyper = "model_hyper" if refined_generator is not None else "model"
     if refined_generator is not None:
         banks["model_hyper"] = source.render_conditioning(stacked, pitches, generator=refined_generator)
-        if config.blend is not None:  # as the bank path blends: an unpitched input plays generated notes only
-            banks[_hyper_blend_key(config.blend)] = banks["model_hyper"] if own is None else blend_rows(
-                banks["model_hyper"], own, own_sample_weights(pitches, source_pitch, config.blend))
+    if h_refined is not None:
+        banks[hyper + REFINED_SUFFIX] = source.render_conditioning(
+            np.repeat(np.asarray(h_refined)[None], len(pitches), axis=0), pitches, generator=refined_generator)
+    for key in ("model_hyper", hyper + REFINED_SUFFIX):
+        if key in banks and config.blend is not None:  # as the bank path blends: an unpitched input plays G only
+            banks[_blend_key(config.blend, key)] = banks[key] if own is None else blend_rows(
+                banks[key], own, own_sample_weights(pitches, source_pitch, config.blend))
     flat = head_distance_db(np.concatenate(list(banks.values())), np.tile(target, (len(banks), 1)), source.config,
                             config.seconds).reshape(len(banks), len(pitches))
     distances = dict(zip(banks, flat))
@@ -165,22 +176,22 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
     return record
 
 
-def _blend_key(blend: OwnSampleBlend) -> str:
-    return f"model_blend_{blend.interval_semitones:g}_{blend.crossfade_semitones:g}"
-
-
-def _hyper_blend_key(blend: OwnSampleBlend) -> str:
-    return HYPER_PREFIX + f"blend_{blend.interval_semitones:g}_{blend.crossfade_semitones:g}"
+def _blend_key(blend: OwnSampleBlend, bank: str = "model") -> str:
+    """Key of `bank` (model, model_hyper, ..._refined) with the own-sample blend `blend` on top."""
+    return f"{bank}_blend_{blend.interval_semitones:g}_{blend.crossfade_semitones:g}"
 
 
 def ablation(summary: dict, blend: OwnSampleBlend | None) -> list[dict]:
-    """The ablation rows of one subset's `summarise` output: model, model + H, blend, H + blend,
-    resampled, best preset; each {row, key, mean_distance_db, beats_resampling_and_best_preset}
-    (the share only for the model's banks), rows the run has no bank for left out."""
-    rows = [("model", "model"), ("model + H", "model_hyper")]
+    """The ablation rows of one subset's `summarise` output: model, + H, + test-time refinement, and
+    each with the blend, then resampled and best preset; each {row, key, mean_distance_db,
+    beats_resampling_and_best_preset} (the share only for the model's banks), rows the run has no
+    bank for left out (without H, the refinement rows are G's)."""
+    banks = [("model", "model"), ("model + H", "model_hyper"), ("model + H + refinement", "model_hyper" + REFINED_SUFFIX),
+             ("model + refinement", "model" + REFINED_SUFFIX)]
+    rows = list(banks)
     if blend is not None:
-        rows += [(f"blend {blend_text(blend)}", _blend_key(blend)),
-                 (f"H + blend {blend_text(blend)}", _hyper_blend_key(blend))]
+        rows += [(f"{label.replace('model + ', '').replace('model', 'G')} + blend {blend_text(blend)}",
+                  _blend_key(blend, key)) for label, key in banks]
     rows += [("resampled", "resampled"), ("best preset", "best_preset")]
     means, wins = summary.get("mean_distance_db", {}), summary.get("beats_resampling_and_best_preset", {})
     return [{"row": label, "key": key, "mean_distance_db": round(means[key], 3),
@@ -242,10 +253,11 @@ def fidelity_of_notes(source: GanBankSource, font: dict, out_dir, config: Fideli
         with tempfile.TemporaryDirectory() as folder:
             for program in tqdm(programs, desc="one-shot fidelity", disable=not progress):
                 name = GM_PROGRAM_NAMES[program]
-                h, one_shot = _one_shot_conditioning(source, font[program][config.reference_pitch], Path(folder))
+                h, h_refined, one_shot = _one_shot_conditioning(source, font[program][config.reference_pitch],
+                                                                Path(folder))
                 record = instrument_fidelity(source, h, one_shot, font[program], preset_bank,
                                              name if name in source.presets else None, config,
-                                             keep_notes=program in figure_programs)
+                                             keep_notes=program in figure_programs, h_refined=h_refined)
                 records.append({"program": program, "instrument": name, "held_out": is_held_out(program, config),
                                 **record})
     finally:

@@ -98,6 +98,10 @@ class _Job:
     needed: frozenset = frozenset()
     on_done: Callable[[], None] | None = None
     on_fail: Callable[[str], None] | None = None
+    first_stage_only: bool = False
+    """Render the first chunk (the held pitches) only: the unrefined stage of a one-shot."""
+    requested: float = field(default_factory=time.monotonic)
+    """When the load was asked for (time.monotonic(), s)."""
     slot: int = -1
     published: bool = False
     selected: bool = False
@@ -185,6 +189,9 @@ class BankManager:
         self._restarting = False
         self._select: Callable[[int, int], bool] | None = None
         self.failed = ""
+        self.last_bank_s = math.nan
+        """Seconds from the request of the latest exact bank (a point, a preset, a one-shot's refined
+        bank) to its last row (/status `bank_seconds`); nan until one completes."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="latentsynth-bank-manager",
                                         daemon=True)
@@ -224,7 +231,7 @@ class BankManager:
             corners = grid_nodes_around(x, y, self.grid_n)
             on_node = len(corners) == 1
             self._protected = {TimbreRequest("xy", nx, ny).key() for nx, ny, _ in corners}
-            self._drop_exact_jobs(keep=None)
+            self._drop_exact_jobs(keep=set())
             self._exact_wanted = not on_node
             for nx, ny, _ in corners:
                 self._want(TimbreRequest("xy", nx, ny), vk.SLOT_GRID, (nx, ny), 0)
@@ -248,16 +255,41 @@ class BankManager:
         if not Path(path).is_file():
             on_fail(f"file not found: {path}")
             return
-        self._want_exact_bank(TimbreRequest("audio", path=path), generation, DEFAULT_ADSR, on_done, on_fail)
+        refined = TimbreRequest("audio", path=path)
+        if not self._worker.refines_one_shots:
+            self._want_exact_bank(refined, generation, DEFAULT_ADSR, on_done, on_fail)
+            return
+        # two stages: the unrefined bank's held rows answer on_done, the refined bank follows
+        self._want_exact_bank(TimbreRequest("audio", path=path, refine=False), generation, DEFAULT_ADSR,
+                              on_done, on_fail, refined=refined)
 
     def _want_exact_bank(self, request: TimbreRequest, generation: int, envelope, on_done=None,
-                         on_fail=None) -> None:
+                         on_fail=None, refined: TimbreRequest | None = None) -> None:
+        """Load and select the exact bank of `request`. With `refined`, `request` is its first stage:
+        only its held rows render, they answer `on_done`, and the bank of `refined` renders next and
+        is selected (crossfaded to) when its held rows land; a `refined` bank already playable
+        is selected at once instead."""
+        keys = {request.key()} | ({refined.key()} if refined is not None else set())
         with self._lock:
             self._latest_generation = max(self._latest_generation, generation)
-            self._drop_exact_jobs(keep=request.key())
+            self._drop_exact_jobs(keep=keys)
             self._exact_wanted = False
-            self._protected = {request.key()}
-            self._want(request, vk.SLOT_EXACT, self._point, 0, generation, envelope, on_done, on_fail)
+            self._protected = keys
+            if refined is not None and self._playable(refined.key()):
+                self._want(refined, vk.SLOT_EXACT, self._point, 0, generation, envelope, on_done, on_fail)
+                return
+            self._want(request, vk.SLOT_EXACT, self._point, 0, generation, envelope, on_done, on_fail,
+                       first_stage_only=refined is not None)
+            if refined is not None:
+                self._want(refined, vk.SLOT_EXACT, self._point, 0, generation, envelope)
+
+    def _playable(self, key: str) -> bool:
+        """Whether a slot holds the bank `key` and the callback may play it (loaded, or selected)."""
+        for slot, slot_key in enumerate(self._slot_key):
+            job = self._slot_job[slot]
+            if slot_key == key and (self._slot_state[slot] == "loaded" or (job is not None and job.selected)):
+                return True
+        return False
 
     def note_requested(self, pitch: float, held: Sequence[float]) -> None:
         """A note starts: its row (and the held ones) move to the front of unfinished banks."""
@@ -314,7 +346,7 @@ class BankManager:
 
     # ---- bookkeeping (under the lock) ----------------------------------------------------
     def _want(self, request: TimbreRequest, kind: float, point, priority: int, generation: int = 0,
-              envelope=DEFAULT_ADSR, on_done=None, on_fail=None) -> None:
+              envelope=DEFAULT_ADSR, on_done=None, on_fail=None, first_stage_only: bool = False) -> None:
         key = request.key()
         for slot, slot_key in enumerate(self._slot_key):
             if slot_key == key and self._slot_state[slot] in ("loading", "loaded"):
@@ -331,7 +363,7 @@ class BankManager:
                 job.update(priority, generation, envelope, on_done, on_fail)
                 return
         self._waiting.append(_Job(self._next_job, key, request, kind, point, priority, generation,
-                                  envelope, frozenset(self._held_rows()), on_done, on_fail))
+                                  envelope, frozenset(self._held_rows()), on_done, on_fail, first_stage_only))
         self._next_job += 1
         self._assign()
 
@@ -359,13 +391,13 @@ class BankManager:
         self._want(request, vk.SLOT_EXACT, (x, y), 0, self._generation)
         self._exact_wanted = False
 
-    def _drop_exact_jobs(self, keep: str | None) -> None:
-        """Forget exact banks still outstanding for timbres the performer has left; their
-        requesters hear `on_fail(SUPERSEDED)`."""
-        dropped = [j for j in self._waiting if j.kind == vk.SLOT_EXACT and j.key != keep]
+    def _drop_exact_jobs(self, keep: set) -> None:
+        """Forget exact banks still outstanding for timbres the performer has left (all but the
+        keys in `keep`); their requesters hear `on_fail(SUPERSEDED)`."""
+        dropped = [j for j in self._waiting if j.kind == vk.SLOT_EXACT and j.key not in keep]
         self._waiting = [j for j in self._waiting if j not in dropped]
         for job in list(self._jobs.values()):
-            if job.kind == vk.SLOT_EXACT and job.key != keep and not job.published:
+            if job.kind == vk.SLOT_EXACT and job.key not in keep and not job.published:
                 self._worker.requests.put(("cancel", job.job_id))
                 self._slot_state[job.slot] = "cancelling"
                 del self._jobs[job.job_id]
@@ -413,8 +445,8 @@ class BankManager:
             self.slots[slot, ENVELOPE_FIELDS] = job.envelope
             first = len(job.needed) or (CHUNK_ROWS if job.priority == 0 else BACKGROUND_CHUNK_ROWS)
             store = self.store_points or not (job.kind == vk.SLOT_EXACT and job.request.kind == "xy")
-            self._worker.requests.put(("render", job.job_id, slot, job.request, self._row_order(),
-                                       first, job.priority, store))
+            rows = self._row_order()[:first] if job.first_stage_only else self._row_order()
+            self._worker.requests.put(("render", job.job_id, slot, job.request, rows, first, job.priority, store))
 
     def _row_order(self) -> list[int]:
         """Rows nearest the held pitches first, then outwards from them (or from middle C)."""
@@ -527,6 +559,8 @@ class BankManager:
         elif message[0] == "done":
             self._slot_state[job.slot], self._slot_job[job.slot] = "loaded", None
             del self._jobs[job.job_id]
+            if job.kind == vk.SLOT_EXACT and not job.first_stage_only:
+                self.last_bank_s = time.monotonic() - job.requested
         elif message[0] == "fail":
             self._fail_job(job, message[2])
 

@@ -113,7 +113,7 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
             cache = BankCache(cache_dir, model_dir, source.n_samples)
             cache.prune()
         results.put(("hello", source.preset_names(), source.preset_envelopes(), int(source.sample_rate),
-                     int(source.n_samples)))
+                     int(source.n_samples), bool(source.refines_one_shots)))
     except Exception as error:  # any load failure is reported to the manager, which raises
         results.put(("fail", -1, f"cannot load bank source from {model_dir or 'procedural'}: {error}"))
         return

@@ -39,6 +39,8 @@ class WorkerHandle:
     """Preset name -> (attack s, decay s, sustain, release s), for those that have their own."""
     source_rate: int
     n_samples: int
+    refines_one_shots: bool = False
+    """Whether the source refines one-shots at test time (`TimbreRequest.refine` matters)."""
 
     def memory_bytes(self) -> int:
         """The process's resident set (bytes; 0 once it is gone or off Linux)."""
@@ -86,9 +88,9 @@ class PendingWorker:
         if hello[0] == "fail":
             self.process.join(5)
             raise RuntimeError(hello[2])
-        _, presets, envelopes, source_rate, n_samples = hello
+        _, presets, envelopes, source_rate, n_samples, refines_one_shots = hello
         return WorkerHandle(self.process, self.requests, self.results, list(presets), dict(envelopes),
-                            int(source_rate), int(n_samples))
+                            int(source_rate), int(n_samples), bool(refines_one_shots))
 
     def kill(self) -> None:
         """Stop a worker that will not be used."""

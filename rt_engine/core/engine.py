@@ -53,6 +53,7 @@ class _NoBanks:
     grid_n = 2
     initial_point = (0.5, 0.5)
     loop_start, loop_end = vk.HEAD_PAD, vk.HEAD_PAD + 64
+    last_bank_s = float("nan")
 
     def __init__(self):
         self.slots = np.zeros((1, vk.N_SLOT_FIELDS))
@@ -403,6 +404,7 @@ class Engine:
             "gru_latency_s": round(self.latency_s + (layer.latency_frames / self.sample_rate
                                                      if layer is not None else 0.0), 6),
             "bank_state": self.banks.state(),
+            "bank_seconds": round(float(self.banks.last_bank_s), 4),
             "polyphony": self.polyphony,
             "commands": int(counters[Counter.COMMANDS]),
             "dropped": int(counters[Counter.DROPPED] + self.queue.dropped),

@@ -401,8 +401,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("/status", (Form(()),), "Ask for the engine's state.", _status,
             replies=("/status.reply key value key value ...: voices (i), gru_active (i 0/1), cpu "
                      "(f, callback load 0..1), xruns (i), sample_rate (i, Hz), block (i, frames), "
-                     "latency_s (f, s), bank_state (s), then the engine's counters (e.g. commands, "
-                     "dropped, late) and the server's (osc_*), sorted by key",), timed=False),
+                     "latency_s (f, s), bank_state (s), then the rest sorted by key: bank_seconds (f, s, "
+                     "the latest exact bank from request to last row), the engine's counters (e.g. commands, "
+                     "dropped, late) and the server's (osc_*)",), timed=False),
     Command("/sync", (Form((ArgSpec("id", "int", "any number, echoed back", "", INT32_MIN,
                                     INT32_MAX),)),),
             "Round trip: the reply means every earlier message from this client was received and "

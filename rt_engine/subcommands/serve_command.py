@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model, else the procedural source)")
     parser.add_argument("--record", default=None, help="also write the output to this WAV file")
     add_own_sample_blend_argument(parser)
+    add_one_shot_refinement_argument(parser)
     parser.add_argument("--polyphony", type=int, default=64, help="sampler voices (settable live)")
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: play the model's GRU voice when the model folder has one")
@@ -75,6 +76,14 @@ def add_own_sample_blend_argument(parser: argparse.ArgumentParser) -> None:
                         help="one-shot banks (/timbre/audio, --timbre FILE) play the input itself within A "
                              "semitones of its pitch and crossfade to generated notes over B more "
                              "(default and on: 9,2; off: generated notes only)")
+
+
+def add_one_shot_refinement_argument(parser: argparse.ArgumentParser) -> None:
+    """`--one-shot-refinement on|off|STEPS`, shared by serve, generate and eval."""
+    parser.add_argument("--one-shot-refinement", default=None, metavar="on|off|STEPS",
+                        help="one-shot banks (/timbre/audio, --timbre FILE) refine the input's timbre "
+                             "vector by STEPS gradient steps at its own pitch (default and on: 20; live, "
+                             "the unrefined bank plays until the refined one lands)")
 
 
 def own_sample_cache_dir(blend):
@@ -210,6 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
     from rt_engine.io.midi_input import MidiInput
     from rt_engine.osc.osc_server import OscServer
     from rt_engine.osc.sound_access import SoundAccess, default_sound_dirs
+    from models.one_shot_refinement import REFINEMENT_ENVIRONMENT, REFINEMENT_STEPS, parse_refinement
     from models.own_sample_blend import BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_text, parse_blend
 
     try:
@@ -217,10 +227,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"latentsynth serve: --own-sample-blend: {error}", file=sys.stderr)
         return 2
+    try:
+        steps = REFINEMENT_STEPS if args.one_shot_refinement is None else parse_refinement(args.one_shot_refinement)
+    except ValueError as error:
+        print(f"latentsynth serve: --one-shot-refinement: {error}", file=sys.stderr)
+        return 2
     model_dir = args.model or default_model_dir()
     # the bank worker loads the model while the audio device and the GRU voice start; it reads the
-    # blend from the environment it is spawned with
-    with _environment(BLEND_ENVIRONMENT, blend_text(blend)):
+    # blend and the refinement from the environment it is spawned with
+    with _environment(BLEND_ENVIRONMENT, blend_text(blend)), _environment(REFINEMENT_ENVIRONMENT, str(steps)):
         pending_worker = spawn_worker(model_dir, own_sample_cache_dir(blend))
     # The audio callback is Python: it needs the GIL back quickly from the control threads.
     sys.setswitchinterval(0.0005)

@@ -26,6 +26,7 @@ class StaticBanks:
         self.banks = prepare_rows(rows, self.layout)[None]
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
         self.row_ready = np.ones((1, len(pitches)), dtype=np.uint8)
+        self.last_bank_s = float("nan")  # no bank is ever rendered
         self.slots = np.zeros((1, vk.N_SLOT_FIELDS))
         self.slots[0, [vk.S_KIND, vk.S_X, vk.S_Y]] = vk.SLOT_EXACT, 0.5, 0.5
         self.slots[0, ENVELOPE_FIELDS] = DEFAULT_ADSR
