@@ -118,6 +118,34 @@ def test_tiny_training_lowers_its_loss_checkpoints_and_resumes(tiny_model, tmp_p
     load_hypernetwork(run / "hyper", load_generator(tiny_model / "gan"))
 
 
+def test_adversarial_fine_tuning_starts_from_h_and_d_trains_both_and_resumes(tiny_model, tmp_path):
+    """The second stage: H starts from a trained hyper/, D from a GAN run's `d.` weights; both
+    change, D's loss and accuracy are logged, and a resumed run carries D and its optimiser."""
+    from models.gan import Discriminator
+
+    _write_harmonic_store(tmp_path / "store")
+    generator = load_generator(tiny_model / "gan")
+    start = _nonzero_hyper(generator)
+    save_checkpoint(tmp_path / "trained_hyper", start.config, start.state_dict())
+    torch.manual_seed(3)
+    discriminator = Discriminator(generator.config)
+    save_checkpoint(tmp_path / "gan_run", generator.config, {f"d.{k}": v for k, v in discriminator.state_dict().items()})
+    config = _tiny_config(tmp_path, tiny_model, steps=8, r1_every=4, initial_hyper=str(tmp_path / "trained_hyper"),
+                          discriminator=str(tmp_path / "gan_run"), lambda_adversarial=1.0)
+    run = tmp_path / "adversarial"
+    train_hyper(config, run)
+    saved = load_tensors(run / "checkpoint")
+    assert any(k.startswith("opt_d.") for k in saved)
+    assert not torch.equal(saved["d.blocks.0.weight"], discriminator.state_dict()["blocks.0.weight"])
+    trained = load_hypernetwork(run / "hyper", generator).state_dict()
+    assert not all(torch.equal(trained[k], v) for k, v in start.state_dict().items())
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("d_loss" in r and "h_adversarial" in r and "d_accuracy" in r for r in records)
+    train_hyper(_tiny_config(tmp_path, tiny_model, steps=10, initial_hyper=str(tmp_path / "trained_hyper"),
+                             discriminator=str(tmp_path / "gan_run")), run, resume=True)
+    assert load_metadata(run / "checkpoint")["step"] == 10
+
+
 def test_one_shot_banks_use_the_hypernetwork_exactly_when_the_folder_has_one(tmp_path):
     plain_dir = make_tiny_model(tmp_path / "plain")
     hyper_dir = make_tiny_model(tmp_path / "hyper")

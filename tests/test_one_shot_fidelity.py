@@ -66,6 +66,9 @@ def test_fidelity_on_synthetic_instruments_reports_both_subsets_and_a_figure(tmp
                                                if k in distances)
     assert metrics["per_instrument"][0]["same_named_preset"] == "acoustic_grand_piano"
     assert metrics["chosen_on_development"] in {"model", *metrics["blend_candidates"]}
+    assert metrics["per_instrument"][0]["played_bank"] == "model_refined_blend_9_2"
+    assert set(metrics["held_out"]["pitch_accuracy"]) == {"played_bank", "real"}
+    assert metrics["held_out"]["pitch_accuracy"]["real"] == 1.0  # synthetic harmonic notes: pyin finds them all
     rows = {row["row"]: row for row in metrics["ablation"]["held_out"]}  # no hyper/: refinement of G's h
     assert {"model", "model + refinement", "G + blend 9,2", "refinement + blend 9,2"} <= set(rows)
     assert rows["model + refinement"]["mean_distance_db"] != rows["model"]["mean_distance_db"]

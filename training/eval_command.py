@@ -3,8 +3,9 @@
 Writes eval.json (pitch accuracy by pyin over MIDI 28-96 on held-out timbres, one-shot
 reconstruction vs the nearest training preset, interpolation pitch accuracy) and PNGs
 (keyboard_sheet.png: the 88-key spectrogram sheet) into --out, and prints the headline numbers.
-`--one-shot-fidelity [--sf2 FONT] [--own-sample-blend on|off|A[,B]]` runs `training.one_shot_fidelity`
-instead (the blend setting is that of its ablation's blend rows).
+`--one-shot-fidelity [--sf2 FONT] [--own-sample-blend on|off|A[,B]] [--one-shot-refinement on|off|N]`
+runs `training.one_shot_fidelity` instead (the settings are those of its ablation's blend and
+refinement rows).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from rt_engine.subcommands.serve_command import add_own_sample_blend_argument
+from rt_engine.subcommands.serve_command import add_one_shot_refinement_argument, add_own_sample_blend_argument
 from training.generate_command import DEFAULT_MODEL_DIR
 
 
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sf2", default=None, help="font of the one-shot fidelity evaluation "
                                                      "(default: Debian's TimGM6mb, /usr/share/sounds/sf2)")
     add_own_sample_blend_argument(parser)
+    add_one_shot_refinement_argument(parser)
 
 
 def training_data_of(model_dir) -> str:
@@ -71,12 +73,15 @@ def main(args: argparse.Namespace) -> int:
 def one_shot_fidelity_main(args: argparse.Namespace) -> int:
     """`eval --one-shot-fidelity`: writes the JSON and PNG, prints both subsets' summaries."""
     from models.checkpoint import CheckpointError
+    from models.one_shot_refinement import REFINEMENT_STEPS, parse_refinement
     from models.own_sample_blend import DEFAULT_BLEND, parse_blend
     from training.one_shot_fidelity import DEFAULT_SF2, FidelityConfig, evaluate_one_shot_fidelity
 
     try:
         blend = DEFAULT_BLEND if args.own_sample_blend is None else parse_blend(args.own_sample_blend)
-        metrics = evaluate_one_shot_fidelity(args.model, args.sf2 or DEFAULT_SF2, args.out, FidelityConfig(blend=blend))
+        steps = REFINEMENT_STEPS if args.one_shot_refinement is None else parse_refinement(args.one_shot_refinement)
+        metrics = evaluate_one_shot_fidelity(args.model, args.sf2 or DEFAULT_SF2, args.out,
+                                             FidelityConfig(blend=blend, refinement_steps=steps))
     except (FileNotFoundError, ValueError, CheckpointError) as error:
         print(f"latentsynth eval: {error}", file=sys.stderr)
         return 1

@@ -18,6 +18,9 @@ refined G is scored too, and with a source that refines one-shots at test time
 on top; `ablation` in the JSON (and the figure's heading) lists each subset's rows: model, + H,
 + refinement, each with the blend, resampled, best preset.
 
+Each subset's summary also holds the pyin pitch accuracy (±50 cents) of the bank a one-shot plays
+live, beside that of the font's own notes (percussive and unpitched programs fail both).
+
 Programs p with p % held_out_every == held_out_every - 1 are held out of every choice (the blend's
 default is picked on the others) and reported apart.
 
@@ -31,6 +34,7 @@ Public API:
     instrument_fidelity(source, h, one_shot, real, preset_bank, ...) -> dict   one instrument's distances
     summarise(records) -> dict                                              per-method means and win shares
     ablation(summary, blend) -> list[dict]                                  the ablation rows of one subset
+    played_bank_key(banks, config) -> str                                   the bank a one-shot plays live
     evaluate_one_shot_fidelity(model_dir, sf2, out_dir, config) -> dict     renders the font, writes JSON + PNG
     fidelity_of_notes(source, font_notes, out_dir, config) -> dict          the same on given notes
 """
@@ -52,9 +56,10 @@ from models.features import log_mel
 from models.gan_bank import GanBankSource
 from models.model_config import denormalise_log_mel
 from models.one_shot import load_one_shot
+from models.one_shot_refinement import REFINEMENT_STEPS
 from models.own_sample_blend import (DEFAULT_BLEND, OwnSampleBlend, blend_rows, blend_text, estimate_pitch_midi,
                                      own_sample_weights, resample_to_pitch)
-from training.evaluation import log_mel_distance_db
+from training.evaluation import log_mel_distance_db, pitch_accuracy
 from training.sf2_render import (GM_PROGRAM_NAMES, SILENCE_PEAK, open_soundfont, preprocess_note,
                                  render_program_notes)
 
@@ -83,6 +88,8 @@ class FidelityConfig:
     n_figure_instruments: int = 4
     blend: OwnSampleBlend | None = DEFAULT_BLEND
     """The own-sample blend of the ablation's blend rows (None: no blend rows)."""
+    refinement_steps: int = REFINEMENT_STEPS
+    """Test-time refinement steps of the refined rows (0: no refinement rows)."""
 
 
 def is_held_out(program: int, config: FidelityConfig) -> bool:
@@ -163,7 +170,11 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
     flat = head_distance_db(np.concatenate(list(banks.values())), np.tile(target, (len(banks), 1)), source.config,
                             config.seconds).reshape(len(banks), len(pitches))
     distances = dict(zip(banks, flat))
+    played = played_bank_key(banks, config)
     record = {"pitches": pitches, "estimated_source_pitch": round(source_pitch, 2),
+              "played_bank": played,
+              "pitch_accuracy": {"played_bank": pitch_accuracy(banks[played], pitches, source.sample_rate)[0],
+                                 "real": pitch_accuracy(target, pitches, source.sample_rate)[0]},
               "nearest_preset": nearest, "same_named_preset": same_name,
               "distance_db": {name: float(d.mean()) for name, d in distances.items()},
               "distance_db_by_pitch": {name: [round(float(v), 2) for v in d] for name, d in distances.items()}}
@@ -174,6 +185,14 @@ def instrument_fidelity(source: GanBankSource, h: np.ndarray, one_shot: np.ndarr
         if "model_hyper" in banks:
             record["notes"]["model_hyper"] = banks["model_hyper"]
     return record
+
+
+def played_bank_key(banks: dict, config: FidelityConfig) -> str:
+    """Key of the bank a one-shot plays live among `banks`: the most refined generated bank
+    (H, then test-time refinement), with the blend on top when `config.blend` is set."""
+    generated = [key for key in ("model", "model_refined", "model_hyper", "model_hyper" + REFINED_SUFFIX)
+                 if key in banks][-1]
+    return generated if config.blend is None else _blend_key(config.blend, generated)
 
 
 def _blend_key(blend: OwnSampleBlend, bank: str = "model") -> str:
@@ -220,6 +239,7 @@ def evaluate_one_shot_fidelity(model_dir, sf2_path, out_dir, config: FidelityCon
     returns the metrics."""
     started = time.monotonic()
     source = GanBankSource.from_dir(model_dir)
+    source.refinement_steps = config.refinement_steps
     pitches = sorted(set(config.pitches) | {config.reference_pitch})
     font = render_font_notes(sf2_path, config.programs, pitches, source.sample_rate, source.n_samples,
                              config.velocity)
@@ -267,6 +287,11 @@ def fidelity_of_notes(source: GanBankSource, font: dict, out_dir, config: Fideli
     options = ["model"] + [_blend_key(b) for b in BLEND_CANDIDATES]
     chosen = min(options, key=lambda key: development.get("mean_distance_db", {}).get(key, np.inf))
     held_out_summary = summarise([r for r in records if r["held_out"]])
+    for summary, subset in ((development, [r for r in records if not r["held_out"]]),
+                            (held_out_summary, [r for r in records if r["held_out"]])):
+        if subset:  # pyin over the comparison pitches: the played bank beside the real notes (the ceiling)
+            summary["pitch_accuracy"] = {kind: float(np.mean([r["pitch_accuracy"][kind] for r in subset]))
+                                         for kind in ("played_bank", "real")}
     metrics = {
         "sample_rate": source.sample_rate, "config": asdict(config), "n_instruments": len(records),
         "held_out_rule": f"program % {config.held_out_every} == {config.held_out_every - 1}",

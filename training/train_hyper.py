@@ -9,8 +9,13 @@ uniformly from the k nearest of i in f-space (instance conditioning). Loss (Hype
 lambda_timbre * ||f(x_fine) - h_i||^2 + lambda_recon * ||x_fine - x_i||^2 at the own pitch, plus a
 declared shortcut: at a neighbour's pitch, lambda_recon_other_pitch * ||x_fine - x_k||^2 toward the
 real note k of i's instrument at p' (the SoundFont render holds every instrument at every pitch;
-0 is the paper's setting), plus lambda_offset * mean(Delta^2). The adversarial fine-tuning stage
-with the projection D is not part of this trainer.
+0 is the paper's setting), plus lambda_offset * mean(Delta^2).
+
+Adversarial fine-tuning (HyperGANStrument's second stage; `discriminator` names `train gan`'s
+checkpoint folder, `initial_hyper` the trained H it starts from, e.g.
+training/configs/hyper_adversarial.json): the loss gains lambda_adversarial * softplus(-D(x_fine, p', h_i))
+and the projection D trains beside H on the batch's real notes at their own pitches (non-saturating
+loss, lazy R1), as in `train gan`; G and f stay frozen.
 
 Validation (every `eval_every` steps, and at the end): the same reconstruction losses on the
 store's held-out ('valid') instruments, at their own and at neighbours' pitches, with H and with
@@ -39,9 +44,9 @@ from tqdm import tqdm
 
 from models.checkpoint import load_metadata, load_tensors, save_checkpoint
 from models.features import load_feature_extractor
-from models.gan import load_generator
+from models.gan import Discriminator, load_generator, r1_penalty
 from models.hypernetwork import (HyperNetwork, first_reconstruction_features, fixed_z, hyper_config_for,
-                                 offset_norm, refined_generate)
+                                 load_hypernetwork, offset_norm, refined_generate)
 from training.config_files import build_dataclass, read_config_json
 from training.distributed import cleanup_distributed, setup_distributed
 from training.note_dataset import NoteStore
@@ -49,7 +54,8 @@ from training.train_features import (RunLog, any_rank, average_gradients, optimi
                                      restore_optimizer)
 from training.train_gan import knn_indices
 
-PLOTTED_LOSSES = ("loss", "timbre", "recon_own", "recon_other", "val_recon_own", "val_recon_other")
+PLOTTED_LOSSES = ("loss", "timbre", "recon_own", "recon_other", "val_recon_own", "val_recon_other", "h_adversarial",
+                  "d_loss")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,15 @@ class TrainHyperSettings:
     checkpoint_every_s: float = 180.0
     seed: int = 0
     threads: int = 1
+    initial_hyper: str = ""
+    """A hyper/ folder H starts from (the adversarial stage fine-tunes a trained H); "": from zero offsets."""
+    discriminator: str = ""
+    """`train gan`'s checkpoint/ folder, whose `d.` weights start the projection D: non-empty turns the
+    run into HyperGANStrument's adversarial fine-tuning (D trains too, with R1)."""
+    lambda_adversarial: float = 1.0
+    learning_rate_d: float = 1e-4
+    r1_gamma: float = 1.0
+    r1_every: int = 8
 
 
 def run_from_cli(args) -> int:
@@ -80,6 +95,11 @@ def run_from_cli(args) -> int:
     summary = train_hyper(args.config, args.out or "runs/hyper", resume=args.resume)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    """The tensors whose names start with `prefix`, named without it (one network of a checkpoint)."""
+    return {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
 
 
 def _load_config(path):
@@ -135,8 +155,9 @@ def _recon_losses(x_fine, x, target, own):
     return error, has
 
 
-def hyper_loss(network, generator, extractor, z, batch, data, settings):
-    """The training loss (scalar) and its parts {name: float} for one drawn `batch` on `data`."""
+def hyper_loss(network, generator, extractor, z, batch, data, settings, discriminator=None):
+    """The training loss (scalar), its parts {name: float} and x_fine [b, n_mels, n_frames] for one
+    drawn `batch` on `data`; with `discriminator`, plus lambda_adversarial * softplus(-D(x_fine))."""
     i, pitch, target, own = batch
     x, h, h_init = data
     offsets = network(h[i], h_init[i])
@@ -147,11 +168,33 @@ def hyper_loss(network, generator, extractor, z, batch, data, settings):
     loss = settings.lambda_timbre * timbre.mean() + (weight * error).mean()
     regulariser = offset_norm(offsets)
     loss = loss + settings.lambda_offset * regulariser
+    logs = {}
+    if discriminator is not None:
+        adversarial = F.softplus(-discriminator(x_fine, pitch, h[i])).mean()
+        loss = loss + settings.lambda_adversarial * adversarial
+        logs["h_adversarial"] = float(adversarial.detach())
     own_has, other_has, error = own & has, ~own & has, error.detach()
     return loss, {"loss": float(loss.detach()), "timbre": float(timbre.mean().detach()),
                   "recon_own": float(error[own_has].mean()) if bool(own_has.any()) else None,
                   "recon_other": float(error[other_has].mean()) if bool(other_has.any()) else None,
-                  "offset_ms": float(regulariser.detach())}
+                  "offset_ms": float(regulariser.detach()), **logs}, x_fine
+
+
+def discriminator_loss(discriminator, x_fine, fake_pitch, h, x_real, real_pitch, settings, step: int):
+    """D's loss (scalar) and its parts {name: float}: softplus(D(x_fine)) on the refined G's notes
+    [b, n_mels, n_frames] at `fake_pitch` [b] + softplus(-D(x_real)) on real notes at `real_pitch`,
+    both with the instances' h [b, h_dim], plus lazy R1 on the real notes every `r1_every` steps
+    (r1_gamma / 2 * r1_every * R1), as `train gan` trains D."""
+    d_fake = discriminator(x_fine.detach(), fake_pitch, h)
+    d_real = discriminator(x_real, real_pitch, h)
+    loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+    logs = {"d_loss": float(loss.detach()),
+            "d_accuracy": float(((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2)}
+    if step % settings.r1_every == 0:
+        r1 = r1_penalty(discriminator, x_real, real_pitch, h)
+        loss = loss + settings.r1_gamma / 2 * settings.r1_every * r1
+        logs["r1"] = float(r1.detach())
+    return loss, logs
 
 
 def validation_losses(network, generator, extractor, z, batch, data) -> dict:
@@ -216,13 +259,23 @@ def train_hyper(config_path, out_dir, resume: bool = False) -> dict:
         validation = (vbatch, (vx, vh, vh_init))
 
     network = HyperNetwork(config).to(device)
+    if settings.initial_hyper:
+        network.load_state_dict(load_hypernetwork(settings.initial_hyper, generator).state_dict())
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate, betas=(0.9, 0.99))
+    discriminator = optimizer_d = None
+    if settings.discriminator:  # the adversarial fine-tuning: D starts from the GAN run's and trains beside H
+        discriminator = Discriminator(gan_config).to(device)
+        discriminator.load_state_dict(_prefixed(load_tensors(settings.discriminator), "d."))
+        optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=settings.learning_rate_d, betas=(0.0, 0.99))
     step, seconds_before, last_validation = 0, 0.0, {}
     checkpoint_dir = out_dir / "checkpoint"
     if resume and (checkpoint_dir / "model.safetensors").is_file():
         tensors = load_tensors(checkpoint_dir)
-        network.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("h.")})
+        network.load_state_dict(_prefixed(tensors, "h."))
         restore_optimizer(optimizer, tensors, "opt")
+        if discriminator is not None:
+            discriminator.load_state_dict(_prefixed(tensors, "d."))
+            restore_optimizer(optimizer_d, tensors, "opt_d")
         metadata = load_metadata(checkpoint_dir)
         step, seconds_before = int(metadata.get("step", 0)), float(metadata.get("train_seconds", 0.0))
         last_validation = metadata.get("validation", {})
@@ -246,6 +299,9 @@ def train_hyper(config_path, out_dir, resume: bool = False) -> dict:
                     "data": raw["data"], "model_dir": str(model_dir), "settings": dataclasses.asdict(settings)}
         tensors = {f"h.{k}": v for k, v in network.state_dict().items()}
         tensors.update(optimizer_tensors(optimizer, "opt"))
+        if discriminator is not None:
+            tensors.update({f"d.{k}": v for k, v in discriminator.state_dict().items()})
+            tensors.update(optimizer_tensors(optimizer_d, "opt_d"))
         save_checkpoint(checkpoint_dir, config, tensors, metadata)
         save_checkpoint(out_dir / "hyper", config, network.state_dict(), metadata)
 
@@ -256,11 +312,20 @@ def train_hyper(config_path, out_dir, resume: bool = False) -> dict:
                                                  context):
         batch = _draw(rng, len(train_notes), neighbours, pitch_class, instrument, target_of, settings.batch_size,
                       settings.p_recon)
-        loss, logs = hyper_loss(network, generator, extractor, z, batch, (x, h, h_init), settings)
+        loss, logs, x_fine = hyper_loss(network, generator, extractor, z, batch, (x, h, h_init), settings,
+                                        discriminator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(network, context)
         optimizer.step()
+        if discriminator is not None:
+            i, pitch = batch[0], batch[1]
+            loss_d, logs_d = discriminator_loss(discriminator, x_fine, pitch, h[i], x[i], pitch_class[i], settings, step)
+            optimizer_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            average_gradients(discriminator, context)
+            optimizer_d.step()
+            logs.update(logs_d)
         step += 1
         bar.update(1)
         if not context.is_main:
