@@ -14,6 +14,7 @@ the ceiling any generator at that rate can reach. Reported per rate:
   shipped model.
 
     python3 bench/model_rate.py [--sf2 /usr/share/sounds/sf2/FluidR3_GM.sf2] [--repeats 3] [--threads 1]
+                                [--phase-iterations N]
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from bench.bank import median_ms  # noqa: E402
 from models.bank_source import KEYBOARD_PITCHES  # noqa: E402
 from models.features import log_mel  # noqa: E402
 from models.model_config import GanConfig  # noqa: E402
-from models.gan_bank import log_mel_to_audio  # noqa: E402
+from models.gan_bank import PHASE_ITERATIONS, log_mel_to_audio  # noqa: E402
 from training.evaluation import HIGH_BAND_HZ, EVAL_PITCHES, band_level_db, high_band_agreement, pitch_accuracy  # noqa: E402
 from training.sf2_render import open_soundfont, preprocess_note, render_program_notes  # noqa: E402
 
@@ -64,7 +65,7 @@ def _spectral_config(rate: int) -> GanConfig:
     return GanConfig(**sizes)
 
 
-def measure_rate(sf2: str, rate: int, pitches, repeats: int) -> dict:
+def measure_rate(sf2: str, rate: int, pitches, repeats: int, phase_iterations: int = PHASE_ITERATIONS) -> dict:
     config = _spectral_config(rate)
     real, kept = _render(sf2, rate, PROGRAMS, pitches)
     reference, reference_kept = _render(sf2, REFERENCE_RATE, PROGRAMS, pitches)
@@ -72,7 +73,7 @@ def measure_rate(sf2: str, rate: int, pitches, repeats: int) -> dict:
         raise RuntimeError(f"renders at {rate} and {REFERENCE_RATE} Hz dropped different notes")
     with torch.no_grad():
         x = log_mel(torch.from_numpy(real), config).numpy()
-    rendered = log_mel_to_audio(x, config, pitches=kept)
+    rendered = log_mel_to_audio(x, config, pitches=kept, phase_iterations=phase_iterations)
     band = high_band_agreement(rendered, reference, rate, REFERENCE_RATE)
     band["real_at_this_rate_db"] = float(band_level_db(real, rate, *HIGH_BAND_HZ).mean())
 
@@ -82,7 +83,7 @@ def measure_rate(sf2: str, rate: int, pitches, repeats: int) -> dict:
         keyboard_x = log_mel(torch.from_numpy(keyboard_real), config).numpy()
 
     def invert_88():
-        log_mel_to_audio(keyboard_x, config, pitches=keyboard_pitches)
+        log_mel_to_audio(keyboard_x, config, pitches=keyboard_pitches, phase_iterations=phase_iterations)
 
     invert_88()  # compile and build the inverter once
     inversion_ms = median_ms(invert_88, repeats)
@@ -102,11 +103,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--pitch-step", type=int, default=6, help="every Nth pitch of MIDI 28-96")
+    parser.add_argument("--phase-iterations", type=int, default=PHASE_ITERATIONS,
+                        help=f"Fast Griffin-Lim iterations of the inversion (default: the renderer's, {PHASE_ITERATIONS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pitches = list(EVAL_PITCHES[::args.pitch_step])
-    rows = [measure_rate(args.sf2, rate, pitches, args.repeats) for rate in RATES]
+    rows = [measure_rate(args.sf2, rate, pitches, args.repeats, args.phase_iterations) for rate in RATES]
     print(json.dumps({"cpu": platform.processor() or platform.machine(), "torch_threads": args.threads,
+                      "phase_iterations": args.phase_iterations,
                       "programs": list(PROGRAMS), "pitches": pitches, "reference_rate": REFERENCE_RATE,
                       "rates": rows}, indent=2))
     return 0

@@ -11,6 +11,9 @@ request carries a generation number: a load that lands after a newer request is 
 its requester hears `on_fail("superseded by a newer timbre request")`.
 - a timbre point needs the grid nodes around it (bilinear blend: instant response) and then the
   exact bank at the point (selected, and crossfaded to, when it lands);
+- a one-shot sound whose source refines it at test time loads in two stages: the held pitches'
+  rows of the unrefined bank (they answer `on_done`), then the refined bank into another slot,
+  selected (crossfaded to) when its held rows land;
 - held and requested pitches render first (`note_requested` moves them to the front); the first
   chunk of a load is the held pitches' rows alone, so they are playable soonest;
 - loaded slots form an LRU cache keyed by `TimbreRequest.key()`; a slot is reused only after the
