@@ -205,7 +205,7 @@ def sweep_phase_iterations(data_dir: str, n_notes: int, config) -> dict:
     x = log_mel(torch.from_numpy(audio), config).numpy()
     magnitude = np.abs(stft(audio, config.n_fft, config.hop_length))
     results = {"n_notes": len(chosen), "real_pitch_accuracy": pitch_accuracy(audio, pitches, config.sample_rate)[0]}
-    for n_iter in (0, 4, 8, 12, 16, 32):
+    for n_iter in (0, 4, 6, 8, 12, 16, 32):
         started = time.perf_counter()
         rebuilt = log_mel_to_audio(x, config, pitches=pitches, phase_iterations=n_iter)
         seconds = time.perf_counter() - started

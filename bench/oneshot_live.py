@@ -1,6 +1,7 @@
 """Benchmark: `/timbre/audio` -> `/done` on a live `latentsynth serve`, with a note held.
 
-Starts a real `serve` (null audio device, no MIDI, no GRU voice) on the given model, holds MIDI 60,
+Starts a real `serve` (null audio device, no MIDI, no GRU voice unless `--gru auto`) on the given
+model, holds MIDI 60,
 then sends `/timbre/audio` for `--repeats` distinct one-shot WAVs (plucked tones of different
 brightness; the server gets an empty bank cache of its own, so every bank is rendered, and
 `ready_s` includes rendering the first grid banks) over UDP OSC from one socket, and times each
@@ -13,7 +14,7 @@ Prints JSON: done_ms (each and median), full_bank_s (each and median), osc_round
 ready_s (serve start to `ready`). Targets: done median <= 50 ms; the whole bank <= 1 s unrefined
 (`--one-shot-refinement off`), <= 1.5 s refined (the default).
 
-    python3 bench/oneshot_live.py [--model DIR] [--repeats 5] [--one-shot-refinement on|off|STEPS]
+    python3 bench/oneshot_live.py [--model DIR] [--repeats 5] [--one-shot-refinement on|off|STEPS] [--gru auto]
 """
 from __future__ import annotations
 
@@ -96,13 +97,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--one-shot-refinement", default="on", metavar="on|off|STEPS",
                         help="the server's test-time refinement of one-shots (default on)")
+    parser.add_argument("--gru", default="none", choices=("none", "auto"),
+                        help="auto: the model's GRU voice plays the held note too (its load beside the bank worker)")
     args = parser.parse_args()
     refined = args.one_shot_refinement != "off" and args.one_shot_refinement != "0"
     with tempfile.TemporaryDirectory() as folder:
         sounds = Path(folder)
         port = _free_port()
         command = [sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
-                   "--gru", "none", "--model", args.model, "--osc-port", str(port), "--sounds", str(sounds),
+                   "--gru", args.gru, "--model", args.model, "--osc-port", str(port), "--sounds", str(sounds),
                    "--one-shot-refinement", args.one_shot_refinement]
         started = time.perf_counter()
         environment = {**os.environ, "LATENTSYNTH_CACHE": str(sounds / "bank_cache")}  # nothing cached
@@ -148,7 +151,7 @@ def main() -> int:
         "full_bank_s_median": round(float(np.median(full_bank_s)), 3),
         "osc_round_trip_ms_median": round(float(np.median(round_trips)), 2),
         "ready_s": round(ready_s, 2),
-        "one_shot_refinement": args.one_shot_refinement,
+        "one_shot_refinement": args.one_shot_refinement, "gru": args.gru,
         "targets": {"done_ms_median": 50.0, "full_bank_s": 1.5 if refined else 1.0},
     }, indent=2))
     return 0

@@ -65,11 +65,11 @@ from models.timbre_grid import load_grid
 
 MEL_ITERATIONS = 16
 """Projected-gradient iterations of the mel -> linear solve after the pseudo-inverse start."""
-PHASE_ITERATIONS = 8
+PHASE_ITERATIONS = 6
 """Fast Griffin-Lim iterations after the PGHI start, a measured choice (`python3 bench/bank.py
 --threads 1 --phase-iterations data/fluidr3_32k --notes 64`): 64 real notes taken to the model's
-log-mel and back are 2.92 / 2.08 / 2.05 / 1.90 / 1.96 dB from the originals after 0 / 4 / 8 / 16 / 32
-iterations, and each iteration costs about 26 ms of an 88-key bank on one core."""
+log-mel and back are 2.92 / 2.08 / 2.08 / 2.05 / 1.98 / 1.90 / 1.96 dB from the originals after
+0 / 4 / 6 / 8 / 12 / 16 / 32 iterations, and each iteration costs about 26 ms of an 88-key bank on one core."""
 GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 ONE_SHOT_MEMORY = 8
