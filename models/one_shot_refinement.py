@@ -5,14 +5,20 @@ own pitch. h is pitch-invariant, so what it learns at one pitch carries to the w
     h <- Adam step on  mean((G(h, z, p_input) - x)^2) + anchor * mean((h - h_f)^2)
 
 x is the input's normalised log-mel (`models.features.log_mel`), h_f = f(input) the start and
-anchor, z the bank's fixed noise, G's (and H's offsets') weights frozen. HyperGANStrument refines
-at test time too; here h is refined, not H's offsets, because that measured better. Distance of the
-bank to TimGM6mb's real notes at the keys beyond the own-sample blend (|pitch - 60| >= 11; a font
-the model never trained on, one-shot at MIDI 60), over its development programs (p % 4 != 3):
-- 16 programs, 20 steps at lr 0.02: H 10.51 dB; refining h 9.73, the offsets 10.29, both 10.00; h of
-  G alone, without H, did not help (10.84 -> 10.99);
-- 83 programs, anchor 0.1: 11.17 dB -> 10.60 / 10.58 / 10.53 after 10 / 20 / 30 steps (lr 0.02),
-  10.71 / 10.59 / 10.52 at lr 0.05. The shipped 20 steps at lr 0.02 take about 0.17 s on one core.
+anchor, z the bank's fixed noise, G's (and H's offsets') weights frozen.
+
+Each choice is measured by `NUMBA_NUM_THREADS=1 python3 bench/refinement_sweep.py --programs 12`:
+the bank's distance to TimGM6mb's real notes at the keys beyond the own-sample blend (|pitch - 60|
+>= 11; a font the model never trained on, one-shot at MIDI 60), on 12 of its development programs
+(p % 4 != 3). H alone: 10.48 dB.
+- what to refine: h 9.93 dB; H's offsets 10.23; both 10.09; h through G alone, without H, 10.57;
+- steps and rate: 10 / 20 / 30 steps 10.26 / 9.93 / 9.96 at lr 0.02; lr 0.05 10.43;
+- targets: adding the input resampled by +-3 / 5 / 7 semitones as targets at those pitches
+  10.66 / 10.95 / 11.26 (resampling's timbre shift misleads h);
+- loss: adding HyperGANStrument's timbre loss ||f(G(h)) - f(x)||^2 at weight 1 / 10 / 100:
+  9.86 / 10.05 / 10.42 (weight 1 stays within 0.1 dB of the reconstruction alone on two more sets
+  of 28 programs: not used).
+The shipped 20 steps at lr 0.02 take about 0.17 s on one core.
 `latentsynth eval --one-shot-fidelity` reports the whole bank, with and without, on the held-out programs.
 
 The live path serves a one-shot in two stages (`rt_engine.banks.bank_manager`): the held pitches
