@@ -84,9 +84,10 @@ class _ModulatedBlock(nn.Module):
 
 
 def _add_template_conv(y: torch.Tensor, template: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """y [batch, c_out, F, T] += conv3x3(template, weight, bias, padding=1), in place, for a template
-    constant along time: computed on 3 columns (`template` [batch, 1, F, 3]), whose middle one is
-    every inner column and whose outer ones are the edges (the zero padding drops a kernel column)."""
+    """y [batch, c_out, F, T >= 2] += conv3x3(template, weight, bias, padding=1), in place, for a
+    template constant along time: computed on 3 columns (`template` [batch, 1, F, 3]), whose middle
+    one is every inner column and whose outer ones are the edges (the zero padding drops a kernel
+    column)."""
     columns = F.conv2d(template, weight, bias, padding=1)  # [batch, c_out, F, 3]
     y[..., :1] += columns[..., :1]
     y[..., 1:-1] += columns[..., 1:2]
