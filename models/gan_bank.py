@@ -264,9 +264,9 @@ class GanBankSource:
         from models.features import log_mel
         from models.hypernetwork import fixed_z
 
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the refinement's autograd graph uses the target
             target = log_mel(torch.from_numpy(np.asarray(audio, dtype=np.float32))[None], self.config)
-        return refine_conditioning(self.generator if generator is None else generator, h, target.clone(),
+        return refine_conditioning(self.generator if generator is None else generator, h, target,
                                    self._own_pitch_class(source_pitch), fixed_z(self.config.z_dim),
                                    steps=self.refinement_steps)
 
