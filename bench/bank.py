@@ -5,10 +5,10 @@ into feature extraction (WAV -> h), generator (one pitch) and inversion (the ren
 prior mel -> linear, PGHI, `models.gan_bank.PHASE_ITERATIONS` FGLA iterations); time for the 88-key
 bank (G + inversion); and, as the in-process baseline, the same 88-key bank inverted by pseudo-inverse
 + `librosa.griffinlim` (32 iterations, random phase), with the speed-up ratio.
-Targets: first note <= 50 ms, 88-key bank <= 1 s. With --phase-iterations DATA, the sweep behind
-that iteration count: real notes of DATA through the model's log-mel and the inversion at 0-32
-iterations, each with its log-mel distance to the real note, spectral convergence, pitch accuracy
-and time.
+Targets: first note <= 50 ms, 88-key bank <= 1 s. With --inversion-iterations DATA, the sweep behind
+the inversion's iteration counts: real notes of DATA through the model's log-mel and the inversion
+at 20 and 30 harmonic-prior updates times 0-16 Fast Griffin-Lim iterations, each with its log-mel
+distance to the real note, spectral convergence, pitch accuracy and time.
 With --compare-representations DATA, also the measured comparison behind the representation choice:
 real notes of the store DATA (MIDI 28-96) through each candidate representation and back (mel 128
 and 256 via the core's MelInverter, linear log-magnitude, all with PGHI + 16 FGLA iterations; GANSynth
@@ -17,7 +17,7 @@ IF with its exact phase, an upper bound), reporting spectral convergence against
 (what G must produce) and inversion time.
 
     python3 bench/bank.py [--model DIR] [--repeats 5] [--threads N] [--compare-representations data/fluidr3]
-                        [--phase-iterations data/fluidr3_32k --notes 64]
+                        [--inversion-iterations data/fluidr3_32k --notes 128]
 """
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ def main() -> int:
     parser.add_argument("--compare-representations", metavar="DATA", default=None,
                         help="also compare representations on real notes of this note store")
     parser.add_argument("--notes", type=int, default=24, help="real notes for the representation comparison")
-    parser.add_argument("--phase-iterations", metavar="DATA", default=None,
-                        help="also sweep the Fast Griffin-Lim iteration count on real notes of this note store")
+    parser.add_argument("--inversion-iterations", metavar="DATA", default=None,
+                        help="also sweep the inversion's iteration counts (harmonic prior, Fast Griffin-Lim) "
+                             "on real notes of this note store")
     args = parser.parse_args()
 
     import librosa
@@ -130,8 +131,8 @@ def main() -> int:
     }
     if args.compare_representations:
         report["representations"] = compare_representations(args.compare_representations, args.notes, config)
-    if args.phase_iterations:
-        report["phase_iterations"] = sweep_phase_iterations(args.phase_iterations, args.notes, config)
+    if args.inversion_iterations:
+        report["inversion_iterations"] = sweep_inversion_iterations(args.inversion_iterations, args.notes, config)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -183,9 +184,10 @@ def compare_representations(data_dir: str, n_notes: int, config) -> dict:
     return results
 
 
-def sweep_phase_iterations(data_dir: str, n_notes: int, config) -> dict:
-    """The bank renderer's inversion at each Fast Griffin-Lim iteration count, on `n_notes` real notes
-    (MIDI 28-96, seeded choice) taken to the model's log-mel: log-mel distance to the real note (dB,
+def sweep_inversion_iterations(data_dir: str, n_notes: int, config) -> dict:
+    """The bank renderer's inversion at each pair of harmonic-prior update and Fast Griffin-Lim
+    iteration counts, on `n_notes` real notes (MIDI 28-96, seeded choice) taken to the model's
+    log-mel: log-mel distance to the real note (dB, mean and its standard error,
     `training.evaluation.log_mel_distance_db`, what the timbre evaluations measure), spectral
     convergence against its |STFT| (dB), pyin pitch accuracy, and the inversion's time."""
     import torch
@@ -205,16 +207,19 @@ def sweep_phase_iterations(data_dir: str, n_notes: int, config) -> dict:
     x = log_mel(torch.from_numpy(audio), config).numpy()
     magnitude = np.abs(stft(audio, config.n_fft, config.hop_length))
     results = {"n_notes": len(chosen), "real_pitch_accuracy": pitch_accuracy(audio, pitches, config.sample_rate)[0]}
-    for n_iter in (0, 4, 6, 8, 12, 16, 32):
-        started = time.perf_counter()
-        rebuilt = log_mel_to_audio(x, config, pitches=pitches, phase_iterations=n_iter)
-        seconds = time.perf_counter() - started
-        results[f"fgla_{n_iter}"] = {
-            "log_mel_distance_db": round(float(log_mel_distance_db(rebuilt, audio, config).mean()), 3),
-            "spectral_convergence_db": round(float(np.mean(spectral_convergence_db(magnitude, rebuilt, config.hop_length))), 2),
-            "pitch_accuracy": pitch_accuracy(rebuilt, pitches, config.sample_rate)[0],
-            "inversion_ms_per_88": round(1000 * seconds * 88 / len(chosen), 1),
-        }
+    for harmonic in (20, 30):
+        for phase in (0, 3, 4, 6, 8, 16):
+            started = time.perf_counter()
+            rebuilt = log_mel_to_audio(x, config, pitches=pitches, phase_iterations=phase, harmonic_iterations=harmonic)
+            seconds = time.perf_counter() - started
+            distance = log_mel_distance_db(rebuilt, audio, config)
+            results[f"harmonic_{harmonic}_fgla_{phase}"] = {
+                "log_mel_distance_db": round(float(distance.mean()), 3),
+                "log_mel_distance_standard_error_db": round(float(distance.std() / np.sqrt(distance.size)), 3),
+                "spectral_convergence_db": round(float(np.mean(spectral_convergence_db(magnitude, rebuilt, config.hop_length))), 2),
+                "pitch_accuracy": pitch_accuracy(rebuilt, pitches, config.sample_rate)[0],
+                "inversion_ms_per_88": round(1000 * seconds * 88 / len(chosen), 1),
+            }
     return results
 
 

@@ -12,7 +12,10 @@ event's frame to the onset frame (JACK frame time). An onset not heard within 25
 Phases: the baseline alone, then for each engine configuration (GRU voice off/on, native or Python
 audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Every engine figure is
 also given as a difference from the baseline's in the same phase. xruns are the graph's (JACK tells
-every client), per minute, counted from the first trial on (not while clients join the graph).
+every client), per minute, counted from the first trial on (not while clients join the graph), with
+jackd's account of each (`xrun_blame`: the clients that had not finished a cycle by its deadline,
+and the driver's own late wake-ups). The capture client's callback is machine code (no GIL), so the
+recorder is not among the clients that miss a cycle.
 
 xruns under the same load: a client of a real-time graph on a loaded machine can miss a cycle for
 reasons of the machine alone (scheduling of its threads). So each engine phase's xruns are compared
@@ -99,7 +102,7 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
     loaded = [("127.0.0.1", load_port)] if load_port is not None else []
     try:
         time.sleep(0.3)
-        started, xruns_before = time.monotonic(), capture.xruns
+        started, xruns_before, log_from = time.monotonic(), capture.xruns, server.log_size()
         for trial in range(trials):
             order = targets if trial % 2 == 0 else targets[::-1]
             since, sent = capture.now(), {}
@@ -141,7 +144,8 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             mover.join(TIMBRE_EVERY_S + 1)
         sock.close()
         capture.close()
-    return {"seconds": round(seconds, 1), "xruns": xruns, "xruns_per_min": round(xruns * 60 / seconds, 2)}
+    return {"seconds": round(seconds, 1), "xruns": xruns, "xruns_per_min": round(xruns * 60 / seconds, 2),
+            "xrun_blame": server.xrun_blame(log_from)}
 
 
 def _stats(latencies: list[float], missing: int) -> dict:
@@ -336,13 +340,18 @@ def main() -> None:
 
 
 def _xrun_totals(results: list[dict]) -> dict:
-    """Per configuration over all runs: seconds measured, xruns, xruns per minute."""
+    """Per configuration over all runs: seconds measured, xruns, xruns per minute, and the clients
+    jackd found late (summed `xrun_blame`)."""
     totals: dict = {}
     for phase in results:
         if "xruns" in phase:
-            total = totals.setdefault(phase["config"], {"seconds": 0.0, "xruns": 0})
+            total = totals.setdefault(phase["config"], {"seconds": 0.0, "xruns": 0, "late_clients": {},
+                                                        "driver_late": 0})
             total["seconds"] = round(total["seconds"] + phase["seconds"], 1)
             total["xruns"] += phase["xruns"]
+            for name, count in phase["xrun_blame"]["late_clients"].items():
+                total["late_clients"][name] = total["late_clients"].get(name, 0) + count
+            total["driver_late"] += phase["xrun_blame"]["driver_late"]
     for total in totals.values():
         total["xruns_per_min"] = round(total["xruns"] * 60 / max(total["seconds"], 1e-9), 2)
     return totals

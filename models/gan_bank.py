@@ -53,7 +53,7 @@ import numpy as np
 
 from models.bank_source import TimbreRequest
 from models.checkpoint import CheckpointError, load_config
-from models.harmonic_inversion import mel_inverter, mel_to_linear_harmonic
+from models.harmonic_inversion import HARMONIC_PRIOR_ITERATIONS, mel_inverter, mel_to_linear_harmonic
 from models.model_config import FeatureConfig, GanConfig, denormalise_log_mel, mel_filterbank
 from models.one_shot import load_one_shot
 from models.own_sample_blend import (BLEND_ENVIRONMENT, DEFAULT_BLEND, blend_own_sample, estimate_pitch_midi,
@@ -65,11 +65,13 @@ from models.timbre_grid import load_grid
 
 MEL_ITERATIONS = 16
 """Projected-gradient iterations of the mel -> linear solve after the pseudo-inverse start."""
-PHASE_ITERATIONS = 6
-"""Fast Griffin-Lim iterations after the PGHI start, a measured choice (`python3 bench/bank.py
---threads 1 --phase-iterations data/fluidr3_32k --notes 64`): 64 real notes taken to the model's
-log-mel and back are 2.92 / 2.08 / 2.08 / 2.05 / 1.98 / 1.90 / 1.96 dB from the originals after
-0 / 4 / 6 / 8 / 12 / 16 / 32 iterations, and each iteration costs about 26 ms of an 88-key bank on one core."""
+PHASE_ITERATIONS = 4
+"""Fast Griffin-Lim iterations after the PGHI start, a measured choice with the harmonic prior's
+updates (`python3 bench/bank.py --threads 1 --inversion-iterations data/fluidr3_32k --notes 128`):
+128 real notes taken to the model's log-mel and back are, with 20 harmonic-prior updates,
+2.85 / 2.11 / 2.12 / 2.14 / 2.13 / 2.02 dB (standard error 0.07-0.09) from the originals after
+0 / 3 / 4 / 6 / 8 / 16 iterations; with 30 updates 2.11 dB at both 4 and 6 iterations; pitch
+accuracy the same at every count from 3 on. Each iteration costs about 26 ms of an 88-key bank on one core."""
 GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 ONE_SHOT_MEMORY = 8
@@ -79,12 +81,14 @@ UNPITCHED_REFINEMENT_PITCH = 60
 
 
 def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations: int = MEL_ITERATIONS,
-                     phase_iterations: int = PHASE_ITERATIONS) -> np.ndarray:
+                     phase_iterations: int = PHASE_ITERATIONS,
+                     harmonic_iterations: int = HARMONIC_PRIOR_ITERATIONS) -> np.ndarray:
     """Normalised log-mel `[batch, n_mels, n_frames]` (G's output) -> waveforms float32
     `[batch, n_samples]` at config.sample_rate (Hz), each peak-normalised to 1.0.
     With `pitches` (MIDI, [batch]) the mel -> linear step uses the harmonic prior of each note's
-    known pitch (`mel_to_linear_harmonic`); without, GANStrument's pseudo-inverse + projected
-    gradient (`models.mel_inversion.MelInverter`). Phase: PGHI, then Fast Griffin-Lim."""
+    known pitch (`mel_to_linear_harmonic`, `harmonic_iterations` updates); without, GANStrument's
+    pseudo-inverse + projected gradient (`models.mel_inversion.MelInverter`, `mel_iterations`).
+    Phase: PGHI, then `phase_iterations` of Fast Griffin-Lim."""
     mel = np.exp(denormalise_log_mel(np.asarray(log_mel_x, dtype=np.float32), config))
     floor = np.float32(config.log_floor)
     mel = np.where(mel <= floor * 1.0001, 0.0, mel).astype(np.float32)  # the floor means silence
@@ -92,7 +96,7 @@ def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations
         linear = mel_inverter(config).invert(mel, n_iter=mel_iterations)
     else:
         f0_hz = midi_to_hz(pitches)
-        linear = mel_to_linear_harmonic(mel, f0_hz, config)
+        linear = mel_to_linear_harmonic(mel, f0_hz, config, n_iter=harmonic_iterations)
     audio = griffin_lim(linear, config.n_samples, n_iter=phase_iterations, init="pghi", hop_length=config.hop_length)
     peak = np.abs(audio).max(axis=1, keepdims=True)
     return (audio / np.maximum(peak, 1e-9)).astype(np.float32)

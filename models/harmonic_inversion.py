@@ -35,8 +35,11 @@ from numba import njit, prange
 from models.mel_inversion import MelInverter
 from models.spectral import mel_filterbank
 
-HARMONIC_PRIOR_ITERATIONS = 30
-"""Multiplicative updates of the pitch-informed mel -> linear solve."""
+HARMONIC_PRIOR_ITERATIONS = 20
+"""Multiplicative updates of the pitch-informed mel -> linear solve in the bank renderer, a measured
+choice beside its Fast Griffin-Lim iterations (`models.gan_bank.PHASE_ITERATIONS`): each update costs
+about 4 ms of an 88-key bank on one core; 30 instead of 20 brings real notes taken through the
+log-mel and back 0.01 dB closer to the originals (2.11 against 2.12 dB at 4 FGLA iterations)."""
 HARMONIC_PRIOR_FLOOR = 0.05
 """Relative weight the harmonic prior leaves between harmonics (noise, inharmonic partials)."""
 TINY = 1e-12

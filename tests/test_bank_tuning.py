@@ -34,3 +34,15 @@ def test_retuned_notes_measure_in_tune():
     assert tuned.shape == notes.shape
     np.testing.assert_allclose(measure_detune_cents(tuned, [57, 76, 64], RATE), 0.0, atol=2.0)
     np.testing.assert_array_equal(tuned[2], notes[2])  # under a cent: untouched
+
+
+def test_retuning_and_a_rate_change_in_one_pass_leave_the_note_in_tune_at_the_new_rate():
+    from fractions import Fraction
+
+    notes = np.stack([_tone(45, 40.0), _tone(81, -25.0), _tone(60, 0.3)])
+    detune = measure_detune_cents(notes, [45, 81, 60], RATE)
+    tuned = retune(notes, detune, rate_ratio=Fraction(3, 1))
+    assert tuned.shape == (3, 3 * RATE)
+    np.testing.assert_allclose(measure_detune_cents(tuned, [45, 81, 60], 3 * RATE), 0.0, atol=2.0)
+    # under a cent: only the rate changes, the waveform is the same signal at 3x the samples
+    np.testing.assert_allclose(tuned[2, 3 * 1000:3 * 15000:3], notes[2, 1000:15000], atol=2e-3)

@@ -6,16 +6,15 @@ Only the worker process imports this module.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import queue
 import signal
+from fractions import Fraction
 from multiprocessing import resource_tracker, shared_memory
 
 import numba
 import numpy as np
 
-from models.resample import resample_poly
 from models.timbre_sources import load_bank_source
 from rt_engine.core import voice_kernel as vk
 from rt_engine.banks.bank_cache import BankCache
@@ -26,16 +25,18 @@ PARENT_CHECK_S = 1.0
 """An idle worker checks this often (s) that its server is alive, and exits when it is not."""
 
 
-def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
+def prepare_rows(rows: np.ndarray, layout: BankLayout, detune_cents: np.ndarray | None = None) -> np.ndarray:
     """Resample notes float32 [n, n_source_samples] at `layout.source_rate` to the device rate
-    and bake the sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and
-    continuing at `loop_start` is seamless (the end of the loop is crossfaded into the audio
-    that precedes `loop_start`, and the tail repeats the loop's start)."""
+    (retuning each by its `detune_cents` [n] in the same pass, `bank_tuning.retune`) and bake the
+    sustain loop: float32 [n, layout.bank_frames]. Reading past `loop_end` and continuing at
+    `loop_start` is seamless (the end of the loop is crossfaded into the audio that precedes
+    `loop_start`, and the tail repeats the loop's start)."""
     rows = np.asarray(rows, dtype=np.float32)
     if rows.ndim != 2 or rows.shape[1] != layout.n_source_samples:
         raise ValueError(f"bank rows must be [n, {layout.n_source_samples}], got {rows.shape}")
-    gcd = math.gcd(layout.device_rate, layout.source_rate)
-    resampled = resample_poly(rows, layout.device_rate // gcd, layout.source_rate // gcd, axis=1)
+    if detune_cents is None:
+        detune_cents = np.full(rows.shape[0], np.nan)
+    resampled = retune(rows, detune_cents, rate_ratio=Fraction(layout.device_rate, layout.source_rate))
     out = np.zeros((rows.shape[0], layout.bank_frames), dtype=np.float32)
     n = min(resampled.shape[1], layout.n_device_frames)
     out[:, vk.HEAD_PAD:vk.HEAD_PAD + n] = resampled[:, :n]
@@ -49,7 +50,7 @@ def prepare_rows(rows: np.ndarray, layout: BankLayout) -> np.ndarray:
 def tuned_rows(notes: np.ndarray, pitches: list[int], layout: BankLayout) -> np.ndarray:
     """Rendered notes float32 [n, n_source_samples] at MIDI `pitches`, retuned to their nominal
     pitch and prepared for the kernel (`prepare_rows`): float32 [n, layout.bank_frames]."""
-    return prepare_rows(retune(notes, measure_detune_cents(notes, pitches, layout.source_rate)), layout)
+    return prepare_rows(notes, layout, measure_detune_cents(notes, pitches, layout.source_rate))
 
 
 def _bank_rows(source, cache: BankCache | None, conditioning, pitches: list[int], layout: BankLayout,

@@ -50,19 +50,31 @@ def measure_detune_cents(notes: np.ndarray, pitches, sample_rate: int,
     return detune
 
 
-def retune(notes: np.ndarray, detune_cents: np.ndarray, min_cents: float = 1.0) -> np.ndarray:
-    """Resample each note [n, n_samples] so that its measured detune (cents) becomes 0; notes
-    with NaN or |detune| < `min_cents` are returned unchanged. Length is kept (zero-padded or
-    cut at the end). Polyphase windowed-sinc resampling by the nearest rational ratio."""
+def retune(notes: np.ndarray, detune_cents: np.ndarray, min_cents: float = 1.0,
+           rate_ratio: Fraction = Fraction(1)) -> np.ndarray:
+    """Resample each note [n, n_samples] so that its measured detune (cents) becomes 0 and, in the
+    same pass, by `rate_ratio` (output rate / input rate, e.g. 48000/32000 to the device rate).
+    Notes with NaN or |detune| < `min_cents` are only rate-converted (unchanged at ratio 1).
+    Output float32 [n, ceil(n_samples * rate_ratio)]: a stretched note is zero-padded or cut at
+    the end. Polyphase windowed-sinc resampling by the nearest rational ratio (denominator <= 1000:
+    within 0.05 cents of the exact one at the device rates); notes that share a ratio are
+    resampled together."""
     notes = np.asarray(notes, dtype=np.float32)
-    out = notes.copy()
-    for row, cents in enumerate(detune_cents):
+    rate_ratio = Fraction(rate_ratio)
+    n_out = -(-notes.shape[1] * rate_ratio.numerator // rate_ratio.denominator)
+    ratios = []
+    for cents in np.asarray(detune_cents, dtype=np.float64):
         if not np.isfinite(cents) or abs(cents) < min_cents:
+            ratios.append(rate_ratio)
+        else:  # sharp by c cents: stretch by 2^(c/1200) so that it plays 2^(-c/1200) lower
+            ratios.append(Fraction(float(rate_ratio) * 2.0 ** (cents / 1200.0)).limit_denominator(1000))
+    out = np.zeros((notes.shape[0], n_out), dtype=np.float32)
+    for ratio in set(ratios):
+        rows = [row for row, r in enumerate(ratios) if r == ratio]
+        if ratio == 1:
+            out[rows] = notes[rows]
             continue
-        # Sharp by c cents: stretch by 2^(c/1200) so that it plays 2^(-c/1200) lower.
-        ratio = Fraction(2.0 ** (cents / 1200.0)).limit_denominator(1000)
-        stretched = resample_poly(notes[row], ratio.numerator, ratio.denominator)
-        n = min(stretched.size, notes.shape[1])
-        out[row, :n] = stretched[:n]
-        out[row, n:] = 0.0
+        stretched = resample_poly(notes[rows], ratio.numerator, ratio.denominator, axis=1)
+        n = min(stretched.shape[1], n_out)
+        out[rows, :n] = stretched[:, :n]
     return out

@@ -4,6 +4,7 @@ sender."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -13,6 +14,7 @@ import jack
 import numpy as np
 
 from rt_engine.io.audio_backends import connect_ports
+from tests.support.native_capture import CaptureState
 
 
 class DummyJackServer:
@@ -45,6 +47,21 @@ class DummyJackServer:
                 raise RuntimeError(f"jackd dummy server {self.name!r} did not start: {error}")
             time.sleep(0.1)
 
+    def log_size(self) -> int:
+        """Bytes jackd has logged so far (an offset for `xrun_blame`)."""
+        return os.fstat(self._log.fileno()).st_size
+
+    def xrun_blame(self, since: int = 0) -> dict:
+        """What jackd logged about xruns after byte `since` of its log: per client the cycles it had
+        not finished by the deadline (`late_clients`, {name: count}), and the driver's own late
+        wake-ups (`driver_late`). Read with pread: jackd shares the file's offset."""
+        size = self.log_size()
+        text = os.pread(self._log.fileno(), max(size - since, 0), since).decode(errors="replace")
+        late: dict[str, int] = {}
+        for name in re.findall(r"client = (\S+) was not finished", text):
+            late[name] = late.get(name, 0) + 1
+        return {"late_clients": late, "driver_late": len(re.findall(r"JackTimedDriver::Process XRun", text))}
+
     def _reachable(self) -> bool:
         try:
             client = jack.Client("latentsynth-probe", no_start_server=True, servername=self.name)
@@ -73,31 +90,33 @@ class DummyJackServer:
 class JackCapture:
     """A JACK client recording `sources` (output port names) into a preallocated buffer indexed
     by JACK frame time, with the wall-clock time (`time.perf_counter`) at which each cycle's
-    callback ran, so onsets can be compared with frame-time or wall-clock stamps."""
+    callback ran, so onsets can be compared with frame-time or wall-clock stamps. Its process
+    callback is machine code (`tests.support.native_capture`): the recorder never waits for the
+    GIL, so it is not the client that makes the graph miss a cycle."""
 
     def __init__(self, server_name: str, sources: list[str], seconds: float = 30.0):
         self.client = jack.Client("latentsynth-capture", no_start_server=True, servername=server_name)
         self.sample_rate = int(self.client.samplerate)
         self.buffer = np.zeros((len(sources), int(seconds * self.sample_rate)), dtype=np.float32)
-        self.first_frame = -1
         self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
         self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
         self.xruns = 0  # xruns anywhere in the graph (JACK notifies every client)
-        self.client.set_process_callback(self._process)
+
+        def address(pointer) -> int:
+            return int(jack._ffi.cast("uintptr_t", pointer))
+
+        self._state = CaptureState(address(self.client._ptr), [address(port._ptr) for port in self._ports],
+                                   self.buffer, self.cycle_start_s)
+        self._state.register()
         self.client.set_xrun_callback(self._xrun)
         self.client.activate()
         for source, port in zip(sources, self._ports):
             connect_ports(self.client, source, port)
 
-    def _process(self, frames: int) -> None:
-        frame = self.client.last_frame_time
-        if self.first_frame < 0:
-            self.first_frame = frame
-        start = frame - self.first_frame
-        if start + frames <= self.buffer.shape[1]:
-            self.cycle_start_s[start // frames] = time.perf_counter()
-            for k, port in enumerate(self._ports):
-                self.buffer[k, start:start + frames] = port.get_array()
+    @property
+    def first_frame(self) -> int:
+        """JACK frame time of the first recorded cycle (-1 before it)."""
+        return self._state.first_frame
 
     def _xrun(self, delay_usecs: float) -> None:
         self.xruns += 1
