@@ -97,7 +97,9 @@ class JackCapture:
     def __init__(self, server_name: str, sources: list[str], seconds: float = 30.0):
         self.client = jack.Client("latentsynth-capture", no_start_server=True, servername=server_name)
         self.sample_rate = int(self.client.samplerate)
-        self.buffer = np.zeros((len(sources), int(seconds * self.sample_rate)), dtype=np.float32)
+        # Every page written now: the real-time callback must never take a page fault (np.zeros
+        # maps untouched pages lazily, and a fault waits for the process's memory map lock).
+        self.buffer = np.full((len(sources), int(seconds * self.sample_rate)), 0.0, dtype=np.float32)
         self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
         self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
         self.xruns = 0  # xruns anywhere in the graph (JACK notifies every client)
