@@ -14,8 +14,9 @@ audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Ever
 also given as a difference from the baseline's in the same phase. xruns are the graph's (JACK tells
 every client), per minute, counted from the first trial on (not while clients join the graph), with
 jackd's account of each (`xrun_blame`: the clients that had not finished a cycle by its deadline,
-and the driver's own late wake-ups). The capture client's callback is machine code (no GIL), so the
-recorder is not among the clients that miss a cycle.
+and the driver's own late wake-ups). The capture client's callback is machine code (no GIL) writing
+into a buffer whose pages are all mapped before it joins the graph (no page fault in the callback),
+so the recorder is not what makes the graph miss a cycle.
 
 xruns under the same load: a client of a real-time graph on a loaded machine can miss a cycle for
 reasons of the machine alone (scheduling of its threads). So each engine phase's xruns are compared
