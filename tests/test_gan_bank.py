@@ -187,3 +187,23 @@ def test_configs_presets_and_grid_points_need_no_torch_until_the_networks_run(tm
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True", "True"]
+
+
+def test_notes_whose_harmonics_share_a_main_lobe_get_more_phase_iterations(monkeypatch):
+    import models.gan_bank as gan_bank
+
+    calls = []
+
+    def recording_griffin_lim(linear, n_samples, n_iter, **options):
+        calls.append((len(linear), n_iter))
+        return np.ones((len(linear), n_samples), dtype=np.float32)
+
+    monkeypatch.setattr(gan_bank, "griffin_lim", recording_griffin_lim)
+    config = GanConfig()
+    x = np.zeros((3, config.n_mels, config.n_frames), dtype=np.float32)
+    audio = gan_bank.log_mel_to_audio(x, config, pitches=[30, 60, 90])  # MIDI 30: 46 Hz, under 5 bins
+    assert sorted(calls) == [(1, gan_bank.LOW_NOTE_PHASE_ITERATIONS), (2, gan_bank.PHASE_ITERATIONS)]
+    assert audio.shape == (3, config.n_samples)
+    calls.clear()
+    gan_bank.log_mel_to_audio(x, config)  # no pitches: one count for all
+    assert calls == [(3, gan_bank.PHASE_ITERATIONS)]
