@@ -77,12 +77,12 @@ LOW_NOTE_BINS = 5.0
 """A note whose fundamental is under this many STFT bins (78 Hz at n_fft 2048 / 32 kHz, about MIDI 39)
 has harmonics closer together than two Hann main lobes: PGHI's phase gradients are least reliable
 there, and its Fast Griffin-Lim runs `LOW_NOTE_PHASE_ITERATIONS`."""
-LOW_NOTE_PHASE_ITERATIONS = 16
+LOW_NOTE_PHASE_ITERATIONS = 8
 """Fast Griffin-Lim iterations of the low notes (see `LOW_NOTE_BINS`): 19 of an 88-key bank's keys
-(MIDI 21-39), about 70 ms per bank on one core. The pyin pitch accuracy of the GAN's notes (`latentsynth
+(MIDI 21-39), about 30 ms per bank on one core. The pyin pitch accuracy of the GAN's notes (`latentsynth
 eval --model models/pretrained/default --pitch-step 2 --timbres 11`, 385 notes, every miss at MIDI
-28-38) is 0.951 with it, 0.948 at 12, and 0.938 with 4 iterations for every note (8 for every note:
-0.951)."""
+28-38) is 0.951 with it, and 0.956 / 0.948 / 0.951 at 10 / 12 / 16 (a note or two either way at
+the bottom of the range); with 4 iterations for every note 0.938."""
 GENERATOR_CHUNK = 8
 """Notes per generator call: small batches keep G's activations in cache (2.5x faster than 88 at once)."""
 ONE_SHOT_MEMORY = 8

@@ -89,3 +89,19 @@ def test_pruning_drops_the_least_recently_used_timbres_first(tmp_path, model):
     size = sum(f.stat().st_size for f in folders[0].iterdir())
     cache.prune(max_bytes=2 * size)
     assert not folders[0].exists() and folders[1].exists() and folders[2].exists()
+
+
+def test_deferred_notes_are_read_from_memory_until_flushed_in_slices(tmp_path, model):
+    source, h = CountingSource(), np.array([0.5], dtype=np.float32)
+    cache = BankCache(tmp_path / "cache", model, N_SAMPLES, defer_writes=True)
+    first = cache.rows(source, h, [60, 61, 62])
+    assert cache.pending_writes == 3 and not list(cache.folder.rglob("*.npy"))
+    np.testing.assert_array_equal(cache.rows(source, h, [61])[0], first[1])  # from memory
+    assert source.rendered == [60, 61, 62]
+    cache.flush(max_notes=2)
+    assert cache.pending_writes == 1 and len(list(cache.folder.rglob("*.npy"))) == 2
+    cache.flush()
+    assert cache.pending_writes == 0
+    again = BankCache(tmp_path / "cache", model, N_SAMPLES).rows(source, h, [62, 60])
+    np.testing.assert_array_equal(again, first[[2, 0]])
+    assert source.rendered == [60, 61, 62]  # read back, not rendered

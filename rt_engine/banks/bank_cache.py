@@ -9,14 +9,17 @@ prepares notes, so neither a retrained model nor a changed renderer reads an old
 hash covers the conditioning vector the source renders from (the GAN's h, the procedural point),
 which the timbre request determines, and the note length. Files are written atomically (a
 temporary name, then a rename), so a reader never sees half a note; a file of the wrong size is
-rendered again. `prune` keeps the folder under a size limit, oldest timbres first.
+rendered again. With `defer_writes` the notes are kept in memory (and read from there) until
+`flush`, so a live render does not wait for the disk: the bank worker flushes once no job waits.
+`prune` keeps the folder under a size limit, oldest timbres first.
 
 Public API:
     default_cache_dir() -> Path       $LATENTSYNTH_CACHE, else $XDG_CACHE_HOME or ~/.cache, + latentsynth/banks
     model_hash(model_dir) -> str
-    BankCache(cache_dir, model_dir, n_samples)
+    BankCache(cache_dir, model_dir, n_samples, defer_writes=False)
         .rows(source, conditioning, pitches) -> float32 [len(pitches), n_samples]
         .prepared_rows(source, conditioning, pitches, layout, prepare) -> float32 [len(pitches), bank_frames]
+        .pending_writes -> int;  .flush()
         .prune(max_bytes)
 """
 from __future__ import annotations
@@ -67,9 +70,22 @@ def model_hash(model_dir: str | Path) -> str:
 class BankCache:
     """Rendered notes of one model on disk (see the module docstring)."""
 
-    def __init__(self, cache_dir: str | Path, model_dir: str | Path, n_samples: int):
+    def __init__(self, cache_dir: str | Path, model_dir: str | Path, n_samples: int, defer_writes: bool = False):
         self.folder = Path(cache_dir) / model_hash(model_dir)
         self.n_samples = int(n_samples)
+        self.defer_writes = defer_writes
+        self._pending: dict[Path, np.ndarray] = {}
+
+    @property
+    def pending_writes(self) -> int:
+        """Notes made and not yet written (`defer_writes`)."""
+        return len(self._pending)
+
+    def flush(self, max_notes: int | None = None) -> None:
+        """Write the deferred notes to disk, oldest first: all, or at most `max_notes` of them."""
+        for path in list(self._pending)[:max_notes]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write(path, self._pending.pop(path))
 
     def _timbre_folder(self, conditioning: np.ndarray) -> Path:
         key = np.ascontiguousarray(conditioning, dtype=np.float32).tobytes() + str(self.n_samples).encode()
@@ -94,27 +110,32 @@ class BankCache:
             self._timbre_folder(conditioning), f".{_layout_tag(layout)}", pitches, layout.bank_frames,
             lambda missing: prepare(self.rows(source, conditioning, missing, store), missing), store)
 
-    @staticmethod
-    def _read_or_make(folder: Path, suffix: str, pitches: Sequence[int], length: int,
+    def _read_or_make(self, folder: Path, suffix: str, pitches: Sequence[int], length: int,
                       make: Callable[[list[int]], np.ndarray], store: bool) -> np.ndarray:
-        """Files `<pitch><suffix>.npy` of `folder` read, the missing ones made by `make(their
-        pitches)` and (`store`) written: float32 [len(pitches), length]."""
+        """Files `<pitch><suffix>.npy` of `folder` read (or their deferred notes), the missing ones
+        made by `make(their pitches)` and (`store`) written or deferred: float32 [len(pitches), length]."""
         out = np.zeros((len(pitches), length), dtype=np.float32)
         missing = []
         for row, pitch in enumerate(pitches):
-            note = _read(folder / f"{int(pitch)}{suffix}.npy", length)
+            path = folder / f"{int(pitch)}{suffix}.npy"
+            note = self._pending.get(path)
+            if note is None:
+                note = _read(path, length)
             if note is None:
                 missing.append(row)
             else:
                 out[row] = note
         if missing:
             made = make([int(pitches[row]) for row in missing])
-            if store:
+            if store and not self.defer_writes:
                 folder.mkdir(parents=True, exist_ok=True)
             for row, note in zip(missing, made):
                 out[row] = note
-                if store:
-                    _write(folder / f"{int(pitches[row])}{suffix}.npy", note)
+                path = folder / f"{int(pitches[row])}{suffix}.npy"
+                if store and self.defer_writes:
+                    self._pending[path] = out[row]
+                elif store:
+                    _write(path, note)
         return out
 
     def prune(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:

@@ -21,6 +21,8 @@ from rt_engine.banks.bank_cache import BankCache
 from rt_engine.banks.bank_layout import BACKGROUND_CHUNK_ROWS, CHUNK_ROWS, BankLayout
 from rt_engine.banks.bank_tuning import measure_detune_cents, retune
 
+FLUSH_SLICE_NOTES = 8
+"""Deferred cache files written per pass of the worker loop while no urgent bank waits (a few ms)."""
 PARENT_CHECK_S = 1.0
 """An idle worker checks this often (s) that its server is alive, and exits when it is not."""
 
@@ -111,7 +113,7 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
         source = load_bank_source(model_dir)
         cache = None
         if model_dir is not None and cache_dir is not None:  # a procedural bank is cheaper than a read
-            cache = BankCache(cache_dir, model_dir, source.n_samples)
+            cache = BankCache(cache_dir, model_dir, source.n_samples, defer_writes=True)
             cache.prune()
         results.put(("hello", source.preset_names(), source.preset_envelopes(), int(source.sample_rate),
                      int(source.n_samples), bool(source.refines_one_shots)))
@@ -130,7 +132,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
     try:
         while True:
             messages = []
-            if not jobs and not warm_pending:  # idle: wait for a request
+            writing = cache is not None and cache.pending_writes > 0
+            if not jobs and not warm_pending and not writing:  # idle: wait for a request
                 message = _next_request(requests, parent)
                 if message is None:
                     return
@@ -142,6 +145,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
                     break
             for message in messages:
                 if message[0] == "stop":
+                    if cache is not None:
+                        cache.flush()  # what was rendered is kept for the next run
                     return
                 if message[0] == "render":
                     _, job_id, slot, request, rows, n_first, priority, store = message
@@ -156,6 +161,14 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
                     for job in jobs.values():
                         front = [r for r in message[1] if r in job["rows"]]
                         job["rows"] = front + [r for r in job["rows"] if r not in front]
+            if writing and all(job["priority"] > 0 for job in jobs.values()):
+                # The disk writes (about 50 ms per 88 keys) wait until no urgent bank does, and go in
+                # slices, so a request that arrives meanwhile waits for one slice at most.
+                cache.flush(FLUSH_SLICE_NOTES)
+                if not cache.pending_writes:
+                    cache.prune()  # a session that visits many timbres stays within the limit too
+                if not jobs:
+                    continue
             if not jobs:
                 if warm_pending:
                     warm_pending = False
@@ -183,8 +196,6 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
             if not job["rows"]:
                 results.put(("done", job_id))
                 del jobs[job_id]
-                if cache is not None and job["store"]:
-                    cache.prune()  # a session that visits many timbres stays within the limit too
     finally:
         del banks
         shm.close()

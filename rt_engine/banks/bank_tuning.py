@@ -17,6 +17,11 @@ from models.spectral import rfft_frames
 
 SEARCH_CENTS = 100.0
 """How far from the nominal pitch the fundamental is looked for (cents)."""
+MIN_RETUNE_CENTS = 3.0
+"""Notes measured closer to their nominal pitch than this are not retuned: at 1-cent steps the
+estimate's own scatter on notes the harmonic-prior inversion rendered at their nominal pitch is
+0-2 cents (below what a listener can hear), and skipping them leaves most rows to the plain
+rate change."""
 MIN_HARMONIC_PROMINENCE_DB = 12.0
 """A note whose harmonics stand less than this above the spectrum's median is left alone."""
 
@@ -24,7 +29,9 @@ MIN_HARMONIC_PROMINENCE_DB = 12.0
 def measure_detune_cents(notes: np.ndarray, pitches, sample_rate: int,
                          search_cents: float = SEARCH_CENTS) -> np.ndarray:
     """Detune of each note from its nominal MIDI pitch (cents; + is sharp), NaN where no clear
-    harmonic series is found. notes float32 [n, n_samples] at `sample_rate` (Hz)."""
+    harmonic series is found or the best candidate is at the edge of the search (the fundamental
+    may lie outside it: the lowest keys, whose harmonics the window hardly resolves).
+    notes float32 [n, n_samples] at `sample_rate` (Hz)."""
     notes = np.asarray(notes, dtype=np.float64)
     n_samples = notes.shape[1]
     body = notes[:, n_samples // 10: n_samples // 10 + min(8192, n_samples - n_samples // 10)]
@@ -45,12 +52,12 @@ def measure_detune_cents(notes: np.ndarray, pitches, sample_rate: int,
         score = level.sum(axis=1)
         best = int(np.argmax(score))
         prominence_db = 20.0 * np.log10(level[best].max() / (np.median(spectrum[row]) + 1e-12) + 1e-12)
-        if prominence_db >= MIN_HARMONIC_PROMINENCE_DB:
+        if prominence_db >= MIN_HARMONIC_PROMINENCE_DB and 0 < best < len(candidates_cents) - 1:
             detune[row] = candidates_cents[best]
     return detune
 
 
-def retune(notes: np.ndarray, detune_cents: np.ndarray, min_cents: float = 1.0,
+def retune(notes: np.ndarray, detune_cents: np.ndarray, min_cents: float = MIN_RETUNE_CENTS,
            rate_ratio: Fraction = Fraction(1)) -> np.ndarray:
     """Resample each note [n, n_samples] so that its measured detune (cents) becomes 0 and, in the
     same pass, by `rate_ratio` (output rate / input rate, e.g. 48000/32000 to the device rate).
