@@ -23,6 +23,10 @@ from rt_engine.banks.bank_tuning import measure_detune_cents, retune
 
 FLUSH_SLICE_NOTES = 8
 """Deferred cache files written per pass of the worker loop while no urgent bank waits (a few ms)."""
+MAX_DEFERRED_NOTES = 704
+"""Past this many deferred cache files (four 88-key banks, raw and prepared: about 115 MB) a slice is
+written even while an urgent bank waits, so a performer who never lets the worker idle does not
+grow its memory."""
 PARENT_CHECK_S = 1.0
 """An idle worker checks this often (s) that its server is alive, and exits when it is not."""
 
@@ -161,7 +165,8 @@ def worker_main(model_dir: str | None, cache_dir: str | None, requests, results,
                     for job in jobs.values():
                         front = [r for r in message[1] if r in job["rows"]]
                         job["rows"] = front + [r for r in job["rows"] if r not in front]
-            if writing and all(job["priority"] > 0 for job in jobs.values()):
+            if writing and (all(job["priority"] > 0 for job in jobs.values())
+                            or cache.pending_writes > MAX_DEFERRED_NOTES):
                 # The disk writes (about 50 ms per 88 keys) wait until no urgent bank does, and go in
                 # slices, so a request that arrives meanwhile waits for one slice at most.
                 cache.flush(FLUSH_SLICE_NOTES)
