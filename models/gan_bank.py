@@ -93,15 +93,14 @@ UNPITCHED_REFINEMENT_PITCH = 60
 
 def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations: int = MEL_ITERATIONS,
                      phase_iterations: int = PHASE_ITERATIONS,
-                     harmonic_iterations: int = HARMONIC_PRIOR_ITERATIONS,
-                     low_note_phase_iterations: int | None = None) -> np.ndarray:
+                     harmonic_iterations: int = HARMONIC_PRIOR_ITERATIONS) -> np.ndarray:
     """Normalised log-mel `[batch, n_mels, n_frames]` (G's output) -> waveforms float32
     `[batch, n_samples]` at config.sample_rate (Hz), each peak-normalised to 1.0.
     With `pitches` (MIDI, [batch]) the mel -> linear step uses the harmonic prior of each note's
     known pitch (`mel_to_linear_harmonic`, `harmonic_iterations` updates); without, GANStrument's
     pseudo-inverse + projected gradient (`models.mel_inversion.MelInverter`, `mel_iterations`).
-    Phase: PGHI, then `phase_iterations` of Fast Griffin-Lim, or for notes below `LOW_NOTE_BINS`
-    `low_note_phase_iterations` (default `LOW_NOTE_PHASE_ITERATIONS`, never fewer than `phase_iterations`)."""
+    Phase: PGHI, then `phase_iterations` of Fast Griffin-Lim, or for notes of known pitch below
+    `LOW_NOTE_BINS` `LOW_NOTE_PHASE_ITERATIONS` (never fewer than `phase_iterations`)."""
     mel = np.exp(denormalise_log_mel(np.asarray(log_mel_x, dtype=np.float32), config))
     floor = np.float32(config.log_floor)
     mel = np.where(mel <= floor * 1.0001, 0.0, mel).astype(np.float32)  # the floor means silence
@@ -112,9 +111,8 @@ def log_mel_to_audio(log_mel_x: np.ndarray, config, pitches=None, mel_iterations
         linear = mel_to_linear_harmonic(mel, f0_hz, config, n_iter=harmonic_iterations)
     iterations = np.full(len(mel), phase_iterations)
     if pitches is not None:
-        low = max(phase_iterations, LOW_NOTE_PHASE_ITERATIONS if low_note_phase_iterations is None
-                  else low_note_phase_iterations)
-        iterations[np.asarray(f0_hz) < LOW_NOTE_BINS * config.sample_rate / config.n_fft] = low
+        low = np.asarray(f0_hz) < LOW_NOTE_BINS * config.sample_rate / config.n_fft
+        iterations[low] = max(phase_iterations, LOW_NOTE_PHASE_ITERATIONS)
     audio = np.empty((len(mel), config.n_samples), dtype=np.float32)
     for n_iter in np.unique(iterations):
         rows = np.flatnonzero(iterations == n_iter)

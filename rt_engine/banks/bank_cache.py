@@ -10,7 +10,8 @@ hash covers the conditioning vector the source renders from (the GAN's h, the pr
 which the timbre request determines, and the note length. Files are written atomically (a
 temporary name, then a rename), so a reader never sees half a note; a file of the wrong size is
 rendered again. With `defer_writes` the notes are kept in memory (and read from there) until
-`flush`, so a live render does not wait for the disk: the bank worker flushes once no job waits.
+`flush`, so a live render does not wait for the disk: the bank worker writes them a slice at a
+time while no urgent bank waits (and all of them when it stops).
 `prune` keeps the folder under a size limit, oldest timbres first.
 
 Public API:
