@@ -11,15 +11,14 @@ at which the cycle ran in `cycle_start_s` [n_cycles]. It allocates nothing and t
 """
 from __future__ import annotations
 
-import ctypes
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
-from rt_engine.io.native_audio import _call_clock_gettime, _call_port_get_buffer, _libc_clock_gettime, _pointer
+from rt_engine.io.native_audio import (_address, _call_clock_gettime, _call_port_get_buffer, _libc_clock_gettime,
+                                       _libjack, _pointer)
 
 S_GET_BUFFER, S_LAST_FRAME_TIME, S_CLOCK_GETTIME = 0, 1, 2   # function addresses
 S_CLIENT, S_BUFFER, S_CYCLES = 3, 4, 5                       # jack_client_t*, float32 buffer, float64 cycles
@@ -77,11 +76,11 @@ class CaptureState:
             raise ValueError(f"at most {MAX_PORTS} capture ports, got {len(port_addresses)}")
         if buffer.dtype != np.float32 or cycle_start_s.dtype != np.float64 or not buffer.flags.c_contiguous:
             raise ValueError("buffer must be C-contiguous float32 and cycle_start_s float64")
-        lib = ctypes.CDLL("libjack.so.0")
+        lib = _libjack()
         self.buffer, self.cycle_start_s = buffer, cycle_start_s
         self.table = np.zeros(N_STATE, dtype=np.int64)
-        self.table[S_GET_BUFFER] = ctypes.cast(lib.jack_port_get_buffer, ctypes.c_void_p).value
-        self.table[S_LAST_FRAME_TIME] = ctypes.cast(lib.jack_last_frame_time, ctypes.c_void_p).value
+        self.table[S_GET_BUFFER] = _address(lib.jack_port_get_buffer)
+        self.table[S_LAST_FRAME_TIME] = _address(lib.jack_last_frame_time)
         self.table[S_CLOCK_GETTIME] = _libc_clock_gettime()
         self.table[S_CLIENT] = client_address
         self.table[S_BUFFER], self.table[S_CYCLES] = buffer.ctypes.data, cycle_start_s.ctypes.data
@@ -89,7 +88,6 @@ class CaptureState:
         self.table[S_FIRST_FRAME] = -1
         self.table[S_N_PORTS] = len(port_addresses)
         self.table[S_PORTS:S_PORTS + len(port_addresses)] = port_addresses
-        self._lib = lib
 
     @property
     def first_frame(self) -> int:
@@ -98,8 +96,6 @@ class CaptureState:
 
     def register(self) -> None:
         """Set `capture_process` as the (inactive) client's process callback; OSError if refused."""
-        self._lib.jack_set_process_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self._lib.jack_set_process_callback.restype = ctypes.c_int
-        if self._lib.jack_set_process_callback(int(self.table[S_CLIENT]), capture_process.address,
-                                               self.table.ctypes.data) != 0:
+        if _libjack().jack_set_process_callback(int(self.table[S_CLIENT]), capture_process.address,
+                                                self.table.ctypes.data) != 0:
             raise OSError("jack_set_process_callback refused the native capture callback")
