@@ -210,6 +210,15 @@ class Engine:
                 banks.row_pitch, banks.banks, self._sinc, self._gru_ring, self._gru_pos, self._mix,
                 self._bend_curve, self._work, self._due)
 
+    def timbre_gliding(self) -> bool:
+        """True while a timbre glide runs in the block kernel (its position moves at block rate)."""
+        return bool(self._params[vk.P_TIMBRE_FRAMES_LEFT] > 0.0)
+
+    @property
+    def crossfade_frames(self) -> int:
+        """Frames a full timbre crossfade takes (the kernel ramps slot weights at most this fast)."""
+        return int(self._params[vk.P_XFADE_FRAMES])
+
     @property
     def xruns(self) -> int:
         return int(self._xruns[0])

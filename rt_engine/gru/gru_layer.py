@@ -362,17 +362,18 @@ class GruLayer:
                 "computed_samples": self.computed_samples}
 
     # ---- rendering (worker thread) ---------------------------------------------------------------
-    def render_available(self, max_blocks: int = 8) -> int:
-        """Render blocks while the ring holds fewer than `ahead_frames` frames (at most `max_blocks`);
-        returns the frames written."""
+    def render_available(self, max_blocks: int = 8, min_frames: int = 0) -> int:
+        """Render blocks while the ring holds fewer than `ahead_frames` frames, or `min_frames` if
+        more (offline: the engine's next block), at most `max_blocks`; returns the frames written."""
         ring, positions = self.ring, self.positions
         capacity = ring.shape[0]
+        ahead = max(self.ahead_frames, int(min_frames))
         total = 0
         for _ in range(max_blocks):
             written, read = int(positions[0]), int(positions[1])
             if read > written:  # the consumer skipped ahead: jump with it
                 positions[0] = written = read
-            if written - read >= self.ahead_frames or capacity - (written - read) < self._frames.shape[0]:
+            if written - read >= ahead or capacity - (written - read) < self._frames.shape[0]:
                 break
             self._overloaded = self.threaded and 2 * (written - read) < self.ahead_frames  # offline: no deadline
             if self._overloaded:

@@ -147,6 +147,11 @@ def gru_temperature(gru_dir: str | Path, override: float | None = None) -> float
     return _checked_temperature(metadata.get("sampling_temperature", 1.0), f"{path}: sampling_temperature")
 
 
+def has_gru_voice(model_dir: str | None, choice: str = "auto") -> bool:
+    """True when `choice` is auto and `model_dir/gru` holds a GRU voice."""
+    return choice != "none" and model_dir is not None and (Path(model_dir) / "gru" / "config.json").is_file()
+
+
 def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
                       temperature: float | None = None):
     """The model's GRU voice when `model_dir/gru` holds one (and `choice` is auto), else None.
@@ -155,7 +160,7 @@ def load_stream_layer(model_dir: str | None, choice: str, threaded: bool = True,
     even when there is no GRU, so a bad option never passes silently."""
     if temperature is not None:
         _checked_temperature(temperature, "--gru-temperature")
-    if choice == "none" or model_dir is None or not (Path(model_dir) / "gru" / "config.json").is_file():
+    if not has_gru_voice(model_dir, choice):
         return None
     from rt_engine.gru.gru_layer import GruLayer  # run-time import: subcommand modules load fast (rt_engine.cli)
 
