@@ -39,7 +39,7 @@ def test_serve_loads_the_voice_without_importing_torch(checkpoint):
     folder, _ = checkpoint
     model_dir = folder.parent / "model_for_serve"
     shutil.copytree(folder, model_dir / "gru", dirs_exist_ok=True)
-    code = ("import sys; from rt_engine.subcommands.serve_command import load_stream_layer; "
+    code = ("import sys; from rt_engine.subcommands.gru_voice import load_stream_layer; "
             f"layer = load_stream_layer({str(model_dir)!r}, 'auto'); "
             "print(layer is not None, 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ import torch
 from models.gru import GruSynth, GruSynthConfig, save_gru
 from rt_engine.subcommands.render_command import add_arguments as add_render_arguments
 from rt_engine.subcommands.serve_command import add_arguments as add_serve_arguments
-from rt_engine.subcommands.serve_command import gru_temperature, load_stream_layer
+from rt_engine.subcommands.gru_voice import gru_temperature, load_stream_layer
 
 TINY = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=4, conditioning_size=4)
 

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rt_engine.banks.bank_cache import default_cache_dir
 
 
 @dataclass
@@ -99,10 +98,8 @@ class PendingWorker:
 
 
 def worker_arguments(model_dir, cache_dir) -> tuple[str | None, str | None]:
-    """(model folder, bank cache folder) as the worker takes them: `cache_dir` "auto" is
-    `bank_cache.default_cache_dir()`, None turns the cache off."""
-    if cache_dir == "auto":
-        cache_dir = default_cache_dir()
+    """(model folder, bank cache folder) as the worker takes them: `cache_dir` "auto" (the worker
+    resolves it: `bank_cache.default_cache_dir()`), a folder, or None (no cache)."""
     return (None if model_dir is None else str(model_dir), None if cache_dir is None else str(cache_dir))
 
 
@@ -128,6 +125,11 @@ def start_worker(model_dir: str | None, cache_dir: str | Path | None, start_time
 
 def _worker_entry(model_dir: str | None, cache_dir: str | None, requests, results, compute_threads: int) -> None:
     """The spawned process's target: imports the worker's body there only."""
-    from rt_engine.banks.bank_render import worker_main  # the worker's imports (torch, scipy) stay out of the audio process
+    from rt_engine.banks.bank_cache import default_cache_dir  # the worker's imports (numpy, torch, scipy) stay out
+    from rt_engine.banks.bank_render import worker_main  # of the caller until it needs them: it spawns first
 
+    cache_dir = str(default_cache_dir()) if cache_dir == "auto" else cache_dir
     worker_main(model_dir, cache_dir, requests, results, compute_threads)
+    results.close()
+    results.join_thread()  # every message is in the pipe; then exit without tearing the interpreter
+    os._exit(0)  # down (0.4 s once torch is loaded), as multiprocessing's own forked children do

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from models.timbre_sources import default_model_dir
-from rt_engine.core.commands import DEFAULT_QUEUE_CAPACITY
+from rt_engine.banks.bank_worker import PendingWorker, spawn_worker
 
 TIMBRE_REST_S = 0.15
 """A timbre point held at least this long (score time) gets its exact bank before rendering on;
@@ -37,9 +37,9 @@ SETTLE_BLOCKS = 2
 """`--block`-frame blocks after a timbre change's crossfade (the exact bank's selection)."""
 MAX_DURATION_S = 3600.0
 """Default longest render (s of output): `--max-duration`."""
-MAX_COMMANDS_PER_CUT = DEFAULT_QUEUE_CAPACITY // 8
-"""Events dispatched before the render loop lets the engine drain its queue (each event pushes a
-few commands at most)."""
+COMMANDS_PER_CUT_FRACTION = 8
+"""At most the engine's queue capacity / this many events are dispatched before the render loop
+lets the engine drain its queue (each event pushes a few commands at most)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gru", default="auto", choices=("auto", "none"),
                         help="auto: the model's GRU voice when the model folder has one. It starts muted: "
                              "it runs when the input raises its gain (/mix/gru, or a CC mapped to mix_gru)")
-    from rt_engine.subcommands.serve_command import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
+    from rt_engine.subcommands.gru_voice import add_gru_temperature_argument  # run-time import: subcommand modules load fast (rt_engine.cli)
 
     add_gru_temperature_argument(parser)
 
@@ -184,31 +184,41 @@ def unmutes_gru(events, cc_actions) -> bool:
     return False
 
 
+def _cores() -> int:
+    """Cores this process may run on: offline, the bank worker computes on all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def spawn_render_worker(model_dir: str | None) -> PendingWorker:
+    """The bank worker of a render, spawned before anything else loads: the model loads while the
+    engine starts, and with no audio thread to leave a core to it computes on every core."""
+    return spawn_worker(model_dir, compute_threads=_cores())
+
+
 def render(events, out_path: str, sample_rate: int, block: int, model_dir: str | None,
            polyphony: int, tail_s: float, progress: bool = True, gru: str = "auto",
-           gru_temperature: float | None = None) -> dict:
+           gru_temperature: float | None = None, worker: PendingWorker | None = None) -> dict:
     """Render events [(t s, kind, payload)] (kind "midi" with bytes or "osc" with
     (address, args)) to `out_path`; returns a summary dict. `gru_temperature` overrides the GRU
-    checkpoint's start sampling temperature (`serve_command.gru_temperature`)."""
+    checkpoint's start sampling temperature (`gru_voice.gru_temperature`). `worker`: the bank
+    worker the caller spawned for `model_dir` (`spawn_render_worker`), else one is spawned here."""
     import gc  # run-time imports: subcommand modules load fast (rt_engine.cli)
     import time
 
-    from rt_engine.banks.bank_worker import spawn_worker
-
     started = time.perf_counter()
-    # the model loads while the engine and the GRU voice start; offline, no audio thread needs a core
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    pending_worker = spawn_worker(model_dir, compute_threads=threads)
+    pending_worker = worker or spawn_render_worker(model_dir)
     try:
         import numpy as np  # run-time imports, while the worker starts (rt_engine.cli loads fast)
         import soundfile
         from tqdm import tqdm
 
         from rt_engine.banks.bank_manager import BankManager
+        from rt_engine.core.commands import DEFAULT_QUEUE_CAPACITY
         from rt_engine.core.engine import Engine, load_kernels
         from rt_engine.io.midi_map import MidiMapper, load_midi_map
         from rt_engine.osc.osc_registry import dispatch
-        from rt_engine.subcommands.serve_command import has_gru_voice, load_stream_layer, uninterruptible
+        from rt_engine.subcommands.gru_voice import has_gru_voice, load_stream_layer
+        from rt_engine.subcommands.serve_command import uninterruptible
 
         midi_map = load_midi_map()
         audible = unmutes_gru(events, midi_map.cc_actions)  # else the layer is skipped: the same samples
@@ -221,7 +231,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         raise
     initial_grid = not opens_with_a_timbre(events)  # else that grid would be rendered and never played
     banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events), render_ahead=False,
-                        exact_delay_s=0.0, worker=pending_worker, compute_threads=threads,
+                        exact_delay_s=0.0, worker=pending_worker, compute_threads=_cores(),
                         request_initial_point=initial_grid, store_points=True)
     engine = Engine(banks, sample_rate, max_block=max(block, STILL_BLOCK), n_voices=polyphony, stream_layer=layer)
     failures = []
@@ -237,7 +247,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         frames = [int(round(t * sample_rate)) for t, _, _ in events]
         kinds = [_timbre_kind(payload) for _, _, payload in events]
         total = (frames[-1] if frames else 0) + int(tail_s * sample_rate)
-        next_event = 0
+        next_event, max_commands = 0, DEFAULT_QUEUE_CAPACITY // COMMANDS_PER_CUT_FRACTION
         settled_at = 0  # frame from which the timbre is still (long blocks)
         banks.wait_ready(120.0)
         gc.freeze()  # the start-up's objects (Numba's above all) leave the collector: no collections
@@ -250,7 +260,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                 n = min(STILL_BLOCK if still else block, total - engine.frame)
                 changed, n_dispatched = set(), 0
                 while next_event < len(events) and frames[next_event] < engine.frame + n:
-                    if n_dispatched >= MAX_COMMANDS_PER_CUT:  # cut the block: the queue drains first
+                    if n_dispatched >= max_commands:  # cut the block: the queue drains first
                         n = max(1, frames[next_event] - engine.frame)
                         break
                     if kinds[next_event] and frames[next_event] > engine.frame:  # a timbre change starts
@@ -300,8 +310,6 @@ def main(args: argparse.Namespace) -> int:
     if not args.midi and not args.score:
         print("latentsynth render: give --midi FILE.mid and/or --score FILE.jsonl", file=sys.stderr)
         return 2
-    from rt_engine.subcommands.serve_command import interruptible  # run-time import: subcommand modules load fast (rt_engine.cli)
-
     events = []
     try:
         if not (math.isfinite(args.max_duration) and args.max_duration > 0):
@@ -320,11 +328,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"latentsynth render: {error}", file=sys.stderr)
         return 2
     model_dir = args.model or default_model_dir()
+    worker = spawn_render_worker(model_dir)
+    from rt_engine.subcommands.serve_command import interruptible  # run-time import, once the worker starts
+
     print(f"render: bank source {'model ' + model_dir if model_dir else 'procedural'}", flush=True)
     try:
         with interruptible():
             summary = render(events, args.out, args.sample_rate, args.block, model_dir, args.polyphony,
-                             args.tail, gru=args.gru, gru_temperature=args.gru_temperature)
+                             args.tail, gru=args.gru, gru_temperature=args.gru_temperature, worker=worker)
     except ValueError as error:
         print(f"latentsynth render: {error}", file=sys.stderr)
         return 2
