@@ -250,3 +250,23 @@ def test_the_disk_cache_keeps_grid_nodes_and_pad_points_only_when_asked(tmp_path
     nodes = {(x, y) for x, y, _ in grid_nodes_around(0.3, 0.6, DEFAULT_GRID_N)} | {(0.5, 0.5)}
     assert len(timbres) == len(nodes) + store_points
     assert all(len(list(timbre.glob("*.npy"))) == 4 for timbre in timbres)  # 2 pitches, as rendered and prepared
+
+
+def test_the_worker_is_asked_to_warm_only_after_the_first_bank():
+    """A worker idle between the attach and the first request must not load the model's networks
+    first: the starting point's banks would wait for torch (1.2 s)."""
+    from rt_engine.banks.bank_worker import spawn_worker
+
+    pending = spawn_worker(None, cache_dir=None)
+    sent, put = [], pending.requests.put
+    pending.requests.put = lambda message: (sent.append(message[0]), put(message))
+    banks = BankManager(None, 48_000, n_slots=8, pitches=[60, 64], worker=pending, render_ahead=True)
+    try:
+        assert banks.wait_ready(60.0, include_exact=False)
+        deadline = time.monotonic() + 10.0
+        while "warm" not in sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent[0] == "attach" and "warm" in sent
+        assert "render" in sent[:sent.index("warm")]
+    finally:
+        banks.close()

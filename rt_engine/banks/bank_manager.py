@@ -520,11 +520,12 @@ class BankManager:
         return True
 
     def _attach(self, worker) -> None:
-        """Hand `worker` the shared memory; live, also ask it to load the model's networks once the
-        first banks are out (not at the first miss)."""
+        """Hand `worker` the shared memory; live, the worker is also asked to load the model's
+        networks once the first bank is out or failed (`_handle`): not at the first miss, and not
+        before the first banks (a worker idle between the attach and the first request would load torch then,
+        1.2 s before the starting point's banks)."""
         worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
-        if self.render_ahead:
-            worker.requests.put(("warm",))
+        self._warm_due = self.render_ahead
 
     def _fail_job(self, job: _Job, reason: str) -> None:
         """Retire a job's slot (its published rows may still be playing) and tell its requester."""
@@ -566,6 +567,9 @@ class BankManager:
                 self.last_bank_s = time.monotonic() - job.requested
         elif message[0] == "fail":
             self._fail_job(job, message[2])
+        if self._warm_due and message[0] in ("done", "fail"):
+            self._warm_due = False
+            self._worker.requests.put(("warm",))  # it loads them once no job waits
 
     def _tick(self) -> None:
         if self._exact_wanted and time.monotonic() - self._point_time >= self.exact_delay_s:
