@@ -53,6 +53,9 @@ DEFAULT_N_SLOTS = 12
 WORKER_MEMORY_LIMIT_BYTES = 4 << 30
 """Resident memory past which the worker is restarted (bytes); the shipped model's worker holds
 about 0.6 GB."""
+WATCH_INTERVAL_S = 0.25
+"""How often the listener checks the worker's health (alive, resident memory from /proc): not at
+every message, which during a bank load came to 150 /proc reads a second in the audio process."""
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 60.0
 SUPERSEDED = "superseded by a newer timbre request"
@@ -459,17 +462,22 @@ class BankManager:
 
     # ---- listener thread -----------------------------------------------------------------
     def _listen(self) -> None:
+        watched = 0.0
         while not self._stop.is_set():
+            lost = False
             try:
                 message = self._worker.results.get(timeout=0.05)
             except queue.Empty:
                 message = None
             except (EOFError, OSError):
-                message = None  # the worker is gone: the check below restarts it
+                message, lost = None, True  # the worker is gone: the check below restarts it
             with self._lock:
                 if message is not None:
                     self._handle(message)
-                reason = self._worker_trouble()
+                reason = None
+                if lost or time.monotonic() - watched >= WATCH_INTERVAL_S:
+                    watched = time.monotonic()
+                    reason = self._worker_trouble()
                 if reason is None:
                     self._tick()
             if reason is not None and not self._restart_worker(reason):
