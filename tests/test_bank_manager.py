@@ -270,3 +270,20 @@ def test_the_worker_is_asked_to_warm_only_after_the_first_bank():
         assert "render" in sent[:sent.index("warm")]
     finally:
         banks.close()
+
+
+def test_the_worker_keeps_its_freed_memory_mapped(monkeypatch):
+    """The worker's malloc keeps freed blocks (no munmap or brk per bank on a core the audio
+    threads share); without glibc nothing changes and nothing fails."""
+    import ctypes
+
+    from rt_engine.banks import bank_worker
+
+    assert bank_worker.MALLOC_SETTINGS[bank_worker.M_MMAP_THRESHOLD] >= 32 << 20
+    assert bank_worker._keep_memory()
+
+    def no_libc(name):
+        raise OSError(f"{name}: not here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert bank_worker._keep_memory() is False
