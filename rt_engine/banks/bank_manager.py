@@ -530,8 +530,8 @@ class BankManager:
     def _attach(self, worker) -> None:
         """Hand `worker` the shared memory; live, the worker is also asked to load the model's
         networks once the first bank is out or failed (`_handle`): not at the first miss, and not
-        before the first banks (a worker idle between the attach and the first request would load torch then,
-        1.2 s before the starting point's banks)."""
+        before the first banks (a worker idle between the attach and the first request would load
+        torch then, 1.2 s before the starting point's banks)."""
         worker.requests.put(("attach", self._shm.name, self.banks.shape, self.layout, self.row_pitch))
         self._warm_due = self.render_ahead
 

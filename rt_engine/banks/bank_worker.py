@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 @dataclass
 class WorkerHandle:
     """A started worker: its process, request and result queues, and what its hello said."""
@@ -134,7 +133,7 @@ preempt: up to 5.8 ms in one munmap, 2.8 ms in one brk, during timbre moves)."""
 
 
 def _keep_memory(settings: dict[int, int] = MALLOC_SETTINGS) -> bool:
-    """Apply `settings` with glibc's mallopt; False where there is no glibc (nothing changes)."""
+    """Apply `settings` with glibc's mallopt; False where there is no glibc or it refuses one."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -3,7 +3,9 @@
 The same engine, bank manager and control code as `serve`, driven by a loop instead of an audio
 device: every event is dispatched at its exact output frame (MIDI through
 `rt_engine.io.midi_map.MidiMapper`, score lines through `rt_engine.osc.osc_registry.dispatch`), and the
-loop waits for the banks a timbre change needs before rendering on (deterministic output).
+loop waits for the banks a timbre change needs before rendering on (deterministic output while
+the score's timbres fit the bank slots; beyond that, which slot is refilled when follows the wall
+clock).
 A score is JSON lines: `{"t": seconds, "address": "/timbre/xy", "args": [0.2, 0.8]}`.
 
 Untrusted input: event times must be finite and within `--max-duration`; a MIDI file with
@@ -299,8 +301,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                 "realtime_factor": round(total / sample_rate / max(seconds, 1e-9), 2),
                 "events": len(events), "failures": len(failures),
                 "gru_layer": "run" if layer is not None else ("silent throughout: not run" if gru_muted else "none"),
-                **{
-                    k: engine.status()[k] for k in ("late", "dropped", "steals", "gru_underruns")}}
+                **{k: engine.status()[k] for k in ("late", "dropped", "steals", "gru_underruns")}}
     finally:
         with uninterruptible():  # the clean-up must finish (bank worker, shared memory)
             engine.close()
