@@ -134,7 +134,7 @@ class BankCache:
                 out[row] = note
                 path = folder / f"{int(pitches[row])}{suffix}.npy"
                 if store and self.defer_writes:
-                    self._pending[path] = out[row]
+                    self._pending[path] = out[row].copy()  # its own note: the caller may change `out`
                 elif store:
                     _write(path, note)
         return out

@@ -180,9 +180,10 @@ def unmutes_gru(events, cc_actions) -> bool:
         if kind == "midi":
             if payload[0] & 0xF0 == 0xB0 and len(payload) > 2 and payload[1] in gain_ccs and payload[2] > 0:
                 return True
-        elif payload[0] == "/mix/gru" and not (payload[1] and isinstance(payload[1][0], (int, float))
-                                                and payload[1][0] <= 0):
-            return True
+        elif payload[0] == "/mix/gru":
+            args = payload[1]
+            if not (args and isinstance(args[0], (int, float)) and args[0] <= 0):
+                return True  # a gain above 0, or arguments only dispatch can judge: the layer is kept
     return False
 
 
@@ -265,10 +266,10 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     if n_dispatched >= max_commands:  # cut the block: the queue drains first
                         n = max(1, frames[next_event] - engine.frame)
                         break
-                    if kinds[next_event] and frames[next_event] > engine.frame:  # a timbre change starts
-                        n = frames[next_event] - engine.frame  # a block: its crossfade starts at its frame
-                        break
-                    if kinds[next_event]:
+                    if kinds[next_event]:  # a timbre change starts a block, and `--block`-frame ones
+                        if frames[next_event] > engine.frame:  # follow until its crossfade settles
+                            n = frames[next_event] - engine.frame
+                            break
                         settled_at = engine.frame + engine.crossfade_frames + SETTLE_BLOCKS * block
                         n = min(block, total - engine.frame)
                     n_dispatched += 1
