@@ -191,6 +191,33 @@ def _wait(condition, timeout_s=60.0):
     return condition()
 
 
+def test_offline_a_point_gets_its_exact_bank_only_when_the_caller_asks_and_loads_wait_for_settle():
+    banks = BankManager(None, 48_000, n_slots=5, pitches=[57, 69], offline=True, request_initial_point=False)
+    try:
+        kinds = lambda: sorted(banks.slots[:, vk.S_KIND].tolist())
+        banks.request_xy(0.3, 0.6, 1)  # four grid nodes
+        banks.settle(60.0)
+        assert kinds() == [vk.SLOT_EMPTY] + [vk.SLOT_GRID] * 4  # passed on the way: no exact bank
+        banks.want_exact_point()
+        banks.settle(60.0)
+        assert kinds() == [vk.SLOT_GRID] * 4 + [vk.SLOT_EXACT]
+        banks.request_xy(0.8, 0.1, 2)  # four other nodes: slots must be retired and refilled
+        banks.settle(60.0)
+        time.sleep(0.3)  # listener ticks go by: offline they decide nothing
+        before = kinds()
+        assert before.count(vk.SLOT_GRID) < 4
+        banks.slots[:, vk.S_USAGE] = 0.0  # a block in which nothing plays the retired slots
+        banks.slots[:, vk.S_SEEN] += 1e6
+        for _ in range(4):  # one slot is retired per settle
+            banks.settle(60.0)
+            banks.slots[:, vk.S_USAGE] = 0.0
+            banks.slots[:, vk.S_SEEN] += 1e6
+        published = {(float(x), float(y)) for kind, x, y, *_ in banks.slots if kind == vk.SLOT_GRID}
+        assert {(x, y) for x, y, _ in grid_nodes_around(0.8, 0.1, 5)} <= published
+    finally:
+        banks.close()
+
+
 def test_a_killed_worker_is_restarted_and_the_request_it_held_fails_with_the_reason():
     banks = BankManager(None, 48_000, n_slots=6, pitches=[57, 69], render_ahead=False, exact_delay_s=0.0)
     try:

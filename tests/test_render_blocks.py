@@ -1,6 +1,6 @@
-"""`latentsynth render` plays the same samples whatever its block: long blocks while the timbre is
-still, `--block`-sized ones through each timbre change; a GRU voice the input never unmutes is not
-run, and an unmuted one keeps up with long blocks."""
+"""`latentsynth render` plays the same samples whatever its block (long blocks while the timbre is
+still, `--block`-sized ones through each timbre change) and however many timbres the score visits;
+a GRU voice the input never unmutes is not run, and an unmuted one keeps up with long blocks."""
 import json
 
 import numpy as np
@@ -56,6 +56,25 @@ def test_the_samples_do_not_depend_on_the_still_block(tmp_path, model, monkeypat
     short_blocks, _ = _render(events, tmp_path / "short.wav", model)
     assert np.abs(short_blocks).max() > 0.05
     np.testing.assert_allclose(long_blocks, short_blocks, rtol=0, atol=2 ** -22)  # 24-bit: bit-identical
+
+
+def test_a_score_visiting_more_timbres_than_the_slots_hold_renders_the_same_samples_each_time(tmp_path, model):
+    """Two sweeps through many grid cells and 14 resting points: far more banks than the 12 slots,
+    so slots are retired and refilled; the offline manager decides that by engine frames."""
+    rng = np.random.default_rng(1)
+    lines = [{"t": 0.0, "address": "/note/on", "args": [pitch, 90]} for pitch in (48, 60, 67)]
+    lines += [{"t": 0.05 + 0.02 * i, "address": "/timbre/xy", "args": [0.1 + 0.04 * i, 0.3 + 0.02 * i]}
+              for i in range(20)]
+    lines += [{"t": 0.5 + 0.02 * i, "address": "/timbre/xy", "args": [0.9 - 0.04 * i, 0.7 - 0.03 * i]}
+              for i in range(20)]
+    lines += [{"t": 1.0 + 0.2 * i, "address": "/timbre/xy", "args": [float(x), float(y)]}
+              for i, (x, y) in enumerate(0.1 + 0.8 * rng.random((14, 2)))]
+    lines += [{"t": 3.8 + 0.1 * k, "address": "/note/on", "args": [50 + 3 * k, 80]} for k in range(3)]
+    events = _score(tmp_path, lines)
+    first, _ = _render(events, tmp_path / "first.wav", model)
+    second, _ = _render(events, tmp_path / "second.wav", model)
+    assert np.abs(first).max() > 0.05
+    np.testing.assert_array_equal(first, second)
 
 
 def test_a_gru_voice_the_input_never_unmutes_is_not_run_and_changes_nothing(tmp_path, model):

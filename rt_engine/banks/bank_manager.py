@@ -20,6 +20,11 @@ its requester hears `on_fail("superseded by a newer timbre request")`.
   kernel reports it unused (`S_USAGE` 0) once it was retired;
 - when idle, the grid nodes around the current cell are rendered ahead into free slots.
 Its one thread blocks on the worker's result queue (20 Hz tick) and stays light.
+Offline (`offline=True`, `render`) no decision follows the wall clock: the caller asks for a
+point's exact bank (`want_exact_point`, when the score rests there) and, between blocks, gives
+waiting loads the slots the kernel has let go and waits for every load (`settle`); slots are
+recycled least recently used by request order. The same input then makes the same decisions at
+the same engine frames, so it renders the same samples however many timbres it visits.
 The worker is watched: one that dies (a crash, the OOM killer) or grows past
 `worker_memory_limit_bytes` is restarted on the same shared memory; the banks already loaded keep
 playing meanwhile, the timbre requests it was rendering fail with the reason, the grid nodes are
@@ -141,7 +146,7 @@ class BankManager:
                  render_ahead: bool = True, exact_delay_s: float = 0.15,
                  start_timeout_s: float = 120.0, cache_dir: str | Path | None = "auto",
                  worker: PendingWorker | None = None, compute_threads: int = 1,
-                 request_initial_point: bool = True, store_points: bool = False):
+                 request_initial_point: bool = True, store_points: bool = False, offline: bool = False):
         """`worker`: one spawned ahead by `bank_worker.spawn_worker(model_dir, cache_dir,
         compute_threads)` (the same arguments), so the model loads while the caller starts up;
         None spawns it here. `compute_threads`: the worker's (`bank_render.worker_main`).
@@ -149,14 +154,17 @@ class BankManager:
         caller knows a timbre request comes before any note, `request_initial_point()` later).
         `store_points`: write the exact banks of timbre-pad points to the disk cache too (`render`:
         the same score renders the same points again; live, every pad move would write one, some
-        20 MB/s while the pad moves); grid nodes, presets and sounds are always written."""
+        20 MB/s while the pad moves); grid nodes, presets and sounds are always written.
+        `offline`: the caller drives every slot decision (module docstring; `exact_delay_s` and
+        `render_ahead` do not apply)."""
         if n_slots < 5:
             raise ValueError(f"need at least 5 bank slots (4 grid nodes + 1 exact), got {n_slots}")
         if grid_n < 2:
             raise ValueError(f"grid_n must be >= 2 nodes per side, got {grid_n}")
         self.grid_n = grid_n
         self.row_pitch = np.asarray(pitches, dtype=np.float64)
-        self.render_ahead = render_ahead
+        self.offline = offline
+        self.render_ahead = render_ahead and not offline
         self.store_points = store_points
         self.exact_delay_s = exact_delay_s
         self._worker_args = (*worker_arguments(model_dir, cache_dir), start_timeout_s, compute_threads)
@@ -180,7 +188,8 @@ class BankManager:
         self._slot_state = ["free"] * n_slots        # free, loading, loaded, retiring, cancelling
         self._slot_key: list[str | None] = [None] * n_slots
         self._slot_job: list[_Job | None] = [None] * n_slots
-        self._slot_used = [0.0] * n_slots            # LRU stamp
+        self._slot_used = [0] * n_slots              # LRU stamp: `_uses` when last wanted
+        self._uses = 0
         self._retired_at = [0.0] * n_slots           # kernel frame (S_SEEN) at retirement
         self._waiting: list[_Job] = []
         self._jobs: dict[int, _Job] = {}
@@ -241,7 +250,7 @@ class BankManager:
             self._exact_wanted = not on_node
             for nx, ny, _ in corners:
                 self._want(TimbreRequest("xy", nx, ny), vk.SLOT_GRID, (nx, ny), 0)
-            if self._exact_wanted and self.exact_delay_s <= 0:
+            if self._exact_wanted and self.exact_delay_s <= 0 and not self.offline:
                 self._want_exact()
 
     def request_preset(self, name: str, generation: int, envelope=None) -> None:
@@ -319,11 +328,27 @@ class BankManager:
             busy = any(job.priority == 0 for job in list(self._jobs.values()) + self._waiting)
         return "rendering" if busy or self._exact_wanted else "ready"
 
+    def want_exact_point(self) -> None:
+        """Offline: render the exact bank of the current point now (the score rests there); a
+        point passed on its way plays from the grid nodes alone."""
+        with self._lock:
+            if self._exact_wanted:
+                self._want_exact()
+
+    def settle(self, timeout_s: float = 120.0) -> None:
+        """Offline, between blocks: loads waiting for a slot take the ones the kernel has let go
+        in the blocks so far, then every load in flight finishes (RuntimeError on a failed
+        manager or past `timeout_s`)."""
+        with self._lock:
+            self._assign()
+        if not self.wait_ready(timeout_s):
+            raise RuntimeError(f"bank manager: banks not rendered within {timeout_s:g} s")
+
     def busy(self, include_exact: bool = True) -> bool:
         """True while the worker renders an urgent bank (grid nodes; exact banks too when
         `include_exact`). Jobs waiting for a slot do not count: the kernel frees slots."""
         with self._lock:
-            if include_exact and self._exact_wanted:
+            if include_exact and self._exact_wanted and not self.offline:
                 return True
             return any(job.priority == 0 and (include_exact or job.kind == vk.SLOT_GRID)
                        for job in self._jobs.values())
@@ -356,7 +381,7 @@ class BankManager:
         key = request.key()
         for slot, slot_key in enumerate(self._slot_key):
             if slot_key == key and self._slot_state[slot] in ("loading", "loaded"):
-                self._slot_used[slot] = time.monotonic()
+                self._slot_used[slot] = self._use()
                 job = self._slot_job[slot]
                 if job is not None and not job.selected:
                     job.update(priority, generation, envelope, on_done, on_fail)
@@ -372,6 +397,11 @@ class BankManager:
                                   envelope, frozenset(self._held_rows()), on_done, on_fail, first_stage_only))
         self._next_job += 1
         self._assign()
+
+    def _use(self) -> int:
+        """The next LRU stamp."""
+        self._uses += 1
+        return self._uses
 
     def _select_slot(self, slot: int, generation: int, on_done, on_fail=None) -> None:
         """Stage 3 and 4: the callback plays exact bank `slot`; the request hears `on_done`, or
@@ -445,7 +475,7 @@ class BankManager:
             self.slots[slot, vk.S_KIND] = vk.SLOT_EMPTY
             self.row_ready[slot] = 0
             self._slot_state[slot], self._slot_key[slot], self._slot_job[slot] = "loading", job.key, job
-            self._slot_used[slot] = time.monotonic()
+            self._slot_used[slot] = self._use()
             self._jobs[job.job_id] = job
             self.slots[slot, [vk.S_X, vk.S_Y]] = job.point
             self.slots[slot, ENVELOPE_FIELDS] = job.envelope
@@ -580,6 +610,8 @@ class BankManager:
             self._worker.requests.put(("warm",))  # it loads them once no job waits
 
     def _tick(self) -> None:
+        if self.offline:
+            return  # the caller decides (`settle`, `want_exact_point`)
         if self._exact_wanted and time.monotonic() - self._point_time >= self.exact_delay_s:
             self._want_exact()
         self._assign()

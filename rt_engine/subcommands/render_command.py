@@ -3,9 +3,9 @@
 The same engine, bank manager and control code as `serve`, driven by a loop instead of an audio
 device: every event is dispatched at its exact output frame (MIDI through
 `rt_engine.io.midi_map.MidiMapper`, score lines through `rt_engine.osc.osc_registry.dispatch`), and the
-loop waits for the banks a timbre change needs before rendering on (deterministic output while
-the score's timbres fit the bank slots; beyond that, which slot is refilled when follows the wall
-clock).
+loop waits for the banks a timbre change needs before rendering on. The bank manager runs offline
+(`BankManager.settle`): which bank loads into which slot, and when, follows the score and the
+engine's frames, never the wall clock, so the same input renders the same samples.
 A score is JSON lines: `{"t": seconds, "address": "/timbre/xy", "args": [0.2, 0.8]}`.
 
 Untrusted input: event times must be finite and within `--max-duration`; a MIDI file with
@@ -233,8 +233,8 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         pending_worker.kill()
         raise
     initial_grid = not opens_with_a_timbre(events)  # else that grid would be rendered and never played
-    banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events), render_ahead=False,
-                        exact_delay_s=0.0, worker=pending_worker, compute_threads=_cores(),
+    banks = BankManager(model_dir, sample_rate, pitches=played_pitches(events), offline=True,
+                        worker=pending_worker, compute_threads=_cores(),
                         request_initial_point=initial_grid, store_points=True)
     engine = Engine(banks, sample_rate, max_block=max(block, STILL_BLOCK), n_voices=polyphony, stream_layer=layer)
     failures = []
@@ -252,7 +252,7 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
         total = (frames[-1] if frames else 0) + int(tail_s * sample_rate)
         next_event, max_commands = 0, DEFAULT_QUEUE_CAPACITY // COMMANDS_PER_CUT_FRACTION
         settled_at = 0  # frame from which the timbre is still (long blocks)
-        banks.wait_ready(120.0)
+        banks.settle()
         gc.freeze()  # the start-up's objects (Numba's above all) leave the collector: no collections
         # of them while rendering, none at exit either (0.1 s of every render's wall time)
         with tqdm(total=total, unit="frame", unit_scale=True, disable=not progress,
@@ -287,13 +287,14 @@ def render(events, out_path: str, sample_rate: int, block: int, model_dir: str |
                     changed.add(kinds[next_event])
                     next_event += 1
                     if kinds[next_event - 1] == "bank":  # playable before the block's later notes start
-                        banks.wait_ready(120.0, include_exact=True)
-                if changed - {""}:
+                        banks.settle()
+                if "point" in changed:
                     later = [events[k][0] for k in range(next_event, len(events)) if kinds[k]]
-                    resting = not later or later[0] - engine.frame / sample_rate >= TIMBRE_REST_S
-                    banks.wait_ready(120.0, include_exact=resting or "bank" in changed)
+                    if not later or later[0] - engine.frame / sample_rate >= TIMBRE_REST_S:
+                        banks.want_exact_point()  # the score rests here
                 if layer is not None:
                     layer.render_available(max_blocks=64, min_frames=n)  # offline: the layer renders in step
+                banks.settle()  # and the slots the last block let go take the loads waiting for one
                 wav.write(np.ascontiguousarray(engine.process(n).T))
                 bar.update(n)
         seconds = time.perf_counter() - started
