@@ -25,9 +25,14 @@ with a "baseline under engine load" phase: the same engine configuration runs wi
 the baseline synth, the capture and a native stand-in client (`jack_simple_client`, in the engine's
 place: the graph keeps its size; `--stand-in none` leaves it out) are in the graph.
 `xruns_vs_loaded_baseline` is the difference in xruns per minute (target: <= 0).
+With `--segments N` each run's engine phase and loaded-baseline phase are cut into N segments
+played alternately (engine, loaded, loaded, engine, ...: a drift of the host cancels), each segment a
+fresh `serve`; a run's figures are over all its segments. Each phase also reports the time the
+hypervisor took from this VM's CPUs meanwhile (`steal_ms`, /proc/stat): xruns that come with it
+are the host's, not the graph's.
 
 Usage: python bench/latency.py [--trials 12] [--runs 1] [--gru off,on] [--callbacks native]
-       [--period 128] [--no-midi]            (default: under 2 minutes)
+       [--period 128] [--no-midi] [--segments 1] (default: under 2 minutes)
        python bench/latency.py --full        (3 runs x 40 notes, native and Python callbacks)
 """
 from __future__ import annotations
@@ -55,6 +60,14 @@ from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSen
 BASELINE = "latentsynth-baseline"
 WINDOW_S = 0.25       # an onset later than this is missing
 TIMBRE_EVERY_S = 1.5
+
+
+def _steal_ms() -> float:
+    """Time the hypervisor has run other work on this VM's CPUs, summed over them (ms; /proc/stat's
+    steal column, 0 where the kernel does not account it)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def _free_port() -> int:
@@ -104,6 +117,7 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
     try:
         time.sleep(0.3)
         started, xruns_before, log_from = time.monotonic(), capture.xruns, server.log_size()
+        steal_before = _steal_ms()
         for trial in range(trials):
             order = targets if trial % 2 == 0 else targets[::-1]
             since, sent = capture.now(), {}
@@ -139,14 +153,36 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
                 sock.sendto(panic, address)
             time.sleep(0.1)
         seconds, xruns = time.monotonic() - started, capture.xruns - xruns_before
+        steal_ms = _steal_ms() - steal_before
     finally:
         stop.set()
         if mover is not None:
             mover.join(TIMBRE_EVERY_S + 1)
         sock.close()
         capture.close()
-    return {"seconds": round(seconds, 1), "xruns": xruns, "xruns_per_min": round(xruns * 60 / seconds, 2),
-            "xrun_blame": server.xrun_blame(log_from)}
+    return {"seconds": seconds, "xruns": xruns, "steal_ms": steal_ms, "xrun_blame": server.xrun_blame(log_from)}
+
+
+def _add_segment(total: dict | None, segment: dict) -> dict:
+    """`segment` (a `_phase` result) added to `total` (None: the first): seconds, xruns, steal,
+    blame summed."""
+    if total is None:
+        return dict(segment, xrun_blame=dict(segment["xrun_blame"],
+                                             late_clients=dict(segment["xrun_blame"]["late_clients"])))
+    total["seconds"] += segment["seconds"]
+    total["xruns"] += segment["xruns"]
+    total["steal_ms"] += segment["steal_ms"]
+    blame = total["xrun_blame"]
+    blame["driver_late"] += segment["xrun_blame"]["driver_late"]
+    for name, count in segment["xrun_blame"]["late_clients"].items():
+        blame["late_clients"][name] = blame["late_clients"].get(name, 0) + count
+    return total
+
+
+def _finished(phase: dict) -> dict:
+    """A phase's totals rounded, with xruns per minute."""
+    return dict(phase, seconds=round(phase["seconds"], 1), steal_ms=round(phase["steal_ms"], 1),
+                xruns_per_min=round(phase["xruns"] * 60 / max(phase["seconds"], 1e-9), 2))
 
 
 def _stats(latencies: list[float], missing: int) -> dict:
@@ -196,39 +232,92 @@ def _start_serve(server, port: int, gru: str, callback: str, checkout: Path,
     return serve, audio
 
 
-def _loaded_baseline(server, baseline_port: int, midi, gru: str, callback: str, checkout: Path,
-                     engine_phases: list[dict], args, rng, period_ms: float) -> list[dict]:
-    """The baseline alone in the graph while the engine configuration of `engine_phases` runs
-    outside it (`--audio null`) with the same notes and moves; each engine phase gains
-    `xruns_vs_loaded_baseline` (xruns per minute, engine minus loaded baseline)."""
+def _loaded_segment(server, baseline_port: int, midi, gru: str, callback: str, checkout: Path,
+                    trials: int, totals: dict, args, rng) -> str | None:
+    """One segment of the baseline alone in the graph while the engine configuration runs outside
+    it (`--audio null`) with the same notes and moves: `trials` notes per move, added to `totals`
+    ({move: (targets, phase totals)}). Returns an error, or None."""
     port = _free_port()
     try:
         serve, _ = _start_serve(server, port, gru, callback, checkout, audio="null")
     except RuntimeError as error:
-        return [{"config": f"baseline under GRU {gru} engine load", "error": str(error)[-400:]}]
+        return str(error)[-400:]
     stand_in = None
     if args.stand_in == "native":  # a C client in the engine's place: the graph keeps its size
         stand_in = subprocess.Popen(["jack_simple_client"], env=server.env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-    phases = []
     try:
-        for move, engine_phase in zip(args.moves.split(","), engine_phases):
-            base = _Target("baseline", baseline_port, f"{BASELINE}:out")
-            phase = _phase(server, [base], midi, args.trials, port if move == "moving" else None, args, rng,
+        for move in args.moves.split(","):
+            targets, total = totals.get(move, ([_Target("baseline", baseline_port, f"{BASELINE}:out")], None))
+            phase = _phase(server, targets, midi, trials, port if move == "moving" else None, args, rng,
                            load_port=port)
-            config = (f"baseline under GRU {gru} engine load (null audio"
-                      f"{', a native stand-in client in the graph' if stand_in else ''}), timbre {move}")
-            phases.append(_report([base], dict(phase, run=engine_phase.get("run"), config=config),
-                                  period_ms, midi is not None))
-            if "xruns_per_min" in engine_phase:
-                engine_phase["xruns_vs_loaded_baseline"] = round(
-                    engine_phase["xruns_per_min"] - phase["xruns_per_min"], 2)
+            totals[move] = (targets, _add_segment(total, phase))
     finally:
         serve.stop()
         if stand_in is not None:
             stand_in.terminate()
             stand_in.wait(10)
+    return None
+
+
+def _engine_segment(server, baseline_port: int, midi, gru: str, callback: str, checkout: Path,
+                    trials: int, totals: dict, args, rng) -> tuple[str | None, str]:
+    """One segment of the engine in the graph beside the baseline: `trials` notes per move, added to
+    `totals` ({move: (targets, phase totals)}). Returns (an error or None, the engine's audio line)."""
+    port = _free_port()
+    try:
+        serve, audio = _start_serve(server, port, gru, callback, checkout)
+    except RuntimeError as error:
+        return str(error)[-400:], ""
+    try:
+        if midi is not None:
+            midi.connect_to("latentsynth")
+        for move in args.moves.split(","):
+            targets, total = totals.get(move, ([_Target("engine", port, "latentsynth:out_1"),
+                                                 _Target("baseline", baseline_port, f"{BASELINE}:out")], None))
+            targets[0].osc_port = port  # a fresh serve each segment
+            phase = _phase(server, targets, midi, trials, port if move == "moving" else None, args, rng)
+            totals[move] = (targets, _add_segment(total, phase))
+    finally:
+        serve.stop()
+    return None, audio
+
+
+def _configuration(server, baseline_port: int, midi, gru: str, callback: str, checkout: Path, run: int,
+                   args, rng, period_ms: float) -> list[dict]:
+    """One engine configuration in one run: its phases (still, moving) beside the loaded
+    baseline's, in `args.segments` alternating segments; each engine phase gains
+    `xruns_vs_loaded_baseline` (xruns per minute, engine minus loaded baseline)."""
+    engine, loaded, audio = {}, {}, ""
+    name = f"GRU {gru}, {callback} callback"
+    for segment in range(args.segments):
+        trials = args.trials // args.segments + (segment < args.trials % args.segments)
+        order = ("engine", "loaded") if segment % 4 in (0, 3) else ("loaded", "engine")
+        for which in order:
+            if which == "engine":
+                error, line = _engine_segment(server, baseline_port, midi, gru, callback, checkout, trials,
+                                              engine, args, rng)
+                audio = audio or line
+            else:
+                error = _loaded_segment(server, baseline_port, midi, gru, callback, checkout, trials,
+                                        loaded, args, rng)
+            if error is not None:  # one configuration failed: keep the rest
+                return [{"run": run, "config": name if which == "engine" else f"baseline under GRU {gru} engine load",
+                         "error": error}]
+    stand_in = ", a native stand-in client in the graph" if args.stand_in == "native" else ""
+    phases = []
+    for move in args.moves.split(","):
+        targets, total = engine[move]
+        engine_phase = _report(targets, dict(_finished(total), run=run, config=f"{name}, timbre {move}",
+                                             audio=audio, segments=args.segments), period_ms, midi is not None)
+        targets, total = loaded[move]
+        loaded_phase = _report(targets, dict(_finished(total), run=run, segments=args.segments,
+                                             config=f"baseline under GRU {gru} engine load (null audio{stand_in}), "
+                                                    f"timbre {move}"), period_ms, midi is not None)
+        engine_phase["xruns_vs_loaded_baseline"] = round(
+            engine_phase["xruns_per_min"] - loaded_phase["xruns_per_min"], 2)
+        phases += [engine_phase, loaded_phase]
     return phases
 
 
@@ -276,9 +365,15 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None, metavar="DIR",
                         help="also run `serve` from this checkout (e.g. `git archive` of an older "
                              "commit), labelled 'before callback'")
+    parser.add_argument("--segments", type=int, default=1,
+                        help="cut each run's engine and loaded-baseline phases into this many alternating segments")
     parser.add_argument("--full", action="store_true",
                         help="3 runs x 40 notes, GRU off and on, native and Python callbacks")
     args = parser.parse_args()
+    if len(set(args.moves.split(","))) != len(args.moves.split(",")):
+        parser.error(f"--moves lists each of still, moving at most once, got {args.moves}")
+    if not 1 <= args.segments <= args.trials:
+        parser.error(f"--segments must be within 1..--trials ({args.trials}), got {args.segments}")
     if args.full:
         args.trials, args.runs, args.callbacks = 40, 3, "native,python"
     period_ms = args.period / args.rate * 1000
@@ -298,36 +393,15 @@ def main() -> None:
                 connect_ports(midi.client, midi.port, f"{BASELINE}:midi_in")
             for run in range(args.runs):
                 base = _Target("baseline", baseline_port, f"{BASELINE}:out")
-                phase = _phase(server, [base], midi, args.trials, None, args, rng)
+                phase = _finished(_phase(server, [base], midi, args.trials, None, args, rng))
                 results.append(_report([base], dict(phase, run=run, config="baseline alone"),
                                        period_ms, midi is not None))
                 callbacks = args.callbacks.split(",") + (["before"] if args.before else [])
                 for gru in args.gru.split(","):
                     for callback in callbacks:
-                        port = _free_port()
                         checkout = args.before if callback == "before" else REPO
-                        try:
-                            serve, audio = _start_serve(server, port, gru, callback, checkout)
-                        except RuntimeError as error:  # one configuration failed: keep the rest
-                            results.append({"run": run, "config": f"GRU {gru}, {callback} callback",
-                                            "error": str(error)[-400:]})
-                            continue
-                        try:
-                            if midi is not None:
-                                midi.connect_to("latentsynth")
-                            for move in args.moves.split(","):
-                                targets = [_Target("engine", port, "latentsynth:out_1"),
-                                           _Target("baseline", baseline_port, f"{BASELINE}:out")]
-                                phase = _phase(server, targets, midi, args.trials,
-                                               port if move == "moving" else None, args, rng)
-                                config = f"GRU {gru}, {callback} callback, timbre {move}"
-                                results.append(_report(targets, dict(phase, run=run, config=config,
-                                                                     audio=audio),
-                                                       period_ms, midi is not None))
-                        finally:
-                            serve.stop()
-                        results += _loaded_baseline(server, baseline_port, midi, gru, callback, checkout,
-                                                    results[-len(args.moves.split(",")):], args, rng, period_ms)
+                        results += _configuration(server, baseline_port, midi, gru, callback, checkout, run,
+                                                  args, rng, period_ms)
         finally:
             if midi is not None:
                 midi.close()
@@ -335,7 +409,7 @@ def main() -> None:
             baseline.wait(10)
     _plot(results)
     print(json.dumps({"rate": args.rate, "period": args.period, "period_ms": round(period_ms, 3),
-                      "trials": args.trials, "jack_realtime": server.realtime,
+                      "trials": args.trials, "segments": args.segments, "jack_realtime": server.realtime,
                       "load_average": os.getloadavg()[0], "xruns_total": _xrun_totals(results),
                       "phases": results}, indent=1))
 
@@ -346,10 +420,11 @@ def _xrun_totals(results: list[dict]) -> dict:
     totals: dict = {}
     for phase in results:
         if "xruns" in phase:
-            total = totals.setdefault(phase["config"], {"seconds": 0.0, "xruns": 0, "late_clients": {},
-                                                        "driver_late": 0})
+            total = totals.setdefault(phase["config"], {"seconds": 0.0, "xruns": 0, "steal_ms": 0.0,
+                                                        "late_clients": {}, "driver_late": 0})
             total["seconds"] = round(total["seconds"] + phase["seconds"], 1)
             total["xruns"] += phase["xruns"]
+            total["steal_ms"] = round(total["steal_ms"] + phase["steal_ms"], 1)
             for name, count in phase["xrun_blame"]["late_clients"].items():
                 total["late_clients"][name] = total["late_clients"].get(name, 0) + count
             total["driver_late"] += phase["xrun_blame"]["driver_late"]

@@ -136,18 +136,8 @@ class CommandQueue:
             if written - int(self.positions[1]) >= self.capacity:
                 self.dropped += 1
                 return False
-            record = self.records[written % self.capacity]
-            record["kind"] = kind
-            record["channel"] = channel
-            record["frame"] = frame
-            record["seq"] = self._seq
-            record["note_id"] = note_id
-            record["a"] = a
-            record["b"] = b
-            record["c"] = c
-            record["held_id"] = held_id
-            record["posted"] = posted
-            record["skip_kernel"] = 1 if skip_kernel else 0
+            self.records[written % self.capacity] = (  # one assignment: a field at a time costs 8x
+                kind, channel, frame, self._seq, note_id, a, b, c, held_id, posted, 1 if skip_kernel else 0)
             self._seq += 1
             self.positions[0] = written + 1  # publish after the record is complete
             return True

@@ -277,10 +277,11 @@ class Engine:
         key = note_id if note_id >= 0 else pitch_note_id(slot, pitch)
         with self._control_lock:
             forgotten = self._held.press(key, float(pitch), slot)
-            self.banks.note_requested(pitch, self._held.pitches())
             self._publish_forgotten(forgotten, at_frame)
-            return self._publish(CommandKind.NOTE_ON, at_frame, channel, note_id, float(pitch), velocity,
-                                 held_id=key, skip_kernel=applied)
+            published = self._publish(CommandKind.NOTE_ON, at_frame, channel, note_id, float(pitch), velocity,
+                                      held_id=key, skip_kernel=applied)
+            self.banks.note_requested(pitch, self._held.pitches())  # after the record: not on its way
+            return published
 
     def note_off(self, pitch: float | None = None, note_id: int | None = None, channel: int = -1,
                  at_frame: int | None = None, applied: bool = False) -> bool:
