@@ -9,8 +9,8 @@ and a capture client in the graph finds both onsets. OSC latency runs from the s
 clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI latency from the
 event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
 
-Phases: the baseline alone, then for each engine configuration (GRU voice off/on, native or Python
-audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Every engine figure is
+Phases: the baseline alone, then for each engine configuration (GRU voice off, or on and audible:
+`/mix/gru` GRU_GAIN, so it computes every note; native or Python audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Every engine figure is
 also given as a difference from the baseline's in the same phase. xruns are the graph's (JACK tells
 every client), per minute, counted from the first trial on (not while clients join the graph), with
 jackd's account of each (`xrun_blame`: the clients that had not finished a cycle by its deadline,
@@ -60,6 +60,8 @@ from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSen
 BASELINE = "latentsynth-baseline"
 WINDOW_S = 0.25       # an onset later than this is missing
 TIMBRE_EVERY_S = 1.5
+GRU_GAIN = 0.7
+"""`/mix/gru` of the "GRU on" configurations: the voice starts muted, and a muted voice is not computed."""
 
 
 def _steal_ms() -> float:
@@ -160,7 +162,8 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             mover.join(TIMBRE_EVERY_S + 1)
         sock.close()
         capture.close()
-    return {"seconds": seconds, "xruns": xruns, "steal_ms": steal_ms, "xrun_blame": server.xrun_blame(log_from)}
+    return {"seconds": seconds, "xruns": xruns, "segment_xruns": [xruns], "steal_ms": steal_ms,
+            "xrun_blame": server.xrun_blame(log_from)}
 
 
 def _add_segment(total: dict | None, segment: dict) -> dict:
@@ -171,6 +174,7 @@ def _add_segment(total: dict | None, segment: dict) -> dict:
                                              late_clients=dict(segment["xrun_blame"]["late_clients"])))
     total["seconds"] += segment["seconds"]
     total["xruns"] += segment["xruns"]
+    total["segment_xruns"] = total["segment_xruns"] + segment["segment_xruns"]
     total["steal_ms"] += segment["steal_ms"]
     blame = total["xrun_blame"]
     blame["driver_late"] += segment["xrun_blame"]["driver_late"]
@@ -227,6 +231,8 @@ def _start_serve(server, port: int, gru: str, callback: str, checkout: Path,
     if callback != "before" and audio == "jack":
         command += ["--audio-callback", callback]
     serve = ServeProcess(command, port, env, 600.0, cwd=checkout)
+    if gru == "on":
+        serve.send("/mix/gru", GRU_GAIN)
     audio = " / ".join(line.strip() for line in serve.output
                        if line.startswith(("audio:", "GRU voice:", "MIDI input:")))
     return serve, audio
