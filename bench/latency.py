@@ -22,8 +22,10 @@ xruns under the same load: a client of a real-time graph on a loaded machine can
 reasons of the machine alone (scheduling of its threads). So each engine phase's xruns are compared
 with a "baseline under engine load" phase: the same engine configuration runs with `--audio null`
 (out of the graph, the same GRU voice, the same notes and timbre moves, so the same CPU load) while
-the baseline synth, the capture and a native stand-in client (`jack_simple_client`, in the engine's
-place: the graph keeps its size; `--stand-in none` leaves it out) are in the graph.
+the baseline synth, the capture and a native stand-in client (`tests.support.native_stand_in`) are
+in the graph. The stand-in takes the engine's place: MIDI in from the same sender, its output into
+the capture and the system playback, a machine-code callback writing silence; so the graph keeps
+the engine's shape, without the engine's code (`--stand-in none` leaves it out).
 `xruns_vs_loaded_baseline` is the difference in xruns per minute (target: <= 0).
 With `--segments N` each run's engine phase and loaded-baseline phase are cut into N segments
 played alternately (engine, loaded, loaded, engine, ...: a drift of the host cancels), each segment a
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +59,15 @@ from rt_engine.io.audio_backends import connect_ports  # noqa: E402
 from rt_engine.osc.osc_codec import encode_message  # noqa: E402
 from tests.serve_process import ServeProcess  # noqa: E402
 from tests.support.jack_harness import DummyJackServer, JackCapture, JackMidiSender  # noqa: E402
+from tests.support.native_stand_in import NAME as STAND_IN  # noqa: E402
 
 BASELINE = "latentsynth-baseline"
 WINDOW_S = 0.25       # an onset later than this is missing
 TIMBRE_EVERY_S = 1.5
+ONSET_THRESHOLD = 1e-5
+QUIET_S, QUIET_TIMEOUT_S = 0.02, 1.0
+"""A trial starts once every output has been below the onset threshold for QUIET_S (at most
+QUIET_TIMEOUT_S of waiting)."""
 GRU_GAIN = 0.7
 """`/mix/gru` of the "GRU on" configurations: the voice starts muted, and a muted voice is not computed."""
 
@@ -95,19 +103,34 @@ def _mover(port: int, stop: threading.Event, rng) -> None:
             sock.sendto(encode_message("/timbre/xy", (float(x), float(y))), ("127.0.0.1", port))
 
 
+def _wait_quiet(capture, n_targets: int, timeout_s: float = QUIET_TIMEOUT_S) -> None:
+    """Until the last QUIET_S of every target's output are below the onset threshold (an audible GRU
+    voice's release outlasts the pause after /panic, and its tail would be taken for the next onset),
+    or `timeout_s`."""
+    quiet = int(QUIET_S * capture.sample_rate)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        end = capture.now() - capture.first_frame
+        if end >= quiet and not np.any(np.abs(capture.buffer[:n_targets, end - quiet:end]) > ONSET_THRESHOLD):
+            return
+        time.sleep(0.01)
+
+
 def _onsets(capture, targets, since_frame: int, period: int):
     """Onset frame per target (-1 = none) after `since_frame`."""
     within = int(2 * WINDOW_S * capture.sample_rate)  # bounded: a long scan holds the GIL the capture needs
-    return [capture.onset_after(since_frame - period, threshold=1e-5, channel=k, within=within)
+    return [capture.onset_after(since_frame - period, threshold=ONSET_THRESHOLD, channel=k, within=within)
             for k in range(len(targets))]
 
 
 def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
-           load_port: int | None = None) -> dict:
+           load_port: int | None = None, also_captured: Sequence[str] = ()) -> dict:
     """Run `trials` OSC (and MIDI) trials on every target at once; statistics per target.
     `load_port`: an engine outside the graph (`--audio null`) that receives the same notes (OSC at
-    each OSC and MIDI trial) and, with `move_port`, the timbre moves: the load without the client."""
-    capture = JackCapture(server.name, [t.output for t in targets], seconds=trials * 1.0 + 10)
+    each OSC and MIDI trial) and, with `move_port`, the timbre moves: the load without the client.
+    `also_captured`: output ports the capture takes in too (the stand-in's: the engine's edge)."""
+    capture = JackCapture(server.name, [t.output for t in targets] + list(also_captured),
+                          seconds=trials * 1.0 + 10)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stop = threading.Event()
     mover = None
@@ -122,6 +145,7 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
         steal_before = _steal_ms()
         for trial in range(trials):
             order = targets if trial % 2 == 0 else targets[::-1]
+            _wait_quiet(capture, len(targets))
             since, sent = capture.now(), {}
             for target in order:
                 sent[target.name] = time.perf_counter()
@@ -140,6 +164,7 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             time.sleep(0.1 + rng.uniform(0, args.period / args.rate))
             if midi is None:
                 continue
+            _wait_quiet(capture, len(targets))
             written = midi.send(bytes([0x90, 69, 100]), int(rng.integers(0, args.period)))
             for address in loaded:
                 sock.sendto(note_on, address)
@@ -248,21 +273,26 @@ def _loaded_segment(server, baseline_port: int, midi, gru: str, callback: str, c
         serve, _ = _start_serve(server, port, gru, callback, checkout, audio="null")
     except RuntimeError as error:
         return str(error)[-400:]
-    stand_in = None
-    if args.stand_in == "native":  # a C client in the engine's place: the graph keeps its size
-        stand_in = subprocess.Popen(["jack_simple_client"], env=server.env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+    stand_in, captured = None, []
+    if args.stand_in == "native":  # a machine-code client in the engine's place: the graph keeps its shape
+        command = [sys.executable, "-m", "tests.support.native_stand_in", "--server", server.name]
+        stand_in = subprocess.Popen(command + (["--midi-from", midi.port.name] if midi is not None else []),
+                                    cwd=REPO, env=server.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+        if stand_in.stdout.readline().strip() != "ready":
+            serve.stop()
+            return "the native stand-in client did not start"
+        captured = [f"{STAND_IN}:out_1"]
     try:
         for move in args.moves.split(","):
             targets, total = totals.get(move, ([_Target("baseline", baseline_port, f"{BASELINE}:out")], None))
             phase = _phase(server, targets, midi, trials, port if move == "moving" else None, args, rng,
-                           load_port=port)
+                           load_port=port, also_captured=captured)
             totals[move] = (targets, _add_segment(total, phase))
     finally:
         serve.stop()
         if stand_in is not None:
-            stand_in.terminate()
+            stand_in.stdin.close()
             stand_in.wait(10)
     return None
 
@@ -366,8 +396,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=48_000, help="JACK rate (Hz)")
     parser.add_argument("--no-midi", action="store_true", help="OSC trials only")
     parser.add_argument("--stand-in", choices=("native", "none"), default="native",
-                        help="the loaded baseline's graph: a native JACK client (jack_simple_client) in "
-                             "the engine's place, or nothing")
+                        help="the loaded baseline's graph: a native JACK client in the engine's place "
+                             "(tests.support.native_stand_in), or nothing")
     parser.add_argument("--before", type=Path, default=None, metavar="DIR",
                         help="also run `serve` from this checkout (e.g. `git archive` of an older "
                              "commit), labelled 'before callback'")

@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +72,38 @@ def test_the_xrun_account_counts_the_late_clients_and_the_late_driver_after_an_o
                                          "driver_late": 1}
     assert server.xrun_blame()["late_clients"]["old"] == 1
     server._log.close()
+
+
+def test_the_native_stand_in_takes_the_engines_place_in_the_graph_and_plays_silence(jack_server):
+    """The loaded baseline's stand-in: MIDI in from the bench's sender, its output into the capture
+    and the system playback, a machine-code callback writing zeros."""
+    import subprocess
+    import sys
+
+    from tests.support.jack_harness import JackCapture, JackMidiSender
+    from tests.support.native_stand_in import NAME
+
+    midi = JackMidiSender(jack_server.name, client_name="latentsynth-harness-midi")
+    stand_in = subprocess.Popen([sys.executable, "-m", "tests.support.native_stand_in", "--server", jack_server.name,
+                                 "--midi-from", midi.port.name], cwd=Path(__file__).resolve().parents[1],
+                                env=jack_server.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert stand_in.stdout.readline().strip() == "ready"
+        capture = JackCapture(jack_server.name, [f"{NAME}:out_1"], seconds=2.0)
+        try:
+            midi.send(bytes([0x90, 60, 100]))
+            time.sleep(0.5)
+            connections = {port.name for port in midi.client.get_all_connections(midi.port)}
+            playback = {port.name for port in capture.client.get_all_connections(f"{NAME}:out_1")}
+            first = capture.first_frame
+        finally:
+            capture.close()
+        assert connections == {f"{NAME}:midi_in"}
+        assert "system:playback_1" in playback and "latentsynth-capture:in_1" in playback
+        assert first >= 0 and stand_in.poll() is None
+        assert not np.any(capture.buffer[0])
+    finally:
+        stand_in.stdin.close()
+        assert stand_in.wait(10) == 0
+        midi.close()
