@@ -144,13 +144,14 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
         started, xruns_before, log_from = time.monotonic(), capture.xruns, server.log_size()
         steal_before = _steal_ms()
         for trial in range(trials):
-            order = targets if trial % 2 == 0 else targets[::-1]
+            # who is sent the note first alternates, the engine outside the graph included: the
+            # first one's OSC thread can hold a core while the second's wakes
+            order = [(t.name, ("127.0.0.1", t.osc_port)) for t in targets] + [(None, a) for a in loaded]
             _wait_quiet(capture, len(targets))
             since, sent = capture.now(), {}
-            for target in order:
-                sent[target.name] = time.perf_counter()
-                sock.sendto(note_on, ("127.0.0.1", target.osc_port))
-            for address in loaded:
+            for name, address in order if trial % 2 == 0 else order[::-1]:
+                if name is not None:
+                    sent[name] = time.perf_counter()
                 sock.sendto(note_on, address)
             time.sleep(WINDOW_S + 0.02)
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
