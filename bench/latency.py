@@ -10,10 +10,11 @@ clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI 
 event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
 
 Phases: the baseline alone, then for each engine configuration (GRU voice off, or on and audible:
-`/mix/gru` GRU_GAIN, so it computes every note; native or Python audio callback) the timbre still and a new random `/timbre/xy` every 1.5 s. Every engine figure is
-also given as a difference from the baseline's in the same phase. xruns are the graph's (JACK tells
-every client), per minute, counted from the first trial on (not while clients join the graph), with
-jackd's account of each (`xrun_blame`: the clients that had not finished a cycle by its deadline,
+`/mix/gru` GRU_GAIN, so it computes every note; native or Python audio callback) the timbre still
+and a new random `/timbre/xy` every 1.5 s. Trials wait for every output to fall quiet. Every engine
+figure is also given as a difference from the baseline's in the same phase. xruns are the graph's
+(JACK tells every client), per minute, counted from the first trial on (not while clients join the
+graph), with jackd's account of each (`xrun_blame`: the clients that had not finished a cycle by its deadline,
 and the driver's own late wake-ups). The capture client's callback is machine code (no GIL) writing
 into a buffer whose pages are all mapped before it joins the graph (no page fault in the callback),
 so the recorder is not what makes the graph miss a cycle.
@@ -29,9 +30,9 @@ the engine's shape, without the engine's code (`--stand-in none` leaves it out).
 `xruns_vs_loaded_baseline` is the difference in xruns per minute (target: <= 0).
 With `--segments N` each run's engine phase and loaded-baseline phase are cut into N segments
 played alternately (engine, loaded, loaded, engine, ...: a drift of the host cancels), each segment a
-fresh `serve`; a run's figures are over all its segments. Each phase also reports the time the
-hypervisor took from this VM's CPUs meanwhile (`steal_ms`, /proc/stat): xruns that come with it
-are the host's, not the graph's.
+fresh `serve`; a run's figures are over all its segments (`segment_xruns` lists each one's). Each
+phase also reports the time the hypervisor says it took from this VM's CPUs meanwhile (`steal_ms`,
+/proc/stat, in 10 ms ticks).
 
 Usage: python bench/latency.py [--trials 12] [--runs 1] [--gru off,on] [--callbacks native]
        [--period 128] [--no-midi] [--segments 1] (default: under 2 minutes)
