@@ -295,19 +295,15 @@ class JackBackend(_Backend):
             self.engine.xruns += 1
 
     def _start(self) -> None:
-        import jack  # optional: loaded only for the JACK backend
-
         block = self._native_block(self._want_native)
         if block is not None:
-            def address(pointer) -> int:
-                return int(jack._ffi.cast("uintptr_t", pointer))
-
+            address = native_audio.jack_address
             midi = self._midi_wanted
             midi_port = self._client.midi_inports.register(MIDI_PORT_NAME) if midi else None
             try:
                 native_audio.register_jack_process(
-                    address(self._client._ptr), block, [address(port._ptr) for port in self._ports],
-                    midi, address(midi_port._ptr) if midi_port else 0)
+                    address(self._client), block, [address(port) for port in self._ports],
+                    midi, address(midi_port) if midi_port else 0)
                 self._adopt_native(block)
                 self.native_midi = midi
             except OSError as error:

@@ -322,6 +322,13 @@ def _address(function) -> int:
     return ctypes.cast(function, ctypes.c_void_p).value
 
 
+def jack_address(handle) -> int:
+    """The C address of a `jack` module client or port (its cffi `_ptr`), as libjack takes it."""
+    import jack  # optional: loaded only where JACK is used
+
+    return int(jack._ffi.cast("uintptr_t", handle._ptr))
+
+
 def register_jack_process(client_address: int, block: NativeBlock, ports_addresses,
                           midi: nm.NativeMidi | None = None, midi_port_address: int = 0) -> None:
     """Register `jack_process` on the (not yet active) JACK client at `client_address`, writing

@@ -14,6 +14,7 @@ import jack
 import numpy as np
 
 from rt_engine.io.audio_backends import connect_ports
+from rt_engine.io.native_audio import jack_address
 from tests.support.native_capture import CaptureState
 
 
@@ -104,10 +105,7 @@ class JackCapture:
         self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
         self.xruns = 0  # xruns anywhere in the graph (JACK notifies every client)
 
-        def address(pointer) -> int:
-            return int(jack._ffi.cast("uintptr_t", pointer))
-
-        self._state = CaptureState(address(self.client._ptr), [address(port._ptr) for port in self._ports],
+        self._state = CaptureState(jack_address(self.client), [jack_address(port) for port in self._ports],
                                    self.buffer, self.cycle_start_s)
         self._state.register()
         self.client.set_xrun_callback(self._xrun)

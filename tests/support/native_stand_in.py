@@ -24,7 +24,7 @@ import numpy as np
 from numba import carray, types
 
 from rt_engine.io.audio_backends import connect_ports
-from rt_engine.io.native_audio import _address, _call_port_get_buffer, _libjack
+from rt_engine.io.native_audio import _address, _call_port_get_buffer, _libjack, jack_address
 
 T_GET_BUFFER, T_OUT, T_MIDI_IN = 0, 1, 2
 N_TABLE = 3
@@ -51,15 +51,11 @@ def main() -> int:
     client = jack.Client(args.name, no_start_server=True, servername=args.server)
     midi_in = client.midi_inports.register("midi_in")
     out = client.outports.register("out_1")
-
-    def address(pointer) -> int:
-        return int(jack._ffi.cast("uintptr_t", pointer))
-
     lib = _libjack()
     table = np.zeros(N_TABLE, dtype=np.int64)
     table[T_GET_BUFFER] = _address(lib.jack_port_get_buffer)
-    table[T_OUT], table[T_MIDI_IN] = address(out._ptr), address(midi_in._ptr)
-    if lib.jack_set_process_callback(address(client._ptr), stand_in_process.address, table.ctypes.data) != 0:
+    table[T_OUT], table[T_MIDI_IN] = jack_address(out), jack_address(midi_in)
+    if lib.jack_set_process_callback(jack_address(client), stand_in_process.address, table.ctypes.data) != 0:
         print("jack_set_process_callback refused the stand-in's callback", file=sys.stderr)
         return 1
     client.activate()
