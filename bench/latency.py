@@ -8,6 +8,9 @@ to the baseline (OSC over UDP, in alternating order; JACK MIDI from one port con
 and a capture client in the graph finds both onsets. OSC latency runs from the send (wall
 clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI latency from the
 event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
+Each OSC note is sent at a moment drawn uniformly over a JACK cycle (a sleeping sender would wake
+at the same point of every cycle, where the clients' callbacks meet it at one phase);
+`send_phase_quartiles` says where the sends fell (0.25 / 0.5 / 0.75 of a period when uniform).
 
 Phases: the baseline alone, then for each engine configuration (GRU voice off, or on and audible:
 `/mix/gru` GRU_GAIN, so it computes every note; native or Python audio callback) the timbre still
@@ -66,6 +69,7 @@ BASELINE = "latentsynth-baseline"
 WINDOW_S = 0.25       # an onset later than this is missing
 TIMBRE_EVERY_S = 1.5
 ONSET_THRESHOLD = 1e-5
+SPIN_S = 0.001        # the last stretch before a trial's send time is spun, not slept
 QUIET_S, QUIET_TIMEOUT_S = 0.02, 1.0
 """A trial starts once every output has been below the onset threshold for QUIET_S (at most
 QUIET_TIMEOUT_S of waiting)."""
@@ -94,6 +98,7 @@ class _Target:
         self.name, self.osc_port, self.output = name, osc_port, output
         self.osc, self.midi = [], []   # latencies (ms)
         self.osc_missing = self.midi_missing = 0
+        self.osc_phase = []            # where in its JACK cycle each OSC note was sent (0..1)
 
 
 def _mover(port: int, stop: threading.Event, rng) -> None:
@@ -115,6 +120,25 @@ def _wait_quiet(capture, n_targets: int, timeout_s: float = QUIET_TIMEOUT_S) -> 
         if end >= quiet and not np.any(np.abs(capture.buffer[:n_targets, end - quiet:end]) > ONSET_THRESHOLD):
             return
         time.sleep(0.01)
+
+
+def _at_random_phase(capture, rng, period_s: float) -> None:
+    """Return at a moment drawn uniformly over a JACK cycle, a cycle or two from now. A sleeping
+    sender on a loaded machine wakes when the real-time clients have left a core free, which is the
+    same point of every cycle; trials sent then would all meet the clients' callbacks at one phase
+    (and a client whose callback starts late in the cycle would catch notes the others miss)."""
+    now = time.perf_counter()
+    newest = capture.cycle_before(now)
+    cycles_ahead = np.floor((now - newest) / period_s) + 1 if np.isfinite(newest) else 0
+    target = (newest if np.isfinite(newest) else now) + period_s * (cycles_ahead + rng.uniform(0.0, 1.0))
+    time.sleep(max(target - time.perf_counter() - SPIN_S, 0.0))
+    while time.perf_counter() < target:
+        pass
+
+
+def _send_phase(capture, sent_s: float, period_s: float) -> float:
+    """Where in its JACK cycle a send fell: 0..1 of a period after the newest cycle before it."""
+    return float(((sent_s - capture.cycle_before(sent_s)) / period_s) % 1.0)
 
 
 def _onsets(capture, targets, since_frame: int, period: int):
@@ -149,12 +173,15 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             # first one's OSC thread can hold a core while the second's wakes
             order = [(t.name, ("127.0.0.1", t.osc_port)) for t in targets] + [(None, a) for a in loaded]
             _wait_quiet(capture, len(targets))
+            _at_random_phase(capture, rng, args.period / args.rate)
             since, sent = capture.now(), {}
             for name, address in order if trial % 2 == 0 else order[::-1]:
                 if name is not None:
                     sent[name] = time.perf_counter()
                 sock.sendto(note_on, address)
             time.sleep(WINDOW_S + 0.02)
+            for target in targets:
+                target.osc_phase.append(_send_phase(capture, sent[target.name], args.period / args.rate))
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
                 latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
                 if latency > WINDOW_S * 1000:
@@ -240,6 +267,9 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
     for kind in ("osc", "midi") if midi else ("osc",):
         base = _stats(getattr(baseline, kind), getattr(baseline, f"{kind}_missing"))
         phase[kind] = {"baseline": base}
+        if kind == "osc":  # uniform over the cycle: 0.25, 0.5, 0.75
+            phase[kind]["send_phase_quartiles"] = [round(float(q), 2) for q in
+                                                   np.percentile(baseline.osc_phase, [25, 50, 75])]
         if engine is not None:
             eng = _stats(getattr(engine, kind), getattr(engine, f"{kind}_missing"))
             phase[kind].update(engine=eng, difference=_compare(eng, base, period_ms))

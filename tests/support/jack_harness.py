@@ -134,6 +134,14 @@ class JackCapture:
         hits = np.nonzero(np.abs(self.buffer[channel, start:stop]) > threshold)[0]
         return self.first_frame + start + int(hits[0]) if hits.size else -1
 
+    def cycle_before(self, wall_s: float) -> float:
+        """Wall-clock time (perf_counter s) at which the newest recorded cycle at or before `wall_s`
+        was processed (NaN before the first)."""
+        recorded = self.cycle_start_s[:max((self.now() - self.first_frame) // int(self.client.blocksize) + 2, 0)]
+        recorded = recorded[~np.isnan(recorded)]
+        index = int(np.searchsorted(recorded, wall_s, side="right")) - 1
+        return float(recorded[index]) if index >= 0 else float("nan")
+
     def wall_time_of(self, frame: int) -> float:
         """Wall-clock time (perf_counter s) at which the cycle holding `frame` was processed,
         plus the frame's offset in it."""
