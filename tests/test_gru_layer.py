@@ -10,7 +10,7 @@ import torch
 
 from models.gru import GruSynth, GruSynthConfig, save_gru
 from models.gru_stream import copy_state, stream_weights
-from rt_engine.gru.gru_layer import (EVENT_CAPACITY, FADE_S, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, GruLayer,
+from rt_engine.gru.gru_layer import (EVENT_CAPACITY, FADE_S, MAX_VOICES, MUTE_TAIL_S, N_CONTROL, WAKE_S, GruLayer,
                                  control_block, control_block_reference)
 from rt_engine.gru.gru_voices import C_BEND, C_PITCH
 
@@ -158,6 +158,47 @@ def test_worker_thread_fills_the_ring_and_stops(tmp_path):
         time.sleep(0.01)
     layer.stop()
     assert positions[0] >= layer.ahead_frames and layer._thread is None
+
+
+def test_the_worker_sleeps_until_the_ring_is_half_a_block_short_of_the_render_ahead():
+    layer, _, positions = _layer()
+    half_block = layer._frames.shape[0] // 2
+    for fill, expected_s in [(layer.ahead_frames + 96, (96 + half_block) / RATE),
+                             (layer.ahead_frames - half_block, WAKE_S[0]), (0, WAKE_S[0]),
+                             (layer.ahead_frames + RATE, WAKE_S[1])]:
+        positions[:] = (10_000 + fill, 10_000)
+        assert layer.wait_s() == pytest.approx(expected_s)
+
+
+def test_the_worker_wakes_about_once_per_block_while_the_callback_drains_the_ring(tmp_path):
+    """A consumer taking 128-frame periods at real time for 1 s, a note held: the ring never falls
+    to the overload mark (nothing shed) and the worker wakes at most 1.6 times per block it renders
+    (it used to poll every quarter block)."""
+    torch.manual_seed(1)
+    save_gru(tmp_path / "gru", GruSynth(TINY))
+    layer = GruLayer.from_dir(tmp_path / "gru")
+    ring, positions = np.zeros(8192, np.float32), np.zeros(2, np.int64)
+    wakes, lowest = [0], [np.inf]
+    wait_s = layer.wait_s
+
+    def counted_wait_s():
+        wakes[0] += 1
+        return wait_s()
+
+    layer.wait_s = counted_wait_s
+    layer.start(RATE, ring, positions)
+    layer.note_on(60, 60.0, 100.0)
+    period_s, started = 128 / RATE, time.perf_counter()
+    for period in range(int(1.0 / period_s)):
+        time.sleep(max(started + (period + 1) * period_s - time.perf_counter(), 0.0))
+        if period > 10:
+            lowest[0] = min(lowest[0], int(positions[0] - positions[1]))
+        positions[1] = min(int(positions[1]) + 128, int(positions[0]))
+    seconds = time.perf_counter() - started
+    layer.stop()
+    blocks_per_s = layer.model_rate_hz / layer.block_samples
+    assert layer.shed_voices == 0 and lowest[0] > layer.ahead_frames // 2
+    assert wakes[0] / seconds <= 1.6 * blocks_per_s
 
 
 def test_a_ring_smaller_than_the_render_ahead_is_rejected():

@@ -2,7 +2,8 @@
 Factory GRU at 16 kHz, resamples it to the device rate and writes it ahead of the audio callback.
 
 A worker thread (or, offline, the caller via `render_available`) renders blocks of `block_samples`
-model samples while the ring holds fewer than `ahead_frames` frames. Each block: events due in it are applied at their exact model sample
+model samples while the ring holds fewer than `ahead_frames` frames, then sleeps until the callback
+has drained it half a block below that (`wait_s`: one wake-up per block, not a poll). Each block: events due in it are applied at their exact model sample
 (splitting the block), the control kernel smooths (pitch, x, y, bend, envelope) per sample, the
 nogil GRU kernel (`models.gru_stream`) samples mu-law classes, which are decoded, enveloped,
 resampled (`rt_engine.gru.stream_resampler`) and copied into the ring. All buffers are preallocated;
@@ -79,6 +80,10 @@ MAX_VOICES = 16
 
 TAIL_VOICES = 2
 """Tail voices that fade out stolen and retriggered notes."""
+WAKE_S = (0.0005, 0.008)
+"""Bounds of the worker thread's sleep (s). Every wake-up of a sleeping thread costs the machine
+(kernel, timers, the GIL): a worker polling every millisecond used 5 % of a core with nothing
+sounding."""
 MUTE_TAIL_S = 0.05
 """Seconds the GRU keeps running after its mix gain reaches 0 (10 time constants of the engine's
 5 ms gain smoothing: -87 dB)."""
@@ -235,10 +240,19 @@ class GruLayer:
             self._thread = None
 
     def _run(self) -> None:
-        idle_wait_s = 0.25 * self.block_samples / self.model_rate_hz
         while not self._stop.is_set():
-            if self.render_available() == 0:
-                self._stop.wait(idle_wait_s)
+            self.render_available()
+            self._stop.wait(self.wait_s())
+
+    def wait_s(self) -> float:
+        """Seconds the worker sleeps: until the ring, drained at the device rate, holds half a block
+        less than the render-ahead (the callback drains it in periods, so a worker woken the moment
+        it first falls short would often find a period not yet taken), within `WAKE_S`. It then wakes
+        about once per block it renders, and the ring stays far above the overload mark (half the
+        render-ahead)."""
+        fill = int(self.positions[0]) - int(self.positions[1])
+        short = fill - self.ahead_frames + self._frames.shape[0] // 2
+        return min(max(short / self.sample_rate, WAKE_S[0]), WAKE_S[1])
 
     # ---- events (control threads; never block) ---------------------------------------------------
     def _post(self, event: tuple) -> None:
