@@ -3,11 +3,12 @@ Factory GRU at 16 kHz, resamples it to the device rate and writes it ahead of th
 
 A worker thread (or, offline, the caller via `render_available`) renders blocks of `block_samples`
 model samples while the ring holds fewer than `ahead_frames` frames, then sleeps until the callback
-has drained it half a block below that (`wait_s`: one wake-up per block, not a poll). Each block: events due in it are applied at their exact model sample
-(splitting the block), the control kernel smooths (pitch, x, y, bend, envelope) per sample, the
-nogil GRU kernel (`models.gru_stream`) samples mu-law classes, which are decoded, enveloped,
-resampled (`rt_engine.gru.stream_resampler`) and copied into the ring. All buffers are preallocated;
-the heavy work runs in nogil kernels, so the thread holds the GIL only briefly per block.
+has drained it half a block below that (`wait_s`: one wake-up per block, not a poll). Each block:
+events due in it are applied at their exact model sample (splitting the block), the control kernel
+smooths (pitch, x, y, bend, envelope) per sample, the nogil GRU kernel (`models.gru_stream`) samples
+mu-law classes, which are decoded, enveloped, resampled (`rt_engine.gru.stream_resampler`) and
+copied into the ring. All buffers are preallocated; the heavy work runs in nogil kernels, so the
+thread holds the GIL only briefly per block.
 
 Timing: an event's `at_frame` is the absolute output frame (= ring frame) at which its effect
 should be heard. It is applied at model sample ceil(at_frame * rate_in / rate_out) - resampler delay,
@@ -81,9 +82,8 @@ MAX_VOICES = 16
 TAIL_VOICES = 2
 """Tail voices that fade out stolen and retriggered notes."""
 WAKE_S = (0.0005, 0.008)
-"""Bounds of the worker thread's sleep (s). Every wake-up of a sleeping thread costs the machine
-(kernel, timers, the GIL): a worker polling every millisecond used 5 % of a core with nothing
-sounding."""
+"""Bounds of the worker thread's sleep (s). Every wake-up of a sleeping thread costs kernel time,
+timers and the GIL, so the worker sleeps as long as the ring allows (`GruLayer.wait_s`)."""
 MUTE_TAIL_S = 0.05
 """Seconds the GRU keeps running after its mix gain reaches 0 (10 time constants of the engine's
 5 ms gain smoothing: -87 dB)."""
