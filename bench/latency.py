@@ -10,7 +10,9 @@ clock) to the cycle that rendered the onset plus the frame's offset in it; MIDI 
 event's frame to the onset frame (JACK frame time). An onset not heard within 250 ms is missing.
 Each OSC note is sent at a moment drawn uniformly over a JACK cycle (a sleeping sender would wake
 at the same point of every cycle, where the clients' callbacks meet it at one phase);
-`send_phase_quartiles` says where the sends fell (0.25 / 0.5 / 0.75 of a period when uniform).
+`send_phase_quartiles` says where the sends fell (0.25 / 0.5 / 0.75 of a period when uniform);
+`engine_slowest` lists the engine's three slowest OSC trials with the baseline's latency in the same
+trial, the send phase, the xruns during the trial and the seconds since the last timbre move.
 
 Phases: the baseline alone, then for each engine configuration (GRU voice off, or on and audible:
 `/mix/gru` GRU_GAIN, so it computes every note; native or Python audio callback) the timbre still
@@ -99,14 +101,17 @@ class _Target:
         self.osc, self.midi = [], []   # latencies (ms)
         self.osc_missing = self.midi_missing = 0
         self.osc_phase = []            # where in its JACK cycle each OSC note was sent (0..1)
+        self.osc_trials = []           # per OSC trial: latency (ms, inf: missing), phase, xruns, s since a move
 
 
-def _mover(port: int, stop: threading.Event, rng) -> None:
-    """Send a new random timbre point every TIMBRE_EVERY_S until `stop`."""
+def _mover(port: int, stop: threading.Event, rng, moved: list) -> None:
+    """Send a new random timbre point every TIMBRE_EVERY_S until `stop`; `moved[0]` is the
+    perf_counter time of the last one."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         while not stop.wait(TIMBRE_EVERY_S):
             x, y = rng.uniform(0.0, 1.0, 2)
             sock.sendto(encode_message("/timbre/xy", (float(x), float(y))), ("127.0.0.1", port))
+            moved[0] = time.perf_counter()
 
 
 def _wait_quiet(capture, n_targets: int, timeout_s: float = QUIET_TIMEOUT_S) -> None:
@@ -158,9 +163,9 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
                           seconds=trials * 1.0 + 10)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stop = threading.Event()
-    mover = None
+    mover, moved = None, [np.nan]
     if move_port is not None:
-        mover = threading.Thread(target=_mover, args=(move_port, stop, rng), daemon=True)
+        mover = threading.Thread(target=_mover, args=(move_port, stop, rng, moved), daemon=True)
         mover.start()
     note_on, panic = encode_message("/note/on", (69.0, 100.0)), encode_message("/panic")
     loaded = [("127.0.0.1", load_port)] if load_port is not None else []
@@ -174,16 +179,17 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             order = [(t.name, ("127.0.0.1", t.osc_port)) for t in targets] + [(None, a) for a in loaded]
             _wait_quiet(capture, len(targets))
             _at_random_phase(capture, rng, args.period / args.rate)
-            since, sent = capture.now(), {}
+            since, sent, xruns_at_send = capture.now(), {}, capture.xruns
             for name, address in order if trial % 2 == 0 else order[::-1]:
                 if name is not None:
                     sent[name] = time.perf_counter()
                 sock.sendto(note_on, address)
             time.sleep(WINDOW_S + 0.02)
-            for target in targets:
-                target.osc_phase.append(_send_phase(capture, sent[target.name], args.period / args.rate))
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
                 latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
+                target.osc_phase.append(_send_phase(capture, sent[target.name], args.period / args.rate))
+                target.osc_trials.append((latency, target.osc_phase[-1], capture.xruns - xruns_at_send,
+                                          sent[target.name] - moved[0]))
                 if latency > WINDOW_S * 1000:
                     target.osc_missing += 1
                 else:
@@ -251,6 +257,16 @@ def _stats(latencies: list[float], missing: int) -> dict:
             "p99": round(float(np.percentile(ms, 99)), 3), "max": round(float(ms.max()), 3)}
 
 
+def _slowest(engine: _Target, baseline: _Target, count: int = 3) -> list[dict]:
+    """The engine's slowest OSC trials beside what else happened in them: the baseline's latency in
+    the same trial, the send phase, the graph's xruns within the trial, seconds since the last
+    timbre move (NaN: none)."""
+    order = sorted(range(len(engine.osc_trials)), key=lambda k: -engine.osc_trials[k][0])[:count]
+    return [{"ms": round(engine.osc_trials[k][0], 3), "baseline_ms": round(baseline.osc_trials[k][0], 3),
+             "phase": round(engine.osc_trials[k][1], 2), "xruns": engine.osc_trials[k][2],
+             "since_move_s": round(engine.osc_trials[k][3], 3)} for k in order]
+
+
 def _compare(engine: dict, baseline: dict, period_ms: float) -> dict:
     """Engine minus baseline, and the issue's targets: median <= +0.7 ms, max <= + one period,
     nothing missing."""
@@ -273,6 +289,8 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
         if engine is not None:
             eng = _stats(getattr(engine, kind), getattr(engine, f"{kind}_missing"))
             phase[kind].update(engine=eng, difference=_compare(eng, base, period_ms))
+            if kind == "osc":
+                phase[kind]["engine_slowest"] = _slowest(engine, baseline)
     return phase
 
 
