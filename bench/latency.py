@@ -100,8 +100,8 @@ class _Target:
         self.name, self.osc_port, self.output = name, osc_port, output
         self.osc, self.midi = [], []   # latencies (ms)
         self.osc_missing = self.midi_missing = 0
-        self.osc_phase = []            # where in its JACK cycle each OSC note was sent (0..1)
-        self.osc_trials = []           # per OSC trial: latency (ms, inf: missing), phase, xruns, s since a move
+        self.osc_trials = []           # per OSC trial: latency (ms, inf: missing), send phase in the
+                                       # cycle (0..1), xruns in the trial, s since the last timbre move
 
 
 def _mover(port: int, stop: threading.Event, rng, moved: list) -> None:
@@ -187,9 +187,8 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             time.sleep(WINDOW_S + 0.02)
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
                 latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
-                target.osc_phase.append(_send_phase(capture, sent[target.name], args.period / args.rate))
-                target.osc_trials.append((latency, target.osc_phase[-1], capture.xruns - xruns_at_send,
-                                          sent[target.name] - moved[0]))
+                target.osc_trials.append((latency, _send_phase(capture, sent[target.name], args.period / args.rate),
+                                          capture.xruns - xruns_at_send, sent[target.name] - moved[0]))
                 if latency > WINDOW_S * 1000:
                     target.osc_missing += 1
                 else:
@@ -260,7 +259,7 @@ def _stats(latencies: list[float], missing: int) -> dict:
 def _slowest(engine: _Target, baseline: _Target, count: int = 3) -> list[dict]:
     """The engine's slowest OSC trials beside what else happened in them: the baseline's latency in
     the same trial, the send phase, the graph's xruns within the trial, seconds since the last
-    timbre move (NaN: none)."""
+    timbre move (NaN: none yet; negative: the next move came that long after the send)."""
     order = sorted(range(len(engine.osc_trials)), key=lambda k: -engine.osc_trials[k][0])[:count]
     return [{"ms": round(engine.osc_trials[k][0], 3), "baseline_ms": round(baseline.osc_trials[k][0], 3),
              "phase": round(engine.osc_trials[k][1], 2), "xruns": engine.osc_trials[k][2],
@@ -285,7 +284,7 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
         phase[kind] = {"baseline": base}
         if kind == "osc":  # uniform over the cycle: 0.25, 0.5, 0.75
             phase[kind]["send_phase_quartiles"] = [round(float(q), 2) for q in
-                                                   np.percentile(baseline.osc_phase, [25, 50, 75])]
+                                                   np.percentile([trial[1] for trial in baseline.osc_trials], [25, 50, 75])]
         if engine is not None:
             eng = _stats(getattr(engine, kind), getattr(engine, f"{kind}_missing"))
             phase[kind].update(engine=eng, difference=_compare(eng, base, period_ms))
