@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class _OscTrial(NamedTuple):
+    """One OSC trial of one target."""
+    ms: float            # latency (inf: missing)
+    phase: float         # where in its JACK cycle the note was sent (0..1)
+    xruns: int           # the graph's xruns during the trial
+    since_move_s: float  # since the last timbre move (NaN: none yet; negative: the next came after the send)
+
+
 class _Target:
     """One synth under test: its OSC port, captured output port and capture channel."""
 
@@ -100,8 +109,7 @@ class _Target:
         self.name, self.osc_port, self.output = name, osc_port, output
         self.osc, self.midi = [], []   # latencies (ms)
         self.osc_missing = self.midi_missing = 0
-        self.osc_trials = []           # per OSC trial: latency (ms, inf: missing), send phase in the
-                                       # cycle (0..1), xruns in the trial, s since the last timbre move
+        self.osc_trials: list[_OscTrial] = []
 
 
 def _mover(port: int, stop: threading.Event, rng, moved: list) -> None:
@@ -187,8 +195,8 @@ def _phase(server, targets, midi, trials: int, move_port: int | None, args, rng,
             time.sleep(WINDOW_S + 0.02)
             for target, onset in zip(targets, _onsets(capture, targets, since, args.period)):
                 latency = (capture.wall_time_of(onset) - sent[target.name]) * 1000 if onset >= 0 else np.inf
-                target.osc_trials.append((latency, _send_phase(capture, sent[target.name], args.period / args.rate),
-                                          capture.xruns - xruns_at_send, sent[target.name] - moved[0]))
+                target.osc_trials.append(_OscTrial(latency, _send_phase(capture, sent[target.name], args.period / args.rate),
+                                                   capture.xruns - xruns_at_send, sent[target.name] - moved[0]))
                 if latency > WINDOW_S * 1000:
                     target.osc_missing += 1
                 else:
@@ -257,13 +265,11 @@ def _stats(latencies: list[float], missing: int) -> dict:
 
 
 def _slowest(engine: _Target, baseline: _Target, count: int = 3) -> list[dict]:
-    """The engine's slowest OSC trials beside what else happened in them: the baseline's latency in
-    the same trial, the send phase, the graph's xruns within the trial, seconds since the last
-    timbre move (NaN: none yet; negative: the next move came that long after the send)."""
-    order = sorted(range(len(engine.osc_trials)), key=lambda k: -engine.osc_trials[k][0])[:count]
-    return [{"ms": round(engine.osc_trials[k][0], 3), "baseline_ms": round(baseline.osc_trials[k][0], 3),
-             "phase": round(engine.osc_trials[k][1], 2), "xruns": engine.osc_trials[k][2],
-             "since_move_s": round(engine.osc_trials[k][3], 3)} for k in order]
+    """The engine's slowest OSC trials (`_OscTrial`'s fields) with the baseline's latency in the
+    same trial."""
+    order = sorted(range(len(engine.osc_trials)), key=lambda k: -engine.osc_trials[k].ms)[:count]
+    return [dict({key: round(value, 3) for key, value in engine.osc_trials[k]._asdict().items()},
+                 baseline_ms=round(baseline.osc_trials[k].ms, 3)) for k in order]
 
 
 def _compare(engine: dict, baseline: dict, period_ms: float) -> dict:
@@ -284,7 +290,7 @@ def _report(targets, phase: dict, period_ms: float, midi: bool) -> dict:
         phase[kind] = {"baseline": base}
         if kind == "osc":  # uniform over the cycle: 0.25, 0.5, 0.75
             phase[kind]["send_phase_quartiles"] = [round(float(q), 2) for q in
-                                                   np.percentile([trial[1] for trial in baseline.osc_trials], [25, 50, 75])]
+                                                   np.percentile([trial.phase for trial in baseline.osc_trials], [25, 50, 75])]
         if engine is not None:
             eng = _stats(getattr(engine, kind), getattr(engine, f"{kind}_missing"))
             phase[kind].update(engine=eng, difference=_compare(eng, base, period_ms))
