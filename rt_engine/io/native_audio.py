@@ -11,11 +11,14 @@ compiled once and cached) call it with the table as their user pointer:
   (`jack_port_get_buffer`, called through its address in the table) and, with a MIDI port
   attached (`attach_midi`, rows R_MIDI_*), first reads the block's JACK MIDI events into the
   pending schedule at their frames (`rt_engine.io.native_midi`);
+- both, through `process_table`, first take the notes the native OSC lane applied
+  (`attach_osc_lane`, rows R_LANE_*: `rt_engine.osc.native_osc.drain_notes`) into the pending
+  schedule at the block's first frame;
 - `portaudio_callback` (PortAudio's `PaStreamCallback`), for a stream opened through ctypes on
   `libportaudio.so.2` (`PortAudioStream`): writes interleaved float32 stereo and counts output
   underflows as xruns.
-The C functions the callbacks call (`jack_port_get_buffer`, libc `clock_gettime`) are reached
-through addresses stored in the table at run time, so the compiled callbacks cache on disk.
+The C functions the callbacks call (`jack_port_get_buffer`, libc `clock_gettime`: `rt_engine.io.native_calls`)
+are reached through addresses stored in the table at run time, so the compiled callbacks cache on disk.
 
 Nothing in a callback allocates, locks or touches a Python object. The control side stages a
 resized voice pool with `stage_voices` (the callback adopts it at the next block start, like the
@@ -25,7 +28,6 @@ backends fall back to their Python callback when it cannot.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import time
 
@@ -36,6 +38,8 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from rt_engine.io import native_midi as nm
+from rt_engine.io.native_calls import CLOCK_MONOTONIC, CLOCK_REALTIME, call_clock_gettime, libc_address
+from rt_engine.osc import native_osc
 from rt_engine.core import voice_kernel as vk
 from rt_engine.core.commands import COMMAND_DTYPE, Counter
 from models.kernel_cache import drop_stale_cache
@@ -67,7 +71,8 @@ R_CPU = 25                                   # float64 [2]: (smoothed, peak) cal
 R_XRUNS = 26                                 # int64 [1]
 R_CONTROL = 27                               # int64 [N_CONTROL]
 R_MIDI_PARAMS, R_MIDI_RING, R_MIDI_POS, R_MIDI_STATE = 28, 29, 30, 31  # rt_engine.io.native_midi
-N_ROWS = 32
+R_LANE_NOTES, R_LANE_POS = 32, 33            # rt_engine.osc.native_osc: notes applied from OSC
+N_ROWS = 34
 
 # --- control: int64 [N_CONTROL]
 K_STAGED = 0          # 1 while a staged voice pool waits for the callback
@@ -77,7 +82,6 @@ K_CLOCK_GETTIME = 4                          # address of libc clock_gettime
 K_TIMESPEC = 5        # 5, 6: struct timespec scratch (s, ns)
 K_BLOCKS = 7          # blocks rendered by the native path
 N_CONTROL = 8
-CLOCK_REALTIME, CLOCK_MONOTONIC = 0, 1
 PA_OUTPUT_UNDERFLOW = 0x4
 
 
@@ -91,19 +95,6 @@ def _pointer(typingctx, address, dtype):
         return builder.inttoptr(args[0], context.get_value_type(result))
 
     return result(address, dtype), codegen
-
-
-@intrinsic
-def _call_clock_gettime(typingctx, function, clock_id, timespec):
-    """`clock_gettime(clock_id, (struct timespec *) timespec)` through its address."""
-    def codegen(context, builder, signature, args):
-        int32, int64 = context.get_value_type(types.int32), context.get_value_type(types.int64)
-        fnty = ir.FunctionType(int32, [int32, int64.as_pointer()])
-        fn = builder.inttoptr(args[0], fnty.as_pointer())
-        clock = context.cast(builder, args[1], signature.args[1], types.int32)
-        return builder.call(fn, [clock, builder.inttoptr(args[2], int64.as_pointer())])
-
-    return types.int32(function, clock_id, timespec), codegen
 
 
 @intrinsic
@@ -141,7 +132,7 @@ def _view3(table, row, dtype):
 def _seconds(control, clock_id):
     """Time of `clock_id` (s), through libc's clock_gettime at control[K_CLOCK_GETTIME]."""
     timespec = control[K_TIMESPEC:K_TIMESPEC + 2].ctypes.data
-    _call_clock_gettime(control[K_CLOCK_GETTIME], clock_id, timespec)
+    call_clock_gettime(control[K_CLOCK_GETTIME], clock_id, timespec)
     return control[K_TIMESPEC] + 1e-9 * control[K_TIMESPEC + 1]
 
 
@@ -162,6 +153,9 @@ def process_table(table, n_frames):
         control[K_STAGED] = 0
     start = _seconds(control, CLOCK_MONOTONIC)
     counters = _view1(table, R_COUNTERS, i8)
+    if table[R_LANE_POS, 0] != 0:
+        native_osc.drain_notes(_view2(table, R_LANE_NOTES, f8), _view1(table, R_LANE_POS, i8),
+                               _view1(table, R_PENDING, _RECORD), counters)
     clock = _view1(table, R_CLOCK, f8)
     epoch = _seconds(control, CLOCK_REALTIME) - counters[Counter.FRAME] / params[vk.P_SAMPLE_RATE]
     if not epoch >= clock[0]:  # earliest observation wins; callbacks only ever run late
@@ -230,12 +224,6 @@ def portaudio_callback(input_buffer, output, n_frames, time_info, status_flags, 
     return 0
 
 
-@functools.lru_cache(maxsize=None)
-def _libc_clock_gettime() -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    return ctypes.cast(libc.clock_gettime, ctypes.c_void_p).value
-
-
 def _row(table: np.ndarray, row: int, array: np.ndarray) -> None:
     if not array.flags.c_contiguous or array.ndim > 3:
         raise ValueError(f"table row {row}: array not C-contiguous or ndim > 3")
@@ -258,7 +246,7 @@ class NativeBlock:
                                  f"native table expects {np.dtype(dtype)}[{ndim}d]")
         self.table = np.zeros((N_ROWS, 4), dtype=np.int64)
         self.control = np.zeros(N_CONTROL, dtype=np.int64)
-        self.control[K_CLOCK_GETTIME] = _libc_clock_gettime()
+        self.control[K_CLOCK_GETTIME] = libc_address("clock_gettime")
         self._arrays = list(state) + [engine._out, engine._clock, engine._cpu, engine._xruns,
                                       self.control]
         for row, array in enumerate(state):
@@ -274,6 +262,14 @@ class NativeBlock:
                            (R_MIDI_POS, midi.ring_pos), (R_MIDI_STATE, midi.state)):
             _row(self.table, row, array)
         self._arrays.append(midi)
+
+    def attach_osc_lane(self, lane: native_osc.NativeOscLane) -> None:
+        """Drain the notes `lane` applies at each block start from now on (the callback may be
+        running: the position row's address, which the callback tests, is written last)."""
+        _row(self.table, R_LANE_NOTES, lane.notes)
+        self.table[R_LANE_POS, 1] = lane.notes_pos.shape[0]
+        self._arrays.append(lane)
+        self.table[R_LANE_POS, 0] = lane.notes_pos.ctypes.data
 
     @property
     def address(self) -> int:
@@ -350,7 +346,7 @@ def register_jack_process(client_address: int, block: NativeBlock, ports_address
 def native_available() -> str | None:
     """None when the native callbacks can run here, else the reason they cannot."""
     try:
-        _libc_clock_gettime()
+        libc_address("clock_gettime")
         jack_process.address, portaudio_callback.address
     except Exception as error:  # a missing libc symbol or a Numba compile failure
         return f"native callback unavailable: {error}"

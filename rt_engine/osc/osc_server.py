@@ -11,6 +11,12 @@ per connection per round, and a connection is read again only once its waiting f
 (the kernel holds the rest: TCP back-pressure). So a client with a long backlog delays another
 client's frame by at most one of its own frames per round, not by the chunk the server read.
 
+Native note lane (`native_lane=True`, where the engine renders in a native callback): the UDP
+socket is read by `rt_engine.osc.native_osc`'s lane thread instead of this one; a lone
+`/note/on` or `/note/off` from this machine is applied by the callback at its next block without
+waiting for this thread, which then does that note's control-side work (`applied=True`) and
+everything else as before: every datagram still passes the turns, limits and replies below.
+
 Wire formats: UDP datagrams hold one packet. TCP carries OSC 1.0 packets prefixed by their size
 (int32 big-endian) or, when a connection's first byte is 0xC0 (END), SLIP-framed packets (OSC 1.1).
 
@@ -47,6 +53,7 @@ from rt_engine.osc.osc_codec import (IMMEDIATE, SLIP_END, Message, OscDecodeErro
 from rt_engine.osc.osc_guard import (AccessPolicy, DatedBook, GuardConfig, Source, SourceTable, TokenBucket,
                                  clip_text, is_loopback)
 from rt_engine.osc.osc_registry import MAX_AHEAD_S, REGISTRY, ServerHooks, dispatch
+from rt_engine.osc.native_osc import NativeOscLane
 
 MAX_TCP_PACKET = 1 << 20
 """Largest TCP packet accepted (bytes); a bigger size prefix closes the connection."""
@@ -150,6 +157,22 @@ class _TcpClient:
             yield frame
 
 
+class _AppliedByLane:
+    """The engine for a note the native lane has played: `note_on`/`note_off` do the
+    control-side work only (`applied=True`); nothing else is called for such a packet."""
+
+    def __init__(self, engine: EngineControl):
+        self._engine = engine
+
+    def note_on(self, pitch, velocity, note_id=-1, channel=-1, at_frame=None) -> bool:
+        return self._engine.note_on(pitch, velocity, note_id=note_id, channel=channel, at_frame=at_frame,
+                                    applied=True)
+
+    def note_off(self, pitch=None, note_id=None, channel=-1, at_frame=None) -> bool:
+        return self._engine.note_off(pitch=pitch, note_id=note_id, channel=channel, at_frame=at_frame,
+                                     applied=True)
+
+
 @dataclass(frozen=True)
 class _Origin:
     """Where a packet came from and where its replies go: key identifies the source."""
@@ -174,13 +197,16 @@ class OscServer:
     sender's host instead of the sender's port. `config` holds the per-source limits
     (`rt_engine.osc.osc_guard`); `allow` lists the networks (CIDR) other hosts must be in;
     `password` makes every TCP connection start with `/password <password>` and refuses UDP from
-    other hosts; `check_sound(path) -> path` vets `/timbre/audio` files (raises ValueError).
+    other hosts; `check_sound(path) -> path` vets `/timbre/audio` files (raises ValueError);
+    `native_lane` reads UDP in the native note lane and lets the engine's native callback
+    (`engine.native_block`) apply lone notes from this machine (module docstring).
     Counters appear in /status.reply as osc_*."""
 
     def __init__(self, engine: EngineControl, port: int = 57130, host: str = "127.0.0.1",
                  reply_port: int | None = None, max_ahead_s: float = MAX_AHEAD_S,
                  config: GuardConfig = GuardConfig(), allow: Sequence[str] = (),
-                 password: str | None = None, check_sound: Callable[[str], str] | None = None):
+                 password: str | None = None, check_sound: Callable[[str], str] | None = None,
+                 native_lane: bool = False):
         if not 0 <= port <= 65535:
             raise ValueError(f"OSC port {port} outside 0..65535")
         if reply_port is not None and not 1 <= reply_port <= 65535:
@@ -192,6 +218,8 @@ class OscServer:
         self.policy = AccessPolicy(allow)
         self._password = None if password is None else password.encode("utf-8")
         self._check_sound = check_sound
+        self._want_lane = native_lane
+        self.lane: NativeOscLane | None = None
         self.counters = {name: 0 for name in (
             "osc_packets", "osc_messages", "osc_malformed", "osc_failed", "osc_dropped",
             "osc_dated_dropped", "osc_replies_dropped", "osc_replies_over_budget", "osc_refused",
@@ -202,7 +230,7 @@ class OscServer:
         self._lock = threading.RLock()  # sources, credit and watchers: replies come from any thread
         self._notify: dict[tuple, _Watcher] = {}
         self._clients: dict[socket.socket, _TcpClient] = {}
-        self._backlog: dict[tuple, collections.deque] = {}  # UDP source -> datagrams waiting
+        self._backlog: dict[tuple, collections.deque] = {}  # UDP source -> (datagram, applied) waiting
         self._backlog_bytes = 0
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
@@ -238,7 +266,15 @@ class OscServer:
         for sock, handler in ((self._udp, self._on_udp), (self._tcp, self._on_accept),
                               (self._wake_r, self._on_wake)):
             sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ, handler)
+            if sock is not self._udp or not self._want_lane:
+                self._selector.register(sock, selectors.EVENT_READ, handler)
+        if self._want_lane:
+            self.lane = NativeOscLane(self._udp)
+            self.lane.start(self._wake_w)
+            block = getattr(self.engine, "native_block", None)
+            if block is not None:
+                block.attach_osc_lane(self.lane)
+                self.lane.enable()
         self._thread = threading.Thread(target=self._run, name="osc-server", daemon=True)
         self._thread.start()
 
@@ -272,6 +308,8 @@ class OscServer:
         self._stopping = True
         self._wake()
         self._thread.join(timeout=5.0)
+        if self.lane is not None:
+            self.lane.stop()
         for client in list(self._clients.values()):
             self._close_client(client)
         for sock in (self._udp, self._tcp, self._wake_r, self._wake_w):
@@ -287,6 +325,9 @@ class OscServer:
         status["osc_sources"] = len(self._sources)
         status["osc_dated_ahead"] = len(self._dated)
         status["osc_backlog"] = sum(len(queue) for queue in list(self._backlog.values()))
+        status["osc_note_lane"] = "native" if self.lane is not None and self.lane.enabled else "python"
+        if self.lane is not None:
+            status.update(self.lane.status())
         return status
 
     # -- the thread
@@ -301,6 +342,10 @@ class OscServer:
             sock.recv(4096)
         except (BlockingIOError, InterruptedError):
             pass
+        if self.lane is not None:
+            for data, addr, applied in self.lane.drain():
+                if not self._take_datagram(data, addr, applied):
+                    self.lane.handled()
 
     def _run(self) -> None:
         while not self._stopping:
@@ -367,20 +412,27 @@ class OscServer:
                 return
             except OSError:
                 continue
-            host = addr[0]
-            if not self.policy.permits(host) or (self._password is not None and not is_loopback(host)):
-                self.counters["osc_refused"] += 1
-                continue
-            key = ("udp", host, addr[1])
-            queue = self._backlog.get(key)
-            if queue is None:
-                queue = self._backlog[key] = collections.deque()
-            if len(queue) >= UDP_BACKLOG or self._backlog_bytes + len(data) > UDP_BACKLOG_BYTES:
-                self.counters["osc_packets"] += 1
-                self.counters["osc_dropped"] += 1
-                continue
-            queue.append(data)
-            self._backlog_bytes += len(data)
+            self._take_datagram(data, addr, False)
+
+    def _take_datagram(self, data: bytes, addr: tuple, applied: bool) -> bool:
+        """One datagram into its source's backlog (True), or refused or dropped and counted
+        (False). An applied one (the native lane played it) is never refused or dropped here: its
+        control-side work must follow."""
+        host = addr[0]
+        if not applied and (not self.policy.permits(host) or (self._password is not None and not is_loopback(host))):
+            self.counters["osc_refused"] += 1
+            return False
+        key = ("udp", host, addr[1])
+        queue = self._backlog.get(key)
+        if queue is None:
+            queue = self._backlog[key] = collections.deque()
+        if not applied and (len(queue) >= UDP_BACKLOG or self._backlog_bytes + len(data) > UDP_BACKLOG_BYTES):
+            self.counters["osc_packets"] += 1
+            self.counters["osc_dropped"] += 1
+            return False
+        queue.append((data, applied))
+        self._backlog_bytes += len(data)
+        return True
 
     def _serve_backlog(self) -> None:
         """One round: up to UDP_QUANTUM packets of each source with a backlog."""
@@ -389,15 +441,17 @@ class OscServer:
             target = (key[1], self.reply_port or key[2])
             origin = _Origin(key, lambda packet, t=target: self._udp_send(packet, t))
             for _ in range(min(UDP_QUANTUM, len(queue))):
-                data = queue.popleft()
+                data, applied = queue.popleft()
                 self._backlog_bytes -= len(data)
-                self._handle_packet(data, origin)
+                self._handle_packet(data, origin, applied)
+                if self.lane is not None:
+                    self.lane.handled()
             if not queue:
                 del self._backlog[key]
 
     def _udp_send(self, packet: bytes, target: tuple) -> None:
         try:
-            self._udp.sendto(packet, target)
+            self._udp.sendto(packet, socket.MSG_DONTWAIT, target)  # blocking socket under the lane
         except OSError:
             self.counters["osc_replies_dropped"] += 1
 
@@ -554,15 +608,17 @@ class OscServer:
             else:
                 raise RuntimeError(f"too many notify clients (at most {self.config.max_notify})")
 
-    def _handle_packet(self, data: bytes, origin: _Origin) -> None:
-        """Admit, decode, time and dispatch one packet (called by the server thread)."""
+    def _handle_packet(self, data: bytes, origin: _Origin, applied: bool = False) -> None:
+        """Admit, decode, time and dispatch one packet (called by the server thread). `applied`:
+        the native lane has played its note; it is admitted whatever the limits say (its tokens
+        are spent) and dispatched for the control-side work only."""
         now = time.monotonic()
         self.counters["osc_packets"] += 1
         with self._lock:
             source = self._sources.get(origin.key, now)
             source.received(len(data), self.config, now)
         reply = lambda address, args: self._reply(origin, address, args)  # noqa: E731
-        if not self._admit(source, now):
+        if not self._admit(source, now) and not applied:
             self._rate_dropped(source, now, reply)
             return
         try:
@@ -604,7 +660,8 @@ class OscServer:
                         told = True
                         reply("/fail", [message.address, reason])
                     continue
-            if not dispatch(self.engine, message.address, message.args, at_frame, reply, hooks):
+            engine = _AppliedByLane(self.engine) if applied else self.engine
+            if not dispatch(engine, message.address, message.args, at_frame, reply, hooks):
                 self.counters["osc_failed"] += 1
             elif dated:
                 self._dated.add(source, at_frame)

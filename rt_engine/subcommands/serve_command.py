@@ -235,10 +235,11 @@ def _serve(args: argparse.Namespace) -> int:
         sounds = SoundAccess(args.sounds or default_sound_dirs())
         config = GuardConfig(tcp_idle_s=args.tcp_idle_s, tcp_partial_s=args.tcp_partial_s)
         osc = OscServer(engine, port=args.osc_port, host=args.bind, reply_port=args.reply_port,
-                        config=config, allow=args.allow, password=args.password, check_sound=sounds.check)
+                        config=config, allow=args.allow, password=args.password, check_sound=sounds.check,
+                        native_lane=engine.native_block is not None)
         osc.start()
-        _say(f"OSC: udp {osc.udp_port}, tcp {osc.tcp_port} on {args.bind}; sound files from "
-             f"{', '.join(sounds.dirs)}")
+        _say(f"OSC: udp {osc.udp_port}, tcp {osc.tcp_port} on {args.bind}; note lane "
+             f"{osc.server_status()['osc_note_lane']}; sound files from {', '.join(sounds.dirs)}")
         warning = network_warning(args.bind, osc.udp_port, args.allow, args.password)
         if warning:
             _say(warning)

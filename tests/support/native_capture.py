@@ -17,8 +17,8 @@ from llvmlite import ir
 from numba import carray, types
 from numba.extending import intrinsic
 
-from rt_engine.io.native_audio import (_address, _call_clock_gettime, _call_port_get_buffer, _libc_clock_gettime,
-                                       _libjack, _pointer)
+from rt_engine.io.native_audio import _address, _call_port_get_buffer, _libjack, _pointer
+from rt_engine.io.native_calls import CLOCK_MONOTONIC, call_clock_gettime, libc_address
 
 S_GET_BUFFER, S_LAST_FRAME_TIME, S_CLOCK_GETTIME = 0, 1, 2   # function addresses
 S_CLIENT, S_BUFFER, S_CYCLES = 3, 4, 5                       # jack_client_t*, float32 buffer, float64 cycles
@@ -27,7 +27,6 @@ S_TIMESPEC = 9                                               # 9, 10: struct tim
 S_N_PORTS, S_PORTS = 11, 12                                  # port count, jack_port_t* from index 12
 MAX_PORTS = 8
 N_STATE = S_PORTS + MAX_PORTS
-CLOCK_MONOTONIC = 1
 
 
 @intrinsic
@@ -54,7 +53,7 @@ def capture_process(n_frames, arg):
     if start < 0 or start + n_frames > state[S_SAMPLES]:
         return 0
     timespec = state[S_TIMESPEC:S_TIMESPEC + 2].ctypes.data
-    _call_clock_gettime(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, timespec)
+    call_clock_gettime(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, timespec)
     cycles = carray(_pointer(state[S_CYCLES], numba.float64), (state[S_N_CYCLES],))
     cycle = start // n_frames
     if cycle < cycles.shape[0]:
@@ -81,7 +80,7 @@ class CaptureState:
         self.table = np.zeros(N_STATE, dtype=np.int64)
         self.table[S_GET_BUFFER] = _address(lib.jack_port_get_buffer)
         self.table[S_LAST_FRAME_TIME] = _address(lib.jack_last_frame_time)
-        self.table[S_CLOCK_GETTIME] = _libc_clock_gettime()
+        self.table[S_CLOCK_GETTIME] = libc_address("clock_gettime")
         self.table[S_CLIENT] = client_address
         self.table[S_BUFFER], self.table[S_CYCLES] = buffer.ctypes.data, cycle_start_s.ctypes.data
         self.table[S_SAMPLES], self.table[S_N_CYCLES] = buffer.shape[1], cycle_start_s.shape[0]
