@@ -249,3 +249,32 @@ def test_without_a_native_callback_the_lane_reads_and_the_server_plays_everythin
         assert engine.named("note_on")[0]["pitch"] == 60.0
     finally:
         server.stop()
+
+
+def test_a_note_flood_through_the_lane_neither_exceeds_its_bucket_nor_starves_a_bystander():
+    from rt_engine.osc.osc_codec import decode_packet
+
+    engine = _engine()
+    block = na.NativeBlock(engine)
+    engine.native_block = block
+    server = OscServer(engine, port=0, native_lane=True)
+    server.start()
+    target = ("127.0.0.1", server.udp_port)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bystander:
+            bystander.settimeout(2.0)
+            started = time.monotonic()
+            for k in range(5000):
+                flood.sendto(built("/note/on", (float(40 + k % 40), "f"), (100.0, "f"), (k, "i")), target)
+                if k % 256 == 0:
+                    block.process(256)  # the callback drains what the lane applied
+            bystander.sendto(built("/sync", (7, "i")), target)
+            reply = decode_packet(bystander.recv(1024))
+            seconds = time.monotonic() - started
+        assert reply.address == "/synced" and reply.args == (7,)
+        applied = server.server_status()["osc_lane_applied"]
+        assert applied <= no.LANE_BURST + no.LANE_RATE_PER_S * seconds + 1
+        assert applied >= 1 and server.server_status()["osc_lane_received"] > applied
+    finally:
+        server.stop()
