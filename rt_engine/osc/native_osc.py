@@ -321,10 +321,16 @@ class NativeOscLane:
                              struct.pack("ll", 0, int(RECEIVE_TIMEOUT_S * 1e6)))
         self.state[[S_FD, S_RECVFROM, S_SEND, S_WAKE_FD, S_CLOCK_GETTIME]] = (
             self._udp.fileno(), recvfrom, send, wake.fileno(), clock_gettime)
-        self._thread = threading.Thread(target=receive_loop, name="osc-lane", daemon=True, args=(
-            self.state, self.bucket, self.buffer, self.source, self.packets, self.entries, self.entries_pos,
-            self.notes, self.notes_pos))
+        self._thread = threading.Thread(target=receive_loop, name="osc-lane", daemon=True, args=self.compile())
         self._thread.start()
+
+    def compile(self) -> tuple:
+        """Load (or compile and cache) `receive_loop` for this lane's arrays, here and now (not in
+        the lane thread while datagrams wait); returns its arguments."""
+        args = (self.state, self.bucket, self.buffer, self.source, self.packets, self.entries,
+                self.entries_pos, self.notes, self.notes_pos)
+        receive_loop.compile(tuple(numba.typeof(array) for array in args))
+        return args
 
     def enable(self) -> None:
         """Apply notes from now on (a native callback drains `notes`)."""

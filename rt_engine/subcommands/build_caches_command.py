@@ -6,11 +6,13 @@ Numba compiles a kernel the first time it is called and caches the machine code 
 This renders half a second through the engine offline (`rt_engine.subcommands.render_command.render`): the
 block kernel, the GRU voice (unmuted) and its resampler in this process, and in the bank worker
 the GAN's inversion, retuning and row preparation, for a timbre point no bank cache holds. Importing
-the native audio and MIDI callbacks compiles them too. Prints the seconds it took.
+the native audio and MIDI callbacks compiles them too, and the native OSC lane's loop is compiled
+for its arrays. Prints the seconds it took.
 """
 from __future__ import annotations
 
 import argparse
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 
 from models.timbre_sources import default_model_dir
 from rt_engine.io import native_audio, native_midi  # noqa: F401 - importing compiles the C callbacks
+from rt_engine.osc.native_osc import NativeOscLane
 from rt_engine.subcommands.render_command import render
 
 
@@ -26,6 +29,8 @@ def build(model_dir: str | None) -> dict:
     """Run every kernel once (see the module docstring); returns the render's summary
     (`render_command.render`) with the seconds taken as "build_s"."""
     started = time.perf_counter()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        NativeOscLane(udp).compile()
     x, y = np.random.default_rng().uniform(0.05, 0.95, 2)  # a point no bank cache holds: the worker renders
     events = [(0.0, "osc", ("/mix/gru", [1.0])), (0.0, "osc", ("/timbre/xy", [float(x), float(y)])),
               (0.05, "osc", ("/note/on", [60.0, 100.0])), (0.3, "osc", ("/note/off", [60.0]))]
