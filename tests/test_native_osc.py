@@ -2,7 +2,6 @@
 apply-or-forward rules, its rings, and a note played through a real OscServer and NativeBlock."""
 from __future__ import annotations
 
-import math
 import socket
 import struct
 import time
@@ -190,18 +189,25 @@ def test_drain_notes_writes_the_applied_commands_at_the_block_start():
     assert pending[1]["seq"] > pending[0]["seq"] >= no.SEQ_BASE
 
 
-def _voices_after(block, blocks=4):
+def _render(block, blocks=4):
+    """`blocks` blocks of 256 frames through the native path, as the callback would."""
     for _ in range(blocks):
         block.process(256)
-    return block
 
 
-def test_an_osc_note_plays_through_the_lane_once_and_the_server_does_the_rest():
+def _lane_server():
+    """An engine rendering through a NativeBlock (driven from the test) and a started OscServer
+    whose native lane applies into it."""
     engine = _engine()
     block = na.NativeBlock(engine)
     engine.native_block = block
     server = OscServer(engine, port=0, native_lane=True)
     server.start()
+    return engine, block, server
+
+
+def test_an_osc_note_plays_through_the_lane_once_and_the_server_does_the_rest():
+    engine, block, server = _lane_server()
     try:
         assert server.server_status()["osc_note_lane"] == "native"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -214,7 +220,7 @@ def test_an_osc_note_plays_through_the_lane_once_and_the_server_does_the_rest():
             notes = records[records["kind"] == int(CommandKind.NOTE_ON)]
             assert len(notes) == 1 and notes[0]["skip_kernel"] == 1 and notes[0]["held_id"] == 3
             assert server.server_status()["osc_lane_applied"] == 1
-            _voices_after(block)
+            _render(block)
             status = engine.status()
             assert status["voices"] == 1 and status["commands"] >= 1
             out = block.process(256)
@@ -230,7 +236,6 @@ def test_an_osc_note_plays_through_the_lane_once_and_the_server_does_the_rest():
         assert status["osc_failed"] == 0 and status["osc_lane_dropped"] == 0
     finally:
         server.stop()
-    assert not math.isnan(engine.status()["cpu"])
 
 
 def test_without_a_native_callback_the_lane_reads_and_the_server_plays_everything():
@@ -254,11 +259,7 @@ def test_without_a_native_callback_the_lane_reads_and_the_server_plays_everythin
 def test_a_note_flood_through_the_lane_neither_exceeds_its_bucket_nor_starves_a_bystander():
     from rt_engine.osc.osc_codec import decode_packet
 
-    engine = _engine()
-    block = na.NativeBlock(engine)
-    engine.native_block = block
-    server = OscServer(engine, port=0, native_lane=True)
-    server.start()
+    engine, block, server = _lane_server()
     target = ("127.0.0.1", server.udp_port)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood, \
