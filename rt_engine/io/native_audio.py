@@ -38,7 +38,7 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from rt_engine.io import native_midi as nm
-from rt_engine.io.native_calls import CLOCK_MONOTONIC, CLOCK_REALTIME, call_clock_gettime, libc_address
+from rt_engine.io.native_calls import CLOCK_MONOTONIC, CLOCK_REALTIME, clock_seconds, libc_address
 from rt_engine.osc import native_osc
 from rt_engine.core import voice_kernel as vk
 from rt_engine.core.commands import COMMAND_DTYPE, Counter
@@ -131,9 +131,7 @@ def _view3(table, row, dtype):
 @numba.njit(cache=True, nogil=True)
 def _seconds(control, clock_id):
     """Time of `clock_id` (s), through libc's clock_gettime at control[K_CLOCK_GETTIME]."""
-    timespec = control[K_TIMESPEC:K_TIMESPEC + 2].ctypes.data
-    call_clock_gettime(control[K_CLOCK_GETTIME], clock_id, timespec)
-    return control[K_TIMESPEC] + 1e-9 * control[K_TIMESPEC + 1]
+    return clock_seconds(control[K_CLOCK_GETTIME], clock_id, control[K_TIMESPEC:K_TIMESPEC + 2])
 
 
 @numba.njit(cache=True, nogil=True)

@@ -5,7 +5,7 @@ Compiled callers store an address (`libc_address(name)`) in one of their arrays 
 call through it, so their machine code caches on disk (no address is baked into it).
 
 Public API: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `call_clock_gettime` (a Numba intrinsic),
-`libc_address(name) -> int`.
+`clock_seconds(function, clock_id, timespec) -> float` (Numba), `libc_address(name) -> int`.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -31,6 +32,14 @@ def call_clock_gettime(typingctx, function, clock_id, timespec):
         return builder.call(fn, [clock, builder.inttoptr(args[2], int64.as_pointer())])
 
     return types.int32(function, clock_id, timespec), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def clock_seconds(function, clock_id, timespec):
+    """The time of `clock_id` (s), through clock_gettime at address `function`, with `timespec`
+    (int64 [2], a caller's preallocated scratch: seconds, nanoseconds) as its struct timespec."""
+    call_clock_gettime(function, clock_id, timespec.ctypes.data)
+    return timespec[0] + 1e-9 * timespec[1]
 
 
 @functools.lru_cache(maxsize=None)

@@ -49,7 +49,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from rt_engine.core.commands import CommandKind, Counter
-from rt_engine.io.native_calls import CLOCK_MONOTONIC, call_clock_gettime, libc_address
+from rt_engine.io.native_calls import CLOCK_MONOTONIC, clock_seconds, libc_address
 from rt_engine.osc.osc_registry import MAX_NOTE_ID
 from models.kernel_cache import drop_stale_cache
 
@@ -197,13 +197,6 @@ def note_command(data, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def _seconds(state):
-    timespec = state[S_TIMESPEC:S_TIMESPEC + 2].ctypes.data
-    call_clock_gettime(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, timespec)
-    return state[S_TIMESPEC] + 1e-9 * state[S_TIMESPEC + 1]
-
-
-@numba.njit(cache=True, nogil=True)
 def _grant(bucket, now):
     """One token of the lane's bucket (bucket = [tokens, last refill time s])."""
     bucket[0] = min(LANE_BURST, bucket[0] + (now - bucket[1]) * LANE_RATE_PER_S)
@@ -264,7 +257,7 @@ def receive_loop(state, bucket, buffer, source, packets, entries, entries_pos, n
         if size < 0:
             continue  # the receive timeout (a look at S_STOP) or a signal
         lane_step(state, bucket, buffer, size, source, packets, entries, entries_pos, notes, notes_pos,
-                  _seconds(state))
+                  clock_seconds(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, state[S_TIMESPEC:S_TIMESPEC + 2]))
         if state[S_WAKE_PENDING] == 0:
             state[S_WAKE_PENDING] = 1
             _call_send(state[S_SEND], state[S_WAKE_FD], wake.ctypes.data, 1, MSG_DONTWAIT)

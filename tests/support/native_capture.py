@@ -18,7 +18,7 @@ from numba import carray, types
 from numba.extending import intrinsic
 
 from rt_engine.io.native_audio import _address, _call_port_get_buffer, _libjack, _pointer
-from rt_engine.io.native_calls import CLOCK_MONOTONIC, call_clock_gettime, libc_address
+from rt_engine.io.native_calls import CLOCK_MONOTONIC, clock_seconds, libc_address
 
 S_GET_BUFFER, S_LAST_FRAME_TIME, S_CLOCK_GETTIME = 0, 1, 2   # function addresses
 S_CLIENT, S_BUFFER, S_CYCLES = 3, 4, 5                       # jack_client_t*, float32 buffer, float64 cycles
@@ -52,12 +52,11 @@ def capture_process(n_frames, arg):
     start = frame - state[S_FIRST_FRAME]
     if start < 0 or start + n_frames > state[S_SAMPLES]:
         return 0
-    timespec = state[S_TIMESPEC:S_TIMESPEC + 2].ctypes.data
-    call_clock_gettime(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, timespec)
+    now = clock_seconds(state[S_CLOCK_GETTIME], CLOCK_MONOTONIC, state[S_TIMESPEC:S_TIMESPEC + 2])
     cycles = carray(_pointer(state[S_CYCLES], numba.float64), (state[S_N_CYCLES],))
     cycle = start // n_frames
     if cycle < cycles.shape[0]:
-        cycles[cycle] = state[S_TIMESPEC] + 1e-9 * state[S_TIMESPEC + 1]
+        cycles[cycle] = now
     buffer = carray(_pointer(state[S_BUFFER], numba.float32), (state[S_N_PORTS], state[S_SAMPLES]))
     for k in range(state[S_N_PORTS]):
         source = _call_port_get_buffer(state[S_GET_BUFFER], state[S_PORTS + k], n_frames)
