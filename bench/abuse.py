@@ -1,5 +1,6 @@
-"""A hostile client on the same machine against `latentsynth serve` (null audio clock, 127.0.0.1):
-one JSON line per attack. Prints JSON.
+"""A hostile client on the same machine against `latentsynth serve` (127.0.0.1; null audio clock,
+or with `--audio jack` a private JACK dummy server at 48 kHz / 128 frames, where the native OSC
+note lane runs): one JSON line per attack. Prints JSON.
 
 Per attack: bytes sent and received back (and their ratio), what the server counted, RSS of the
 server before and after, xruns added. The flood attacks also measure a bystander's `/sync` round
@@ -7,17 +8,19 @@ trip (p50/p99) during the attack against a baseline measured in the same run wit
 
 Attacks: a 64 kB bundle of /status; a 60 kB unknown address; 31 /notify registrations then one
 bundle of /status; 4,800 far-future dated /note/off from 10 clients then an immediate note and
-/panic; a UDP flood of /note/pitch; 10,000 notes held by distinct ids, then released by id (voices
+/panic; a UDP flood of /note/pitch; a UDP flood of lone /note/on + /note/off (the note lane's
+messages: its per-source bucket, the voices and the bystander); 10,000 notes held by distinct ids, then released by id (voices
 stay within the polyphony; none left after; with a model that has a GRU voice, e.g. `--model
 models/pretrained/default`, its underruns and the voices it shed to keep up); 100 idle TCP connections then a fresh client; a TCP client
 that never reads its replies; /timbre/audio of a file outside the allowed folders.
 
-Usage: python bench/abuse.py [--model DIR] [--flood-s 3]
+Usage: python bench/abuse.py [--model DIR] [--flood-s 3] [--audio null|jack]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -31,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rt_engine.osc.osc_codec import IMMEDIATE, decode_packet, encode_bundle, encode_message, unix_to_timetag  # noqa: E402
+from tests.support.jack_harness import DummyJackServer  # noqa: E402
 from tests.support.osc_udp import Udp, procedural_model, rss_kb, tcp_sync  # noqa: E402
 
 
@@ -84,19 +88,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the procedural source)")
     parser.add_argument("--flood-s", type=float, default=3.0, help="length of each flood (s)")
+    parser.add_argument("--audio", choices=("null", "jack"), default="null",
+                        help="the server's audio: the null clock, or a private JACK dummy server "
+                             "(48 kHz / 128 frames; the native audio callback and OSC note lane)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="latentsynth-abuse-"))
     model = args.model or str(procedural_model(work / "model"))
     (work / "sounds").mkdir()
+    if args.audio == "jack":
+        with DummyJackServer(f"latentsynth-abuse-{os.getpid()}", 48_000, 128) as server:
+            _serve_and_attack(model, work, args, ["--audio", "jack"], server.env)
+    else:
+        _serve_and_attack(model, work, args, ["--audio", "null"], None)
+
+
+def _serve_and_attack(model: str, work: Path, args, audio: list[str], env: dict | None) -> None:
     port = _free_port()
-    serve = subprocess.Popen([sys.executable, "-m", "rt_engine.cli", "serve", "--audio", "null", "--midi", "none",
+    serve = subprocess.Popen([sys.executable, "-m", "rt_engine.cli", "serve", *audio, "--midi", "none",
                               "--model", model, "--osc-port", str(port), "--sounds", str(work / "sounds")],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    started = []
     for line in serve.stdout:
         if line.strip() == "ready":
             break
+        started.append(line.strip())
     observer = Udp(port, timeout_s=2.0)
     try:
+        status = observer.status()
+        print(json.dumps({"audio": args.audio, "audio_callback": status.get("audio_callback"),
+                          "osc_note_lane": status.get("osc_note_lane"),
+                          "start_up": [line for line in started if line.startswith(("audio:", "OSC"))]}),
+              flush=True)
         _run_attacks(serve.pid, port, observer, args.flood_s)
     finally:
         observer.close()
@@ -167,6 +189,27 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     during = _sync_percentiles_ms(observer, flood_s, flood)
     flooder.sock.setblocking(True)
     attack.report(flooder.sent, _received(flooder), baseline=baseline, during_flood=during)
+
+    attack = Attack("udp_flood_lone_note_on_off", pid, observer)
+    baseline = _sync_percentiles_ms(observer, flood_s)
+    flooder = Udp(port)
+    flooder.sock.setblocking(False)
+    pair = [encode_message("/note/on", [60.0, 90.0]), encode_message("/note/off", [60.0])]
+
+    def note_flood() -> None:
+        for k in range(200):
+            try:
+                flooder.sock.sendto(pair[k % 2], ("127.0.0.1", port))
+                flooder.sent += len(pair[k % 2])
+            except BlockingIOError:
+                return
+
+    during = _sync_percentiles_ms(observer, flood_s, note_flood)
+    flooder.sock.setblocking(True)
+    flooder.message("/note/off", 60.0)
+    time.sleep(0.3)
+    attack.report(flooder.sent, _received(flooder), baseline=baseline, during_flood=during,
+                  voices_after=observer.status()["voices"])
 
     attack = Attack("held_ids_10000_then_release", pid, observer)
     player = Udp(port)
