@@ -176,17 +176,7 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     baseline = _sync_percentiles_ms(observer, flood_s)
     flooder = Udp(port)
     flooder.sock.setblocking(False)
-    packet = encode_message("/note/pitch", [1, 61.0])
-
-    def flood() -> None:
-        for _ in range(200):
-            try:
-                flooder.sock.sendto(packet, ("127.0.0.1", port))
-                flooder.sent += len(packet)
-            except BlockingIOError:
-                return
-
-    during = _sync_percentiles_ms(observer, flood_s, flood)
+    during = _sync_percentiles_ms(observer, flood_s, _flood(flooder, port, [encode_message("/note/pitch", [1, 61.0])]))
     flooder.sock.setblocking(True)
     attack.report(flooder.sent, _received(flooder), baseline=baseline, during_flood=during)
 
@@ -195,16 +185,7 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     flooder = Udp(port)
     flooder.sock.setblocking(False)
     pair = [encode_message("/note/on", [60.0, 90.0]), encode_message("/note/off", [60.0])]
-
-    def note_flood() -> None:
-        for k in range(200):
-            try:
-                flooder.sock.sendto(pair[k % 2], ("127.0.0.1", port))
-                flooder.sent += len(pair[k % 2])
-            except BlockingIOError:
-                return
-
-    during = _sync_percentiles_ms(observer, flood_s, note_flood)
+    during = _sync_percentiles_ms(observer, flood_s, _flood(flooder, port, pair))
     flooder.sock.setblocking(True)
     flooder.message("/note/off", 60.0)
     time.sleep(0.3)
@@ -277,6 +258,20 @@ def _run_attacks(pid: int, port: int, observer: Udp, flood_s: float) -> None:
     reply = client.receive()
     attack.report(client.sent, _received(client) + len(encode_message(reply.address, reply.args)),
                   reply=[reply.address, *reply.args])
+
+
+def _flood(flooder: Udp, port: int, packets: list[bytes]):
+    """A callable that sends up to 200 datagrams, cycling through `packets`, from the non-blocking
+    `flooder` (stopping early when its socket buffer is full)."""
+    def flood() -> None:
+        for k in range(200):
+            packet = packets[k % len(packets)]
+            try:
+                flooder.sock.sendto(packet, ("127.0.0.1", port))
+                flooder.sent += len(packet)
+            except BlockingIOError:
+                return
+    return flood
 
 
 def _tcp_sync(port: int) -> bool:
