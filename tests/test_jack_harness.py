@@ -39,27 +39,33 @@ def test_the_native_capture_records_each_frame_at_its_frame_time_and_each_cycle_
     source.activate()
     started = time.perf_counter()
     capture = JackCapture(jack_server.name, ["latentsynth-frame-source:out"], seconds=2.0)
+    log_offset = jack_server.log_size()
     try:
         time.sleep(0.5)
         recorded = int(capture.now() - capture.first_frame) - 2 * 128
         first = capture.first_frame
         cycles = capture.cycle_start_s[:recorded // 128].copy()
+        seen = cycles[np.isfinite(cycles)]  # a cycle the graph lost to an xrun is not recorded
         # the bench's send phase: the newest cycle at or before a moment, NaN before the first
-        before = [capture.cycle_before(cycles[10] + 1e-6), capture.cycle_before(cycles[10] - 1e-6),
-                  capture.cycle_before(cycles[0] - 1.0)]
+        before = [capture.cycle_before(seen[10] + 1e-6), capture.cycle_before(seen[10] - 1e-6),
+                  capture.cycle_before(seen[0] - 1.0)]
         newest = capture.cycle_before(time.perf_counter())
     finally:
         capture.close()
         source.deactivate()
         source.close()
     assert first >= 0 and recorded > RATE // 4
+    # the Python source can be late on a loaded host: no more lost cycles than jackd reported
+    assert cycles.size - seen.size <= min(jack_server.xruns_since(log_offset), 2)
     connected = RATE // 10  # from 0.1 s on: the port connection is made after activation
+    written = capture.recorded(connected, recorded)
     expected = (first + np.arange(connected, recorded)) % 2 ** 24
-    np.testing.assert_array_equal(capture.buffer[0, connected:recorded], expected.astype(np.float32))
-    assert np.all(np.isfinite(cycles)) and np.all(np.diff(cycles) > 0)
-    assert started < cycles[0] < time.perf_counter()
-    assert before[:2] == [cycles[10], cycles[9]] and np.isnan(before[2])
-    assert cycles[-1] <= newest <= time.perf_counter()
+    np.testing.assert_array_equal(capture.buffer[0, connected:recorded][written],
+                                  expected[written].astype(np.float32))
+    assert np.all(np.diff(seen) > 0) and seen.size > 0.9 * cycles.size
+    assert started < seen[0] < time.perf_counter()
+    assert before[:2] == [seen[10], seen[9]] and np.isnan(before[2])
+    assert seen[-1] <= newest <= time.perf_counter()
 
 
 def test_the_xrun_account_counts_the_late_clients_and_the_late_driver_after_an_offset():

@@ -134,6 +134,7 @@ def test_a_jack_midi_note_sounds_at_the_frame_it_was_sent_at(jack_server):
     expected = np.concatenate([reference.process(128).copy() for _ in range(20)], axis=1)[0, 50:]
     sender = JackMidiSender(jack_server.name)
     capture = JackCapture(jack_server.name, ["latentsynth:out_1"], seconds=5.0)
+    log_offset = jack_server.log_size()
     try:
         sender.connect_to("latentsynth")
         time.sleep(0.2)
@@ -158,9 +159,13 @@ def test_a_jack_midi_note_sounds_at_the_frame_it_was_sent_at(jack_server):
     assert status["midi_input"] == "native-jack" and backend.native_midi is midi.native
     start = written[0] - capture.first_frame
     got = capture.buffer[0, start - 128:start + expected.size]
+    # A cycle the graph loses to an xrun (the Python MIDI sender late on a loaded host) is not
+    # recorded: compare every recorded sample, and allow no more lost cycles than jackd reported.
+    recorded = capture.recorded(start - 128, start + expected.size)
+    assert np.count_nonzero(~recorded) <= 128 * min(jack_server.xruns_since(log_offset), 2)
     assert np.abs(expected).max() > 0.1
     assert np.abs(got[:128]).max() == 0.0          # silent up to the event's frame
-    np.testing.assert_allclose(got[128:], expected, atol=1e-6)
+    np.testing.assert_allclose(got[128:][recorded[128:]], expected[recorded[128:]], atol=1e-6)
     assert timbre_x == 1.0                          # CC1 -> timbre x through the ring
     first = int(np.nonzero(np.abs(expected) > 1e-6)[0][0])
     for frame in written[1:]:

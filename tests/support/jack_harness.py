@@ -63,6 +63,12 @@ class DummyJackServer:
             late[name] = late.get(name, 0) + 1
         return {"late_clients": late, "driver_late": len(re.findall(r"JackTimedDriver::Process XRun", text))}
 
+    def xruns_since(self, since: int = 0) -> int:
+        """Xrun reports jackd logged after byte `since` of its log (late clients and late driver
+        wake-ups; one cycle can report more than one): an upper bound on the cycles the graph lost."""
+        blame = self.xrun_blame(since)
+        return sum(blame["late_clients"].values()) + blame["driver_late"]
+
     def _reachable(self) -> bool:
         try:
             client = jack.Client("latentsynth-probe", no_start_server=True, servername=self.name)
@@ -133,6 +139,17 @@ class JackCapture:
         stop = None if within is None else start + within
         hits = np.nonzero(np.abs(self.buffer[channel, start:stop]) > threshold)[0]
         return self.first_frame + start + int(hits[0]) if hits.size else -1
+
+    def recorded(self, start: int, stop: int) -> np.ndarray:
+        """Bool [stop - start]: which samples of `buffer[:, start:stop]` (indices from the first
+        recorded frame) the capture's callback wrote. A cycle the graph lost to an xrun, in which
+        the recorder did not run, stays unwritten (silence in `buffer`)."""
+        block = int(self.client.blocksize)
+        cycles = np.arange(start, stop) // block
+        inside = cycles < self.cycle_start_s.size
+        mask = np.zeros(stop - start, dtype=bool)
+        mask[inside] = np.isfinite(self.cycle_start_s[cycles[inside]])
+        return mask
 
     def cycle_before(self, wall_s: float) -> float:
         """Wall-clock time (perf_counter s) at which the newest recorded cycle at or before `wall_s`
