@@ -6,7 +6,8 @@ conditioning (x, y, pitch):
     e_t = Embedding(prev_mu_t)                                  [embedding_size]
     c_t = tanh(W_c features(x_t, y_t, pitch_t) + b_c)           [conditioning_size]
     o_t = (sin k phi_t, cos k phi_t) for k = 1..K               [2K] (K = oscillator_harmonics)
-    h_t = GRU_stack([e_t, c_t, o_t], h_{t-1})                   n_layers x [hidden_size]
+    s_t = (cycle, quadrature) of the timbre template at phi_t   [2]  (with template_harmonics M > 0)
+    h_t = GRU_stack([e_t, c_t, o_t, s_t], h_{t-1})              n_layers x [hidden_size]
     logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
 
 `features` (`conditioning_features`): the timbre, either x and y as given (in [0, 1]) or, with a
@@ -23,6 +24,11 @@ of the sample being predicted. In training, phi_0 is measured from the target au
 playing, the clock starts at 0 and the GRU's output locks to it, so pitch and glides follow the
 parameter sample by sample (as an NSF/DDSP source signal does) instead of being inferred from the
 previous samples alone.
+
+The template input s_t (`models.gru_template`) carries the timbre the same way: the harmonics of G's
+note at the grid point and pitch (a table [N, N, P, 2M] measured on G's renders, a buffer of the
+checkpoint, read bilinearly at (x, y) and linearly in pitch), summed at the oscillator's phase into
+one cycle of that note's waveform and its quadrature.
 
 The input layout is chosen for streaming (`models.gru_stream`): the first GRU layer's input matrix
 splits into an embedding part, folded into a [n_classes, 3 * hidden] lookup table, and a conditioning
@@ -90,6 +96,39 @@ def oscillator_phase(pitch: torch.Tensor, sample_rate: int, start_phase: torch.T
     return torch.remainder(phase, 2.0 * torch.pi).to(torch.float32)
 
 
+def template_lookup(table: torch.Tensor, pitches: torch.Tensor, conditioning: torch.Tensor,
+                    sample_rate: int) -> torch.Tensor:
+    """`models.gru_template.template_coefficients` in torch: table [N, N, P, 2M], pitches [P] (MIDI,
+    ascending), conditioning [..., 3] (x, y, pitch) -> float32 [..., 2M], harmonics at or above
+    Nyquist zeroed."""
+    size, _, n_pitches, width = table.shape
+    x, y, pitch = conditioning.to(torch.float32).unbind(-1)
+    at_pitch = grid_lookup(table.reshape(size, size, n_pitches * width), x, y).unflatten(-1, (n_pitches, width))
+    if n_pitches == 1:
+        coefficients = at_pitch[..., 0, :]
+    else:
+        clamped = pitch.clamp(float(pitches[0]), float(pitches[-1]))
+        k = (torch.searchsorted(pitches, clamped.contiguous(), right=True) - 1).clamp(0, n_pitches - 2)
+        low, high = pitches[k], pitches[k + 1]
+        fraction = ((clamped - low) / (high - low)).unsqueeze(-1)
+        index = k.unsqueeze(-1).unsqueeze(-1).expand(*k.shape, 1, width)
+        coefficients = ((1 - fraction) * at_pitch.gather(-2, index).squeeze(-2)
+                        + fraction * at_pitch.gather(-2, index + 1).squeeze(-2))
+    harmonics = torch.arange(1, width // 2 + 1, dtype=torch.float32, device=table.device)
+    audible = (harmonics * _midi_to_hz(pitch).unsqueeze(-1) < sample_rate / 2).to(torch.float32)
+    return coefficients * audible.repeat_interleave(2, dim=-1)
+
+
+def template_features(coefficients: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """(cycle, quadrature) of template coefficients [..., 2M] at `phase` [...] (radians):
+    float32 [..., 2] (`models.gru_template.template_signal` in torch)."""
+    a, b = coefficients[..., 0::2], coefficients[..., 1::2]
+    angles = phase.to(torch.float32).unsqueeze(-1) * torch.arange(1, a.shape[-1] + 1, dtype=torch.float32,
+                                                                  device=phase.device)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    return torch.stack([(a * cos - b * sin).sum(-1), (a * sin + b * cos).sum(-1)], dim=-1)
+
+
 def oscillator_features(phase: torch.Tensor, n_harmonics: int) -> torch.Tensor:
     """(sin k phi, cos k phi) for k = 1..n_harmonics: phase [..., time] -> float32 [..., time, 2K]."""
     parts = []
@@ -109,6 +148,10 @@ class GruSynth(nn.Module):
         if config.timbre_grid_size:  # the timbre grid's nodes (set by `set_timbre_grid`; saved with the weights)
             self.register_buffer("timbre_grid", torch.zeros(config.timbre_grid_size, config.timbre_grid_size,
                                                             config.timbre_grid_dim))
+        if config.template_harmonics:  # the timbre template (set by `set_template`; saved with the weights)
+            self.register_buffer("timbre_template", torch.zeros(
+                config.template_grid_size, config.template_grid_size, len(config.template_pitches),
+                2 * config.template_harmonics))
         self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
         self.output = nn.Linear(config.hidden_size, config.n_classes)
 
@@ -120,6 +163,17 @@ class GruSynth(nn.Module):
             raise ValueError(f"GruSynth: timbre grid nodes must be {expected}, got {tuple(nodes.shape)}")
         with torch.no_grad():
             self.timbre_grid.copy_(nodes)
+
+    def set_template(self, table) -> None:
+        """Copy the timbre template float [N, N, P, 2M] (`models.gru_template.template_table`)."""
+        config = self.config
+        expected = (config.template_grid_size, config.template_grid_size, len(config.template_pitches),
+                    2 * config.template_harmonics)
+        table = torch.as_tensor(table, dtype=torch.float32)
+        if not config.template_harmonics or tuple(table.shape) != expected:
+            raise ValueError(f"GruSynth: the timbre template must be {expected}, got {tuple(table.shape)}")
+        with torch.no_grad():
+            self.timbre_template.copy_(table)
 
     @property
     def latency_samples(self) -> int:
@@ -154,6 +208,10 @@ class GruSynth(nn.Module):
                 raise ValueError(f"GruSynth.forward: phase must be [batch, time] {tuple(prev_mu.shape)}, "
                                  f"got {tuple(phase.shape)}")
             inputs.append(oscillator_features(phase.to(torch.float32), self.config.oscillator_harmonics))
+        if self.config.template_harmonics:
+            pitches = torch.tensor(self.config.template_pitches, dtype=torch.float32, device=phase.device)
+            coefficients = template_lookup(self.timbre_template, pitches, conditioning, self.config.sample_rate)
+            inputs.append(template_features(coefficients, phase))
         hidden, state = self.gru(torch.cat(inputs, dim=-1), state)
         return self.output(hidden), state
 

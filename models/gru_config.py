@@ -40,6 +40,15 @@ class GruSynthConfig:
     the nodes are a buffer of the checkpoint), so the voice sees the timbre the GAN renders there."""
     timbre_grid_dim: int = 0
     """Size of each timbre grid node (the GAN's conditioning h); > 0 exactly when timbre_grid_size is."""
+    template_harmonics: int = 0
+    """M > 0: the timbre template (`models.gru_template`): the harmonics 1..M of G's note at each grid
+    node and template pitch, a buffer [template_grid_size, template_grid_size, P, 2M] of the
+    checkpoint, enter the first layer every sample as the cycle and its quadrature at the
+    oscillator's phase (needs oscillator_harmonics >= 1). 0: no template."""
+    template_grid_size: int = 0
+    """N of the template table (the timbre grid's size); > 0 exactly when template_harmonics is."""
+    template_pitches: tuple = ()
+    """MIDI pitches of the template table, ascending; non-empty exactly when template_harmonics > 0."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
@@ -58,6 +67,22 @@ class GruSynthConfig:
         if (self.timbre_grid_size > 0) != (self.timbre_grid_dim > 0) or self.timbre_grid_size == 1:
             raise ValueError("GruSynthConfig: timbre_grid_size (>= 2) and timbre_grid_dim are both set or "
                              f"both 0, got {self.timbre_grid_size} and {self.timbre_grid_dim}")
+        for name in ("template_harmonics", "template_grid_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"GruSynthConfig.{name} must be an integer >= 0, got {value!r}")
+        object.__setattr__(self, "template_pitches", tuple(float(p) for p in self.template_pitches))
+        if self.template_harmonics:
+            if self.oscillator_harmonics < 1:
+                raise ValueError("GruSynthConfig: the timbre template needs the oscillator (oscillator_harmonics >= 1)")
+            if self.template_grid_size < 2 or not self.template_pitches:
+                raise ValueError("GruSynthConfig: template_harmonics > 0 needs template_grid_size >= 2 and "
+                                 f"template_pitches, got {self.template_grid_size} and {self.template_pitches}")
+            if any(b <= a for a, b in zip(self.template_pitches, self.template_pitches[1:])):
+                raise ValueError(f"GruSynthConfig.template_pitches must ascend, got {self.template_pitches}")
+        elif self.template_grid_size or self.template_pitches:
+            raise ValueError("GruSynthConfig: template_grid_size and template_pitches are set only with "
+                             "template_harmonics > 0")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
             raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
 
@@ -73,8 +98,10 @@ class GruSynthConfig:
 
     @property
     def input_size(self) -> int:
-        """Input size of the first GRU layer: embedding + projected conditioning + oscillator (2K)."""
-        return self.embedding_size + self.conditioning_size + 2 * self.oscillator_harmonics
+        """Input size of the first GRU layer: embedding + projected conditioning + oscillator (2K)
+        + template (cycle, quadrature) when there is one."""
+        return (self.embedding_size + self.conditioning_size + 2 * self.oscillator_harmonics
+                + (2 if self.template_harmonics else 0))
 
     @classmethod
     def preset(cls, name: str) -> "GruSynthConfig":

@@ -8,6 +8,11 @@ The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
 - the oscillator input (models with `oscillator_harmonics` K > 0) runs per sample: the phase in
   `state.phase` advances by 2 pi f0(pitch_t) / sample_rate (float64) and W_ih0[:, E+C:] [3H, 2K]
   times (sin k phi, cos k phi) is added to the first layer's input gates, so glides are exact;
+- the timbre template (models with `template_harmonics` M > 0, `models.gru_template`): its
+  coefficients [2M] are read from the table at control rate (bilinear in x, y, linear in pitch,
+  harmonics above Nyquist dropped) and held; per sample the harmonic cycle and its quadrature at the
+  oscillator's phase (a rotation recursion, no trigonometry per harmonic) times W_ih0[:, -2:] join
+  the input gates;
 - the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
   stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
   2 MB L2) or as float32 (`compression="fp32"`, exact);
@@ -43,6 +48,7 @@ from numba.extending import intrinsic, overload
 
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
+from models.gru_template import template_coefficients, template_signal
 from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 from models.timbre_grid import bilinear_lookup
@@ -60,7 +66,8 @@ class GruStreamWeights(NamedTuple):
     cond_proj_w: np.ndarray     # float32 [C, F]    conditioning projection
     cond_proj_b: np.ndarray     # float32 [C]
     cond_gate_w: np.ndarray     # float32 [3H, C]   W_ih0[:, E:E+C]
-    osc_gate_w: np.ndarray      # float32 [3H, 2K]  W_ih0[:, E+C:] (oscillator sin/cos pairs; K may be 0)
+    osc_gate_w: np.ndarray      # float32 [3H, 2K]  W_ih0[:, E+C:E+C+2K] (oscillator sin/cos pairs; K may be 0)
+    template_gate_w: np.ndarray # float32 [3H, 2]   W_ih0[:, -2:] (template cycle, quadrature), or [3H, 0]
     w_ih: np.ndarray            # int8|float32 [L-1, 3H, H]  upper layers' input matrices
     w_ih_scale: np.ndarray      # float32 [L-1, 3H]
     b_ih: np.ndarray            # float32 [L-1, 3H]
@@ -73,6 +80,8 @@ class GruStreamWeights(NamedTuple):
     features: np.ndarray        # float64 [5]: pitch_min, pitch_range, use_period (0/1), sample_rate, period_scale
     timbre_grid: np.ndarray     # float32 [N, N, D]: timbre grid nodes (the timbre features are h(x, y)),
                                 # or [0, 0, 0]: the timbre features are (x, y)
+    template: np.ndarray        # float32 [N, N, P, 2M]: timbre template table, or [0, 0, 0, 0]: none
+    template_pitches: np.ndarray  # float64 [P]: its MIDI pitches (ascending), or [0]
 
 
 class GruStreamState(NamedTuple):
@@ -85,6 +94,7 @@ class GruStreamState(NamedTuple):
     rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
     scratch: np.ndarray         # float32 [4, max(3H, Q, D)]: input gates, hidden gates, probabilities, timbre features
     quantised: np.ndarray       # int16 | int8 [H]: integer-dot activations, or float32 [0]: float path
+    template: np.ndarray        # float32 [2M]: held template coefficients (control rate), or [0]
 
 
 def _quantise_rows(matrix: np.ndarray, compression: str) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +138,9 @@ def _expected_shapes(config: GruSynthConfig) -> dict[str, tuple]:
               "output.weight": (config.n_classes, hidden), "output.bias": (config.n_classes,)}
     if config.timbre_grid_size:
         shapes["timbre_grid"] = (config.timbre_grid_size, config.timbre_grid_size, config.timbre_grid_dim)
+    if config.template_harmonics:
+        shapes["timbre_template"] = (config.template_grid_size, config.template_grid_size,
+                                     len(config.template_pitches), 2 * config.template_harmonics)
     for layer in range(config.n_layers):
         shapes[f"gru.weight_ih_l{layer}"] = (gates, config.input_size if layer == 0 else hidden)
         shapes[f"gru.weight_hh_l{layer}"] = (gates, hidden)
@@ -142,6 +155,7 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
         raise ValueError(f"unknown GRU weight compression {compression!r}; choose one of {COMPRESSIONS}")
     n_layers, embedding_size = config.n_layers, config.embedding_size
     oscillator_start = embedding_size + config.conditioning_size
+    template_start = oscillator_start + 2 * config.oscillator_harmonics
     tensors = {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
     w_ih0 = tensors["gru.weight_ih_l0"]
     table = tensors["embedding.weight"] @ w_ih0[:, :embedding_size].T + tensors["gru.bias_ih_l0"]
@@ -160,14 +174,18 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
         cond_proj_w=np.ascontiguousarray(tensors["conditioning_projection.weight"]),
         cond_proj_b=np.ascontiguousarray(tensors["conditioning_projection.bias"]),
         cond_gate_w=np.ascontiguousarray(w_ih0[:, embedding_size:oscillator_start]),
-        osc_gate_w=np.ascontiguousarray(w_ih0[:, oscillator_start:]),
+        osc_gate_w=np.ascontiguousarray(w_ih0[:, oscillator_start:template_start]),
+        template_gate_w=np.ascontiguousarray(w_ih0[:, template_start:]),
         w_ih=w_ih, w_ih_scale=w_ih_scale, b_ih=np.ascontiguousarray(b_ih, dtype=np.float32),
         w_hh=w_hh, w_hh_scale=w_hh_scale,
         b_hh=np.ascontiguousarray(np.stack([tensors[f"gru.bias_hh_l{layer}"] for layer in range(n_layers)])),
         w_out=w_out, w_out_scale=w_out_scale, b_out=np.ascontiguousarray(tensors["output.bias"]),
         features=features,
         timbre_grid=np.ascontiguousarray(tensors["timbre_grid"]) if config.timbre_grid_size
-        else np.zeros((0, 0, 0), np.float32))
+        else np.zeros((0, 0, 0), np.float32),
+        template=np.ascontiguousarray(tensors["timbre_template"]) if config.template_harmonics
+        else np.zeros((0, 0, 0, 0), np.float32),
+        template_pitches=np.array(config.template_pitches if config.template_harmonics else (0.0,), np.float64))
 
 
 def weight_bytes_per_sample(weights: GruStreamWeights) -> int:
@@ -232,7 +250,7 @@ def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = N
                           phase=np.zeros(1, np.float64), rng=rng,
                           scratch=np.zeros((4, max(3 * hidden_size, n_classes, weights.timbre_grid.shape[2])),
                                            np.float32),
-                          quantised=quantised)
+                          quantised=quantised, template=np.zeros(weights.template.shape[3], np.float32))
 
 
 def copy_state(state: GruStreamState) -> GruStreamState:
@@ -550,6 +568,47 @@ def _timbre_features(grid, x, y, out):
     return grid.shape[2]
 
 
+@numba.njit(inline="always", error_model="numpy")
+def _template_lookup(table, pitches, x, y, pitch, sample_rate, out):
+    """Template coefficients at (x, y, pitch) into out [2M], as `models.gru_template.template_coefficients`."""
+    last = table.shape[0] - 1
+    column = min(max(np.float64(x), 0.0), 1.0) * last
+    row = min(max(np.float64(y), 0.0), 1.0) * last
+    c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
+    fx, fy = column - c0, row - r0
+    n_pitches = pitches.shape[0]
+    k, f = 0, 0.0
+    if n_pitches > 1:
+        p = min(max(np.float64(pitch), pitches[0]), pitches[n_pitches - 1])
+        while k < n_pitches - 2 and pitches[k + 1] <= p:
+            k += 1
+        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
+    k1 = min(k + 1, n_pitches - 1)
+    f0_hz = _f0_hz(pitch)
+    for j in range(out.shape[0]):
+        low = ((1 - fx) * (1 - fy) * table[r0, c0, k, j] + fx * (1 - fy) * table[r0, c0 + 1, k, j]
+               + (1 - fx) * fy * table[r0 + 1, c0, k, j] + fx * fy * table[r0 + 1, c0 + 1, k, j])
+        high = ((1 - fx) * (1 - fy) * table[r0, c0, k1, j] + fx * (1 - fy) * table[r0, c0 + 1, k1, j]
+                + (1 - fx) * fy * table[r0 + 1, c0, k1, j] + fx * fy * table[r0 + 1, c0 + 1, k1, j])
+        audible = (j // 2 + 1) * f0_hz < 0.5 * sample_rate
+        out[j] = np.float32((1 - f) * low + f * high) if audible else np.float32(0.0)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _template_signal(coefficients, phase):
+    """(cycle, quadrature) of held coefficients [2M] at `phase`: the harmonics' e^{i m phi} by a
+    rotation recursion from e^{i phi} (float64)."""
+    c1, s1 = np.cos(phase), np.sin(phase)
+    cm, sm = c1, s1
+    cycle, quadrature = 0.0, 0.0
+    for m in range(coefficients.shape[0] // 2):
+        a, b = np.float64(coefficients[2 * m]), np.float64(coefficients[2 * m + 1])
+        cycle += a * cm - b * sm
+        quadrature += a * sm + b * cm
+        cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
+    return np.float32(cycle), np.float32(quadrature)
+
+
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _refresh_conditioning(weights, state, x, y, pitch):
     """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
@@ -575,6 +634,8 @@ def _refresh_conditioning(weights, state, x, y, pitch):
         for c in range(n_cond):
             acc += weights.cond_gate_w[i, c] * projected[c]
         gates[i] = acc
+    if state.template.shape[0] > 0:
+        _template_lookup(weights.template, weights.template_pitches, x, y, pitch, params[3], state.template)
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -613,6 +674,10 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
             for j in range(n_oscillator):
                 acc += weights.osc_gate_w[i, j] * oscillator[j]
             input_gates[i] += acc
+    if state.template.shape[0] > 0:
+        cycle, quadrature = _template_signal(state.template, state.phase[0])
+        for i in range(3 * hidden_size):
+            input_gates[i] += weights.template_gate_w[i, 0] * cycle + weights.template_gate_w[i, 1] * quadrature
     for layer in range(n_layers):
         if layer > 0:
             _matvec_any(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1], weights.b_ih[layer - 1],
@@ -705,6 +770,9 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
             features.append(params[3] / midi_to_hz(pitch) / params[4])
         projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)
         state.cond_gates[:] = weights.cond_gate_w @ projected
+        if state.template.shape[0]:
+            state.template[:] = template_coefficients(weights.template, weights.template_pitches, x, y, pitch,
+                                                      weights.features[3])
         counters[1] = control_interval
     counters[1] -= 1
     hidden = state.hidden
@@ -718,6 +786,8 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         harmonics = np.arange(1, n_harmonics + 1) * phase
         oscillator = np.stack([np.sin(harmonics), np.cos(harmonics)], axis=1).reshape(-1).astype(np.float32)
         input_gates = input_gates + weights.osc_gate_w @ oscillator
+    if state.template.shape[0]:
+        input_gates = input_gates + weights.template_gate_w @ template_signal(state.template, state.phase[0])
     for layer in range(n_layers):
         if layer > 0:
             input_gates = _matvec_reference(weights.w_ih[layer - 1], weights.w_ih_scale[layer - 1],

@@ -18,7 +18,9 @@ CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditi
                           use_period_feature=False),
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2),
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
-                          timbre_grid_size=5, timbre_grid_dim=6)]  # timbre features h(x, y) from a grid
+                          timbre_grid_size=5, timbre_grid_dim=6),  # timbre features h(x, y) from a grid
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
+                          template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80))]  # + template
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
 largest |logit|."""
@@ -37,6 +39,9 @@ def _model(config, seed=0):
     if config.timbre_grid_size:
         size = config.timbre_grid_size
         model.set_timbre_grid(torch.randn(size, size, config.timbre_grid_dim) * 2.0)
+    if config.template_harmonics:
+        size = config.template_grid_size
+        model.set_template(torch.randn(size, size, len(config.template_pitches), 2 * config.template_harmonics) * 0.3)
     return model
 
 
@@ -95,9 +100,11 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
 @pytest.mark.parametrize("config, compression, path", [
     (CONFIGS[0], "fp32", "float"), (CONFIGS[0], "int8", "float"), (CONFIGS[0], "int8", "int16_dot"),
     (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot"),
-    (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot")],
+    (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot"), (CONFIGS[4], "fp32", "float"),
+    (CONFIGS[4], "int8", "int8_dot")],
     ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
-         "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8"])
+         "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8", "template-fp32",
+         "template-int8"])
 def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
     prev_mu, conditioning = _inputs(60)
@@ -118,7 +125,7 @@ def test_kernel_equals_the_numpy_reference(config, compression, path):
     np.testing.assert_allclose(state.phase, reference_state.phase, rtol=1e-12)
 
 
-@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["plain", "oscillator"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4]], ids=["plain", "oscillator", "template"])
 def test_chunked_generation_equals_one_call(config):
     weights = stream_weights(_model(config), "int8")  # the default path for this machine
     _, conditioning = _inputs(200, seed=4)

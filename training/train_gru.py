@@ -50,6 +50,10 @@ class GruTrainConfig:
     oscillator_harmonics: int = 2
     """K of the GRU's per-sample oscillator input (sin/cos of k x the fundamental's phase, k <= K);
     0 trains the paper's plain RNN3 input (see models/gru.py)."""
+    template_harmonics: int = 0
+    """M > 0: the voice reads the timbre template (`models.gru_template`), harmonics 1..M of G's
+    note at every grid node x `pitches`, measured before training (cached in `dataset_dir`) and
+    stored in the checkpoint; needs oscillator_harmonics >= 1. 0: no template."""
     model_dir: str = "models/pretrained/default"
     grid_dir: str = ""
     """Timbre grid folder; empty = <model_dir>/grid."""
@@ -211,6 +215,36 @@ def render_retuned(source, h: np.ndarray, pitches: np.ndarray, sample_rate: int,
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def prepare_template(config: GruTrainConfig, sample_rate: int, progress: bool = True) -> np.ndarray:
+    """The timbre template table float32 [N, N, P, 2M] of the grid's nodes x `config.pitches`
+    (`models.gru_template.template_table` on G's retuned renders at `sample_rate`, the clips' span
+    and level), read from `dataset_dir/template_h<M>_s<seed>.npy` when it was measured before."""
+    from models.gru_template import template_table
+    from training.train_grid import load_conditioning_source
+
+    cache = Path(config.dataset_dir) / f"template_h{config.template_harmonics}_s{config.render_seed}.npy"
+    pitches = sorted(int(p) for p in config.pitches)
+    nodes = _grid_nodes(config)
+    expected = (nodes.shape[0], nodes.shape[0], len(pitches), 2 * config.template_harmonics)
+    if cache.is_file():
+        table = np.load(cache)
+        if table.shape == expected:
+            return table
+    source = load_conditioning_source(config.model_dir)
+    start = int(round(config.clip_start_s * sample_rate))
+    stop = start + int(round(config.clip_seconds * sample_rate))
+
+    def render(h: np.ndarray, note_pitches: np.ndarray) -> np.ndarray:
+        return render_retuned(source, h, note_pitches, sample_rate, seed=config.render_seed)[:, start:stop]
+
+    table = template_table(nodes, pitches, render, sample_rate, config.template_harmonics, peak=config.peak,
+                           progress=progress)
+    temporary = cache.with_name(cache.name + ".partial.npy")
+    np.save(temporary, table)
+    temporary.rename(cache)
+    return table
+
+
 def _optimizer_tensors(optimizer) -> dict:
     """Adam state as flat name -> tensor (for safetensors)."""
     import torch
@@ -251,8 +285,9 @@ def xy_from_grid_map(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _initialise_from(model, folder: Path) -> None:
     """Copy weights from GRU checkpoint `folder`; its architecture must equal `model`'s, except that
-    - a source with fewer oscillator harmonics is accepted: the oscillator input columns it lacks
-      start at zero, so the warm-started model computes exactly what the source did;
+    - a source with fewer oscillator harmonics, or without the timbre template, is accepted: the
+      input columns it lacks start at zero, so the warm-started model computes exactly what the
+      source did;
     - a source conditioned on (x, y) can start a model conditioned on the grid's h(x, y): its (x, y)
       columns act through `xy_from_grid_map`, so the model starts close to what the source did."""
     import torch
@@ -263,9 +298,13 @@ def _initialise_from(model, folder: Path) -> None:
     source_config = load_config(folder, type(model.config))
     same_but_inputs = dataclasses.replace(source_config, oscillator_harmonics=model.config.oscillator_harmonics,
                                           timbre_grid_size=model.config.timbre_grid_size,
-                                          timbre_grid_dim=model.config.timbre_grid_dim)
+                                          timbre_grid_dim=model.config.timbre_grid_dim,
+                                          template_harmonics=model.config.template_harmonics,
+                                          template_grid_size=model.config.template_grid_size,
+                                          template_pitches=model.config.template_pitches)
     grid_from_xy = model.config.timbre_grid_size > 0 and source_config.timbre_grid_size == 0
     if same_but_inputs != model.config or source_config.oscillator_harmonics > model.config.oscillator_harmonics \
+            or (source_config.template_harmonics and source_config != model.config) \
             or (source_config.timbre_grid_size and not grid_from_xy and source_config != model.config):
         raise CheckpointError(f"{folder}: init_from holds a {source_config.n_layers}x{source_config.hidden_size} "
                               f"GRU ({source_config}), the run trains {model.config}")
@@ -275,8 +314,8 @@ def _initialise_from(model, folder: Path) -> None:
             if name == "gru.weight_ih_l0":
                 value.zero_()
                 value[:, :source[name].shape[1]] = source[name]
-            elif name == "timbre_grid":
-                continue  # the run's own grid
+            elif name in ("timbre_grid", "timbre_template"):
+                continue  # the run's own grid and template
             elif grid_from_xy and name.startswith("conditioning_projection."):
                 weights, offset = (torch.as_tensor(a, dtype=torch.float32)
                                    for a in xy_from_grid_map(model.timbre_grid.numpy()))
@@ -417,9 +456,22 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
     if grid_nodes is not None:
         model_config = dataclasses.replace(model_config, timbre_grid_size=grid_nodes.shape[0],
                                            timbre_grid_dim=grid_nodes.shape[2])
+    template = None
+    if config.template_harmonics:
+        if context.is_main:
+            template = prepare_template(config, dataset.sample_rate, progress=progress)
+        if context.enabled:
+            torch.distributed.barrier()  # rank 0 measures the template once
+        if not context.is_main:
+            template = prepare_template(config, dataset.sample_rate, progress=False)
+        model_config = dataclasses.replace(model_config, template_harmonics=config.template_harmonics,
+                                           template_grid_size=template.shape[0],
+                                           template_pitches=tuple(sorted(float(p) for p in config.pitches)))
     model = GruSynth(model_config)
     if grid_nodes is not None:
         model.set_timbre_grid(grid_nodes)
+    if template is not None:
+        model.set_template(template)
     model = model.to(context.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     run_dir = Path(config.run_dir)

@@ -1,0 +1,139 @@
+"""The GRU voice's timbre template: the GAN note's own harmonic cycle, measured per grid node and pitch.
+
+A sample-level GRU conditioned on (x, y, pitch) alone learns to predict the next sample from the
+last few and hardly uses the timbre point. The template hands it the timbre as a signal instead: for
+every timbre grid node and template pitch, the harmonics of G's note there, measured relative to
+the fundamental's phase, D_m = a_m + i b_m (m = 1..M, of the note peak-normalised as the GRU's
+training clips are). Playing, the coefficients are read bilinearly at (x, y) and linearly in pitch
+(clamped to the table's pitch range), harmonics at or above Nyquist are dropped, and two inputs
+enter the first GRU layer every sample, at the oscillator phase phi (`models.gru`):
+
+    cycle(phi)      = sum_m Re(D_m e^{i m phi}) = sum_m a_m cos(m phi) - b_m sin(m phi)
+    quadrature(phi) = sum_m Im(D_m e^{i m phi}) = sum_m a_m sin(m phi) + b_m cos(m phi)
+
+so the voice sees the waveform one cycle of its grid point's note has, in phase with its clock.
+
+Public API:
+    measure_template(audio [n, n_samples], pitches [n], sample_rate, n_harmonics) -> float32 [n, 2M]
+    template_table(...) -> float32 [N, N, P, 2M] (a renderer over every node x template pitch)
+    template_coefficients(table, pitches, x, y, pitch, sample_rate) -> float32 [2M] (NumPy reference)
+    template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from models.pitch import midi_to_hz
+
+FRAME_PERIODS = 8
+"""Periods of the fundamental per measurement frame (at least `MIN_FRAME_SAMPLES`)."""
+MIN_FRAME_SAMPLES = 256
+
+
+def measure_template(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int,
+                     start_s: float = 0.05, stop_s: float = 0.6) -> np.ndarray:
+    """Harmonic coefficients of notes relative to their fundamental's phase.
+
+    audio float [n, n_samples] (at `sample_rate` Hz, in tune at MIDI `pitches` [n]); the span
+    start_s..stop_s is cut into frames of FRAME_PERIODS periods; each frame is fitted by least
+    squares with a_m cos(m w t) + b_m sin(m w t), m = 1..n_harmonics below Nyquist (w the nominal
+    f0), rotated so the fundamental's phase is 0 (D_m <- D_m e^{-i m phi_1}, conjugate convention of
+    `template_signal`), and the frames are averaged weighted by their energy, so a slow detune or
+    an onset does not smear the upper harmonics. Returns float32 [n, 2 * n_harmonics] =
+    (a_1, b_1, ..., a_M, b_M), zero above Nyquist and for silent notes."""
+    audio = np.asarray(audio, dtype=np.float64)
+    pitches = np.atleast_1d(np.asarray(pitches, dtype=np.float64))
+    if audio.ndim != 2 or len(pitches) != len(audio):
+        raise ValueError(f"audio must be [n, n_samples] with one pitch per note, got {audio.shape} and {pitches.shape}")
+    if n_harmonics < 1:
+        raise ValueError(f"n_harmonics must be >= 1, got {n_harmonics}")
+    out = np.zeros((len(audio), 2 * n_harmonics), np.float32)
+    start = int(start_s * sample_rate)
+    stop = min(audio.shape[1], int(stop_s * sample_rate))
+    for i, (note, pitch) in enumerate(zip(audio, pitches)):
+        f0 = float(midi_to_hz(pitch))
+        harmonics = np.arange(1, n_harmonics + 1)
+        harmonics = harmonics[harmonics * f0 < sample_rate / 2]
+        frame = max(MIN_FRAME_SAMPLES, int(round(FRAME_PERIODS * sample_rate / f0)))
+        if len(harmonics) == 0 or stop - start < frame:
+            continue
+        t = np.arange(frame)
+        angles = 2 * np.pi * f0 / sample_rate * np.outer(t, harmonics)
+        basis = np.concatenate([np.cos(angles), np.sin(angles)], axis=1)  # [frame, 2h]
+        total, weight = np.zeros(len(harmonics), np.complex128), 0.0
+        for first in range(start, stop - frame + 1, frame // 2):
+            segment = note[first:first + frame]
+            energy = float(segment @ segment)
+            if energy <= 1e-12:
+                continue
+            solution = np.linalg.lstsq(basis, segment, rcond=None)[0]
+            coefficients = solution[:len(harmonics)] - 1j * solution[len(harmonics):]  # x = Re(C e^{i m w t})
+            fundamental = np.angle(coefficients[0])
+            total += energy * coefficients * np.exp(-1j * harmonics * fundamental)
+            weight += energy
+        if weight > 0:
+            mean = total / weight
+            out[i, 2 * (harmonics - 1)] = mean.real
+            out[i, 2 * (harmonics - 1) + 1] = mean.imag
+    return out
+
+
+def template_table(nodes: np.ndarray, pitches, render: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   sample_rate: int, n_harmonics: int, peak: float = 0.9, batch: int = 64,
+                   progress: bool = True) -> np.ndarray:
+    """The template of every grid node x pitch: nodes float [N, N, D] (the grid's conditioning
+    vectors), pitches MIDI [P] ascending, render(h [b, D], pitches [b]) -> audio float [b, n_samples]
+    at `sample_rate` (as the GRU's training clips are rendered); each note is peak-normalised to
+    `peak` first. Returns float32 [N, N, P, 2 * n_harmonics]."""
+    from tqdm import tqdm
+
+    nodes = np.asarray(nodes, dtype=np.float32)
+    size, pitch_list = nodes.shape[0], [int(p) for p in pitches]
+    h = np.repeat(nodes.reshape(size * size, -1), len(pitch_list), axis=0)
+    clip_pitch = np.tile(np.array(pitch_list), size * size)
+    table = np.zeros((len(h), 2 * n_harmonics), np.float32)
+    for first in tqdm(range(0, len(h), batch), desc="GRU template", unit="batch", disable=not progress):
+        chunk = slice(first, min(first + batch, len(h)))
+        audio = np.asarray(render(h[chunk], clip_pitch[chunk]), dtype=np.float64)
+        level = np.abs(audio).max(axis=1, keepdims=True)
+        audio = np.where(level > 1e-6, audio * (peak / np.maximum(level, 1e-12)), 0.0)
+        table[chunk] = measure_template(audio, clip_pitch[chunk], sample_rate, n_harmonics)
+    return table.reshape(size, size, len(pitch_list), 2 * n_harmonics)
+
+
+def template_coefficients(table: np.ndarray, pitches: np.ndarray, x: float, y: float, pitch: float,
+                          sample_rate: int) -> np.ndarray:
+    """NumPy reference of the lookup (the kernel's `_template_lookup`, torch's `template_lookup`):
+    table [N, N, P, 2M] (rows y, columns x), pitches [P] ascending; (x, y) clipped to [0, 1], pitch
+    clamped to [pitches[0], pitches[-1]]; harmonics m with m f0(pitch) >= sample_rate / 2 are zero.
+    Returns float32 [2M]."""
+    table = np.asarray(table, dtype=np.float64)
+    last = table.shape[0] - 1
+    column, row = min(max(x, 0.0), 1.0) * last, min(max(y, 0.0), 1.0) * last
+    c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
+    fx, fy = column - c0, row - r0
+    at_pitch = (1 - fx) * (1 - fy) * table[r0, c0] + fx * (1 - fy) * table[r0, c0 + 1] \
+        + (1 - fx) * fy * table[r0 + 1, c0] + fx * fy * table[r0 + 1, c0 + 1]  # [P, 2M]
+    pitches = np.asarray(pitches, dtype=np.float64)
+    if len(pitches) == 1:
+        coefficients = at_pitch[0]
+    else:
+        p = min(max(float(pitch), pitches[0]), pitches[-1])
+        k = min(int(np.searchsorted(pitches, p, side="right")) - 1, len(pitches) - 2)
+        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
+        coefficients = (1 - f) * at_pitch[k] + f * at_pitch[k + 1]
+    n_harmonics = table.shape[3] // 2
+    audible = np.arange(1, n_harmonics + 1) * midi_to_hz(float(pitch)) < sample_rate / 2
+    return (coefficients * np.repeat(audible, 2)).astype(np.float32)
+
+
+def template_signal(coefficients: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """(cycle, quadrature) at oscillator `phase` (radians) [...] of coefficients [..., 2M]
+    (broadcast against phase[..., None]): float32 [..., 2]."""
+    coefficients = np.asarray(coefficients, dtype=np.float64)
+    a, b = coefficients[..., 0::2], coefficients[..., 1::2]
+    angles = np.asarray(phase, dtype=np.float64)[..., None] * np.arange(1, a.shape[-1] + 1)
+    cos, sin = np.cos(angles), np.sin(angles)
+    return np.stack([(a * cos - b * sin).sum(-1), (a * sin + b * cos).sum(-1)], axis=-1).astype(np.float32)

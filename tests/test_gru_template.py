@@ -1,0 +1,77 @@
+"""The GRU voice's timbre template: measurement, lookup (NumPy, torch) and the signal it feeds the GRU."""
+import numpy as np
+import pytest
+import torch
+
+from models.gru import template_features, template_lookup
+from models.gru_config import GruSynthConfig
+from models.gru_template import measure_template, template_coefficients, template_signal
+from models.pitch import midi_to_hz
+
+RATE = 16000
+
+
+def _note(pitch, amplitudes, phases, start_phase, n_samples=RATE):
+    t = np.arange(n_samples)
+    omega = 2 * np.pi * midi_to_hz(pitch) / RATE
+    return sum(a * np.cos(m * (omega * t + start_phase) + p)
+               for m, (a, p) in enumerate(zip(amplitudes, phases), start=1))
+
+
+def test_measured_harmonics_are_relative_to_the_fundamental_phase():
+    amplitudes, phases = [0.5, 0.25, 0.1, 0.05], [0.3, -1.0, 2.0, 0.7]
+    table = measure_template(_note(57, amplitudes, phases, start_phase=1.1)[None], [57], RATE, n_harmonics=6)[0]
+    measured = table[0::2] + 1j * table[1::2]
+    expected = [a * np.exp(1j * (p - m * phases[0])) for m, (a, p) in enumerate(zip(amplitudes, phases), start=1)]
+    np.testing.assert_allclose(measured[:4], expected, atol=1e-3)
+    np.testing.assert_allclose(measured[4:], 0.0, atol=1e-3)
+    # the cycle at the fundamental's phase is the note itself
+    t = np.arange(2000)
+    phase = 2 * np.pi * midi_to_hz(57) / RATE * t + 1.1 + phases[0]
+    np.testing.assert_allclose(template_signal(table, phase)[:, 0], _note(57, amplitudes, phases, 1.1, 2000),
+                               atol=2e-3)
+
+
+def test_harmonics_above_nyquist_are_not_measured_and_silence_gives_zeros():
+    table = measure_template(np.stack([_note(96, [0.5, 0.2], [0, 0], 0.0), np.zeros(RATE)]), [96, 60], RATE, 8)
+    assert np.all(table[0, 2 * 3:] == 0.0)  # MIDI 96 = 2093 Hz: harmonics 4.. are at or above 8 kHz
+    assert np.all(table[1] == 0.0)
+
+
+def _table(seed=0, size=3, n_pitches=3, n_harmonics=5):
+    return np.random.default_rng(seed).normal(0, 1, (size, size, n_pitches, 2 * n_harmonics)).astype(np.float32)
+
+
+def test_lookup_reads_nodes_exactly_interpolates_between_and_drops_unplayable_harmonics():
+    table, pitches = _table(), np.array([40.0, 60.0, 80.0])
+    np.testing.assert_allclose(template_coefficients(table, pitches, 0.5, 1.0, 60.0, RATE), table[2, 1, 1], atol=1e-6)
+    halfway = template_coefficients(table, pitches, 0.0, 0.0, 50.0, RATE)
+    np.testing.assert_allclose(halfway, 0.5 * (table[0, 0, 0] + table[0, 0, 1]), atol=1e-6)
+    clamped = template_coefficients(table, pitches, 1.0, 0.0, 20.0, RATE)
+    np.testing.assert_allclose(clamped, table[0, 2, 0], atol=1e-6)
+    high = template_coefficients(table, pitches, 0.0, 0.0, 100.0, RATE)  # 2637 Hz: harmonics 1..3 below 8 kHz
+    assert np.all(high[6:] == 0.0) and np.all(high[:6] != 0.0)
+
+
+def test_torch_lookup_and_signal_equal_the_numpy_reference():
+    table, pitches = _table(seed=1), np.array([40.0, 60.0, 80.0])
+    rng = np.random.default_rng(2)
+    conditioning = np.stack([rng.uniform(0, 1, 50), rng.uniform(0, 1, 50), rng.uniform(30, 100, 50)], axis=1)
+    phase = rng.uniform(0, 2 * np.pi, 50)
+    coefficients = template_lookup(torch.from_numpy(table), torch.tensor(pitches, dtype=torch.float32),
+                                   torch.tensor(conditioning, dtype=torch.float32), RATE)
+    expected = np.stack([template_coefficients(table, pitches, *row, RATE) for row in conditioning])
+    np.testing.assert_allclose(coefficients.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(template_features(coefficients, torch.tensor(phase)).numpy(),
+                               template_signal(expected, phase), atol=1e-4)
+
+
+def test_a_template_needs_the_oscillator_and_a_table_shape():
+    with pytest.raises(ValueError, match="oscillator"):
+        GruSynthConfig(template_harmonics=4, template_grid_size=3, template_pitches=(40, 60))
+    with pytest.raises(ValueError, match="template_pitches"):
+        GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3)
+    with pytest.raises(ValueError, match="ascend"):
+        GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(60, 40))
+    config = GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(40, 60))
+    assert config.input_size == GruSynthConfig(oscillator_harmonics=2).input_size + 2
