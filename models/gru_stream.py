@@ -48,7 +48,8 @@ from numba.extending import intrinsic, overload
 
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
-from models.gru_template import template_coefficients, template_signal
+from models.gru_template import (template_coefficients, template_coefficients_into, template_signal,
+                                 template_signal_at)
 from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 from models.timbre_grid import bilinear_lookup
@@ -568,47 +569,6 @@ def _timbre_features(grid, x, y, out):
     return grid.shape[2]
 
 
-@numba.njit(inline="always", error_model="numpy")
-def _template_lookup(table, pitches, x, y, pitch, sample_rate, out):
-    """Template coefficients at (x, y, pitch) into out [2M], as `models.gru_template.template_coefficients`."""
-    last = table.shape[0] - 1
-    column = min(max(np.float64(x), 0.0), 1.0) * last
-    row = min(max(np.float64(y), 0.0), 1.0) * last
-    c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
-    fx, fy = column - c0, row - r0
-    n_pitches = pitches.shape[0]
-    k, f = 0, 0.0
-    if n_pitches > 1:
-        p = min(max(np.float64(pitch), pitches[0]), pitches[n_pitches - 1])
-        while k < n_pitches - 2 and pitches[k + 1] <= p:
-            k += 1
-        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
-    k1 = min(k + 1, n_pitches - 1)
-    f0_hz = _f0_hz(pitch)
-    for j in range(out.shape[0]):
-        low = ((1 - fx) * (1 - fy) * table[r0, c0, k, j] + fx * (1 - fy) * table[r0, c0 + 1, k, j]
-               + (1 - fx) * fy * table[r0 + 1, c0, k, j] + fx * fy * table[r0 + 1, c0 + 1, k, j])
-        high = ((1 - fx) * (1 - fy) * table[r0, c0, k1, j] + fx * (1 - fy) * table[r0, c0 + 1, k1, j]
-                + (1 - fx) * fy * table[r0 + 1, c0, k1, j] + fx * fy * table[r0 + 1, c0 + 1, k1, j])
-        audible = (j // 2 + 1) * f0_hz < 0.5 * sample_rate
-        out[j] = np.float32((1 - f) * low + f * high) if audible else np.float32(0.0)
-
-
-@numba.njit(inline="always", error_model="numpy")
-def _template_signal(coefficients, phase):
-    """(cycle, quadrature) of held coefficients [2M] at `phase`: the harmonics' e^{i m phi} by a
-    rotation recursion from e^{i phi} (float64)."""
-    c1, s1 = np.cos(phase), np.sin(phase)
-    cm, sm = c1, s1
-    cycle, quadrature = 0.0, 0.0
-    for m in range(coefficients.shape[0] // 2):
-        a, b = np.float64(coefficients[2 * m]), np.float64(coefficients[2 * m + 1])
-        cycle += a * cm - b * sm
-        quadrature += a * sm + b * cm
-        cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
-    return np.float32(cycle), np.float32(quadrature)
-
-
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _refresh_conditioning(weights, state, x, y, pitch):
     """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
@@ -635,7 +595,7 @@ def _refresh_conditioning(weights, state, x, y, pitch):
             acc += weights.cond_gate_w[i, c] * projected[c]
         gates[i] = acc
     if state.template.shape[0] > 0:
-        _template_lookup(weights.template, weights.template_pitches, x, y, pitch, params[3], state.template)
+        template_coefficients_into(weights.template, weights.template_pitches, x, y, pitch, params[3], state.template)
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -675,7 +635,7 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
                 acc += weights.osc_gate_w[i, j] * oscillator[j]
             input_gates[i] += acc
     if state.template.shape[0] > 0:
-        cycle, quadrature = _template_signal(state.template, state.phase[0])
+        cycle, quadrature = template_signal_at(state.template, state.phase[0])
         for i in range(3 * hidden_size):
             input_gates[i] += weights.template_gate_w[i, 0] * cycle + weights.template_gate_w[i, 1] * quadrature
     for layer in range(n_layers):

@@ -18,14 +18,16 @@ Public API:
     template_table(...) -> float32 [N, N, P, 2M] (a renderer over every node x template pitch)
     template_coefficients(table, pitches, x, y, pitch, sample_rate) -> float32 [2M] (NumPy reference)
     template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
+    template_coefficients_into / template_signal_at: their Numba twins for the GRU kernel
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import numba
 import numpy as np
 
-from models.pitch import midi_to_hz
+from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 
 FRAME_PERIODS = 8
 """Periods of the fundamental per measurement frame (at least `MIN_FRAME_SAMPLES`)."""
@@ -137,3 +139,44 @@ def template_signal(coefficients: np.ndarray, phase: np.ndarray) -> np.ndarray:
     angles = np.asarray(phase, dtype=np.float64)[..., None] * np.arange(1, a.shape[-1] + 1)
     cos, sin = np.cos(angles), np.sin(angles)
     return np.stack([(a * cos - b * sin).sum(-1), (a * sin + b * cos).sum(-1)], axis=-1).astype(np.float32)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def template_coefficients_into(table, pitches, x, y, pitch, sample_rate, out):
+    """`template_coefficients` for the GRU kernel (Numba, no allocation): writes out [2M]."""
+    last = table.shape[0] - 1
+    column = min(max(np.float64(x), 0.0), 1.0) * last
+    row = min(max(np.float64(y), 0.0), 1.0) * last
+    c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
+    fx, fy = column - c0, row - r0
+    n_pitches = pitches.shape[0]
+    k, f = 0, 0.0
+    if n_pitches > 1:
+        p = min(max(np.float64(pitch), pitches[0]), pitches[n_pitches - 1])
+        while k < n_pitches - 2 and pitches[k + 1] <= p:
+            k += 1
+        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
+    k1 = min(k + 1, n_pitches - 1)
+    f0_hz = A4_HZ * 2.0 ** ((np.float64(pitch) - A4_MIDI) / 12.0)
+    for j in range(out.shape[0]):
+        low = ((1 - fx) * (1 - fy) * table[r0, c0, k, j] + fx * (1 - fy) * table[r0, c0 + 1, k, j]
+               + (1 - fx) * fy * table[r0 + 1, c0, k, j] + fx * fy * table[r0 + 1, c0 + 1, k, j])
+        high = ((1 - fx) * (1 - fy) * table[r0, c0, k1, j] + fx * (1 - fy) * table[r0, c0 + 1, k1, j]
+                + (1 - fx) * fy * table[r0 + 1, c0, k1, j] + fx * fy * table[r0 + 1, c0 + 1, k1, j])
+        audible = (j // 2 + 1) * f0_hz < 0.5 * sample_rate
+        out[j] = np.float32((1 - f) * low + f * high) if audible else np.float32(0.0)
+
+
+@numba.njit(inline="always", error_model="numpy")
+def template_signal_at(coefficients, phase):
+    """(cycle, quadrature) of held coefficients [2M] at `phase`: the harmonics' e^{i m phi} by a
+    rotation recursion from e^{i phi} (float64)."""
+    c1, s1 = np.cos(phase), np.sin(phase)
+    cm, sm = c1, s1
+    cycle, quadrature = 0.0, 0.0
+    for m in range(coefficients.shape[0] // 2):
+        a, b = np.float64(coefficients[2 * m]), np.float64(coefficients[2 * m + 1])
+        cycle += a * cm - b * sm
+        quadrature += a * sm + b * cm
+        cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
+    return np.float32(cycle), np.float32(quadrature)
