@@ -224,6 +224,41 @@ def test_grid_timbre_features_train_and_warm_start_from_an_xy_voice(tmp_path, da
     np.testing.assert_allclose(logits, expected[1].numpy(), atol=2e-4)
 
 
+def test_a_template_voice_measures_its_table_and_warm_starts_from_a_voice_without_one(tmp_path):
+    """The table is measured on the source's notes (cached beside the data set), travels in the
+    checkpoint, and its input columns start at zero: the warm-started voice computes what the plain
+    one did; the kernel, loading the file without torch, streams the same logits."""
+    from models.gru import GruSynth, GruSynthConfig, save_gru
+    from models.gru_stream import gru_stream_logits, load_stream_weights, new_state
+
+    torch.set_num_threads(1)
+    torch.manual_seed(10)
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    TimbreGrid(bilinear_mesh(corners, 3), GridConfig(size=3, conditioning_dim=2)).save(tmp_path / "model" / "grid")
+    config = tiny_config(tmp_path, model_dir=str(tmp_path / "model"), init_from=str(tmp_path / "plain"), steps=1,
+                         learning_rate=1e-12, warmup_steps=1, template_harmonics=4)
+    plain = GruSynth(dataclasses.replace(GruSynthConfig.preset("1x64"),
+                                         oscillator_harmonics=config.oscillator_harmonics)).eval()
+    save_gru(tmp_path / "plain", plain)
+    train_gru(config, progress=False)
+    assert list((tmp_path / "data").glob("template_h4_s0.npy"))
+    warm = load_gru(tmp_path / "model").eval()
+    assert warm.config.template_pitches == (60.0, 67.0) and warm.timbre_template.shape == (3, 3, 2, 8)
+    assert warm.timbre_template[..., 0].abs().min() > 0.05  # every note has a fundamental
+    mu = torch.randint(0, 256, (2, 30))
+    conditioning = torch.tensor([[0.2, 0.7, 60.0], [0.9, 0.35, 64.0]])[:, None].repeat(1, 30, 1)
+    with torch.no_grad():
+        expected = warm(mu, conditioning)[0]
+        torch.testing.assert_close(expected, plain(mu, conditioning)[0], rtol=1e-4, atol=1e-4)
+        warm.gru.weight_ih_l0[:, -2:].normal_()  # the template's columns, live: torch and the kernel agree
+        save_gru(tmp_path / "live", warm)
+        expected = warm(mu, conditioning)[0]
+    weights, _ = load_stream_weights(tmp_path / "live", "fp32")
+    logits = np.zeros((30, 256), np.float32)
+    gru_stream_logits(weights, new_state(weights, path="float"), mu[1].numpy(), conditioning[1].numpy(), 1, logits)
+    np.testing.assert_allclose(logits, expected[1].numpy(), atol=2e-4)
+
+
 SHIPPED_GRU = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default" / "gru"
 
 
