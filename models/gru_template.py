@@ -89,7 +89,7 @@ def template_table(nodes: np.ndarray, pitches, render: Callable[[np.ndarray, np.
     vectors), pitches MIDI [P] ascending, render(h [b, D], pitches [b]) -> audio float [b, n_samples]
     at `sample_rate` (as the GRU's training clips are rendered); each note is peak-normalised to
     `peak` first. Returns float32 [N, N, P, 2 * n_harmonics]."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # measuring a table is training-time work: the runtime never loads tqdm
 
     nodes = np.asarray(nodes, dtype=np.float32)
     size, pitch_list = nodes.shape[0], [int(p) for p in pitches]
