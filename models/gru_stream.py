@@ -635,7 +635,7 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
                 acc += weights.osc_gate_w[i, j] * oscillator[j]
             input_gates[i] += acc
     if state.template.shape[0] > 0:
-        cycle, quadrature = template_signal_at(state.template, state.phase[0])
+        cycle, quadrature = template_signal_at(state.template, state.scratch[2, 1], state.scratch[2, 0])
         for i in range(3 * hidden_size):
             input_gates[i] += weights.template_gate_w[i, 0] * cycle + weights.template_gate_w[i, 1] * quadrature
     for layer in range(n_layers):

@@ -168,10 +168,10 @@ def template_coefficients_into(table, pitches, x, y, pitch, sample_rate, out):
 
 
 @numba.njit(inline="always", error_model="numpy")
-def template_signal_at(coefficients, phase):
-    """(cycle, quadrature) of held coefficients [2M] at `phase`: the harmonics' e^{i m phi} by a
-    rotation recursion from e^{i phi} (float64)."""
-    c1, s1 = np.cos(phase), np.sin(phase)
+def template_signal_at(coefficients, cos_phase, sin_phase):
+    """(cycle, quadrature) of held coefficients [2M] at the phase whose cosine and sine the kernel's
+    oscillator already holds: the harmonics' e^{i m phi} by a rotation recursion from e^{i phi} (float64)."""
+    c1, s1 = np.float64(cos_phase), np.float64(sin_phase)
     cm, sm = c1, s1
     cycle, quadrature = 0.0, 0.0
     for m in range(coefficients.shape[0] // 2):
