@@ -9,6 +9,7 @@ conditioning (x, y, pitch):
     s_t = (cycle, quadrature) of the timbre template at phi_t   [2]  (with template_harmonics M > 0)
     h_t = GRU_stack([e_t, c_t, o_t, s_t], h_{t-1})              n_layers x [hidden_size]
     logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
+    p_t = softplus(w_a . h_t^{(last)} + b_a) cycle_t            (with template_residual; else 0)
 
 `features` (`conditioning_features`): the timbre, either x and y as given (in [0, 1]) or, with a
 timbre grid (`timbre_grid_size` > 0), the grid's conditioning vector h(x, y) read bilinearly from the
@@ -28,7 +29,10 @@ previous samples alone.
 The template input s_t (`models.gru_template`) carries the timbre the same way: the harmonics of G's
 note at the grid point and pitch (a table [N, N, P, 2M] measured on G's renders, a buffer of the
 checkpoint, read bilinearly at (x, y) and linearly in pitch), summed at the oscillator's phase into
-one cycle of that note's waveform and its quadrature.
+one cycle of that note's waveform and its quadrature. With `template_residual` the template at the
+level a_t the last layer predicts is also the prediction p_t of the sample, the logits are over the
+mu-law classes of the residual x_t - p_t (LPCNet's excitation), and the voice plays
+clip(p_t + decode(e_t), -1, 1): it starts out playing its grid point's harmonics.
 
 The input layout is chosen for streaming (`models.gru_stream`): the first GRU layer's input matrix
 splits into an embedding part, folded into a [n_classes, 3 * hidden] lookup table, and a conditioning
@@ -46,9 +50,12 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
 from models.gru_config import CONDITIONING_NAMES, GruSynthConfig
-from models.mu_law import mu_law_zero
+from models.gru_template import LEVEL_INITIAL_BIAS
+from models.mu_law import mu_law_decode_torch, mu_law_encode_torch, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI
 
+LEVEL_LOSS_WEIGHT = 10.0
+"""Weight of the template level's least-squares loss, mean (x_t - p_t)^2, beside the cross-entropy."""
 
 
 def _midi_to_hz(pitch: torch.Tensor) -> torch.Tensor:
@@ -154,6 +161,11 @@ class GruSynth(nn.Module):
                 2 * config.template_harmonics))
         self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
         self.output = nn.Linear(config.hidden_size, config.n_classes)
+        if config.template_residual:  # a_t starts at 1: the template at its measured level
+            self.template_level = nn.Linear(config.hidden_size, 1)
+            with torch.no_grad():
+                self.template_level.weight.zero_()
+                self.template_level.bias.fill_(LEVEL_INITIAL_BIAS)
 
     def set_timbre_grid(self, nodes) -> None:
         """Copy the timbre grid's nodes float [N, N, D] (`models.timbre_grid.TimbreGrid.nodes`)."""
@@ -186,14 +198,17 @@ class GruSynth(nn.Module):
         return torch.zeros(self.config.n_layers, batch, self.config.hidden_size, dtype=weight.dtype, device=weight.device)
 
     def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor, state: torch.Tensor | None = None,
-                phase: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                phase: torch.Tensor | None = None, with_prediction: bool = False):
         """Teacher-forced pass.
 
         prev_mu: int64 [batch, time] previous mu-law classes; conditioning: float32 [batch, time, 3]
         (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros); phase: float [batch, time]
         oscillator phase (radians) of each predicted sample, or None = `oscillator_phase` from 0
         (ignored when oscillator_harmonics = 0).
-        Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]).
+        Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]); with
+        `with_prediction`, (logits, prediction, state): prediction float32 [batch, time] is the
+        template prediction p_t the logits' residual classes are relative to (zeros without
+        template_residual: the logits are over the sample's own classes).
         """
         if prev_mu.dim() != 2 or conditioning.dim() != 3 or conditioning.shape[:2] != prev_mu.shape:
             raise ValueError(f"GruSynth.forward: prev_mu must be [batch, time] and conditioning [batch, time, 3], "
@@ -211,9 +226,18 @@ class GruSynth(nn.Module):
         if self.config.template_harmonics:
             pitches = torch.tensor(self.config.template_pitches, dtype=torch.float32, device=phase.device)
             coefficients = template_lookup(self.timbre_template, pitches, conditioning, self.config.sample_rate)
-            inputs.append(template_features(coefficients, phase))
+            signal = template_features(coefficients, phase)
+            inputs.append(signal)
         hidden, state = self.gru(torch.cat(inputs, dim=-1), state)
-        return self.output(hidden), state
+        logits = self.output(hidden)
+        if not with_prediction:
+            return logits, state
+        if self.config.template_residual:
+            level = nn.functional.softplus(self.template_level(hidden)[..., 0])
+            prediction = level * signal[..., 0]
+        else:
+            prediction = torch.zeros(prev_mu.shape, dtype=logits.dtype, device=logits.device)
+        return logits, prediction, state
 
     @torch.no_grad()
     def sample(self, conditioning: torch.Tensor, temperature: float = 1.0, state: torch.Tensor | None = None,
@@ -233,27 +257,49 @@ class GruSynth(nn.Module):
         samples = torch.empty(batch, n_steps, dtype=torch.int64)
         phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)
         for step in range(n_steps):
-            logits, state = self.forward(previous, conditioning[:, step:step + 1], state, phase[:, step:step + 1])
+            logits, prediction, state = self.forward(previous, conditioning[:, step:step + 1], state,
+                                                     phase[:, step:step + 1], with_prediction=True)
             logits = logits[:, 0]
             if temperature == 0:
                 previous = logits.argmax(dim=-1, keepdim=True)
             else:
                 probabilities = torch.softmax(logits / temperature, dim=-1)
                 previous = torch.multinomial(probabilities, 1, generator=generator)
+            if self.config.template_residual:
+                sample = prediction.to(torch.float64) + mu_law_decode_torch(previous, self.config.n_classes)
+                previous = mu_law_encode_torch(sample, self.config.n_classes)
             samples[:, step] = previous[:, 0]
         return samples, state
 
 
+def prediction_loss(logits: torch.Tensor, prediction: torch.Tensor, targets: torch.Tensor,
+                    residual: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GRU's training loss on one pass: logits [batch, time, Q], prediction [batch, time] (see
+    `GruSynth.forward`), targets int64 [batch, time] mu-law classes of the samples.
+
+    Without `residual`: cross-entropy of the targets. With it: cross-entropy of the residual's
+    classes, encode(decode(target) - p_t) with p_t held fixed, plus LEVEL_LOSS_WEIGHT x the mean
+    (decode(target) - p_t)^2 that trains the level. Returns (loss, cross-entropy nats, top-1 accuracy)."""
+    n_classes = logits.shape[-1]
+    if residual:
+        audio = mu_law_decode_torch(targets, n_classes)
+        targets = mu_law_encode_torch(audio - prediction.detach(), n_classes)
+    cross_entropy = nn.functional.cross_entropy(logits.reshape(-1, n_classes), targets.reshape(-1))
+    loss = cross_entropy + LEVEL_LOSS_WEIGHT * ((audio - prediction) ** 2).mean() if residual else cross_entropy
+    accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+    return loss, cross_entropy.detach(), accuracy
+
+
 def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor,
                          phase: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy (nats) of predicting mu[:, 1:] from mu[:, :-1].
+    """The training loss (`prediction_loss`) of predicting mu[:, 1:] from mu[:, :-1].
 
     mu: int64 [batch, time + 1] classes; conditioning: float32 [batch, time, 3] aligned with the targets
     (the conditioning of step t goes with the prediction of mu[:, t + 1]); phase: [batch, time] oscillator
     phase of the targets (see `GruSynth.forward`).
     """
-    logits, _ = model(mu[:, :-1], conditioning, phase=phase)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu[:, 1:].reshape(-1))
+    logits, prediction, _ = model(mu[:, :-1], conditioning, phase=phase, with_prediction=True)
+    return prediction_loss(logits, prediction, mu[:, 1:], model.config.template_residual)[0]
 
 
 def save_gru(folder: str | Path, model: GruSynth, metadata: dict | None = None) -> Path:
@@ -277,5 +323,5 @@ def load_gru_metadata(folder: str | Path) -> dict:
 
 __all__ = ["GruSynth", "conditioning_features",
            "oscillator_phase", "oscillator_features",
-           "teacher_forcing_loss", "save_gru", "load_gru", "load_gru_metadata",
+           "prediction_loss", "teacher_forcing_loss", "save_gru", "load_gru", "load_gru_metadata",
            "CheckpointError"]

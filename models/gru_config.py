@@ -49,6 +49,10 @@ class GruSynthConfig:
     """N of the template table (the timbre grid's size); > 0 exactly when template_harmonics is."""
     template_pitches: tuple = ()
     """MIDI pitches of the template table, ascending; non-empty exactly when template_harmonics > 0."""
+    template_residual: bool = False
+    """True: the template, at a level the last layer predicts, is the voice's prediction of each
+    sample and the softmax is over the residual's classes (`models.gru_template`); needs
+    template_harmonics > 0."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):
@@ -80,9 +84,9 @@ class GruSynthConfig:
                                  f"template_pitches, got {self.template_grid_size} and {self.template_pitches}")
             if any(b <= a for a, b in zip(self.template_pitches, self.template_pitches[1:])):
                 raise ValueError(f"GruSynthConfig.template_pitches must ascend, got {self.template_pitches}")
-        elif self.template_grid_size or self.template_pitches:
-            raise ValueError("GruSynthConfig: template_grid_size and template_pitches are set only with "
-                             "template_harmonics > 0")
+        elif self.template_grid_size or self.template_pitches or self.template_residual:
+            raise ValueError("GruSynthConfig: template_grid_size, template_pitches and template_residual are "
+                             "set only with template_harmonics > 0")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
             raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
 

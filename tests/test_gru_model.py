@@ -74,6 +74,32 @@ def test_teacher_forcing_loss_is_the_cross_entropy_of_the_next_sample():
     torch.testing.assert_close(teacher_forcing_loss(model, mu, conditioning), expected)
 
 
+def test_a_residual_voice_learns_the_residual_classes_and_the_level_by_least_squares():
+    """Targets become the classes of x - p (p held), and the level's loss is the mean (x - p)^2: one
+    gradient step on the level's bias moves a_t toward the least-squares level of the target."""
+    from models.gru import LEVEL_LOSS_WEIGHT
+    from models.mu_law import mu_law_decode_torch, mu_law_encode_torch
+
+    config = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=8, conditioning_size=4, oscillator_harmonics=1,
+                            template_harmonics=3, template_grid_size=2, template_pitches=(50.0, 70.0),
+                            template_residual=True)
+    torch.manual_seed(2)
+    model = GruSynth(config)
+    model.set_template(torch.tensor([0.5, 0.0, 0.2, 0.1, 0.0, 0.0]).repeat(2, 2, 2, 1))
+    conditioning = torch.tensor([0.5, 0.5, 60.0]).repeat(2, 40, 1)
+    _, prediction, _ = model(torch.full((2, 40), 128), conditioning, with_prediction=True)
+    targets = mu_law_encode_torch(0.4 * prediction.detach())  # the template at 0.4 of the initial level
+    mu = torch.cat([torch.full((2, 1), 128), targets], 1)
+    logits, prediction, _ = model(mu[:, :-1], conditioning, with_prediction=True)  # the level is still 1
+    loss = teacher_forcing_loss(model, mu, conditioning)
+    residual_classes = mu_law_encode_torch(mu_law_decode_torch(targets) - prediction.detach())
+    expected = (torch.nn.functional.cross_entropy(logits.reshape(-1, 256), residual_classes.reshape(-1))
+                + LEVEL_LOSS_WEIGHT * ((mu_law_decode_torch(targets) - prediction) ** 2).mean())
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.template_level.bias.grad.item() > 0  # the level falls toward 0.4
+
+
 def test_checkpoint_round_trip_restores_config_and_outputs(tmp_path):
     model = GruSynth(TINY)
     save_gru(tmp_path / "gru", model, {"steps": 3})

@@ -20,7 +20,10 @@ CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditi
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
                           timbre_grid_size=5, timbre_grid_dim=6),  # timbre features h(x, y) from a grid
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
-                          template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80))]  # + template
+                          template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80)),  # + template
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
+                          template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80),
+                          template_residual=True)]  # + the template as the sample's prediction
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
 largest |logit|."""
@@ -36,6 +39,8 @@ def _model(config, seed=0):
         for name, parameter in model.named_parameters():
             if "gru.weight" in name or "output.weight" in name:
                 parameter.mul_(3.0)
+        if config.template_residual:  # a level that follows the state
+            model.template_level.weight.normal_(0.0, 0.5)
     if config.timbre_grid_size:
         size = config.timbre_grid_size
         model.set_timbre_grid(torch.randn(size, size, config.timbre_grid_dim) * 2.0)
@@ -101,10 +106,10 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
     (CONFIGS[0], "fp32", "float"), (CONFIGS[0], "int8", "float"), (CONFIGS[0], "int8", "int16_dot"),
     (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot"),
     (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot"), (CONFIGS[4], "fp32", "float"),
-    (CONFIGS[4], "int8", "int8_dot")],
+    (CONFIGS[4], "int8", "int8_dot"), (CONFIGS[5], "fp32", "float"), (CONFIGS[5], "int8", "int8_dot")],
     ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
          "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8", "template-fp32",
-         "template-int8"])
+         "template-int8", "residual-fp32", "residual-int8"])
 def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
     prev_mu, conditioning = _inputs(60)
@@ -125,7 +130,8 @@ def test_kernel_equals_the_numpy_reference(config, compression, path):
     np.testing.assert_allclose(state.phase, reference_state.phase, rtol=1e-12)
 
 
-@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4]], ids=["plain", "oscillator", "template"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5]],
+                         ids=["plain", "oscillator", "template", "residual"])
 def test_chunked_generation_equals_one_call(config):
     weights = stream_weights(_model(config), "int8")  # the default path for this machine
     _, conditioning = _inputs(200, seed=4)
@@ -229,3 +235,32 @@ def test_stream_generate_decodes_what_the_kernel_samples():
     mu = np.zeros(120, np.int64)
     gru_stream_sample(weights, new_state(weights, seed=2), conditioning, 16, 0.8, mu)
     np.testing.assert_array_equal(stream_generate(model, conditioning, 0.8, seed=2), mu_law_decode(mu))
+
+
+def test_a_residual_voice_with_silent_logits_plays_its_template_at_the_predicted_level():
+    """With every logit favouring the zero residual, the voice emits clip(a_t cycle(phi_t)): its grid
+    point's harmonics at the level the last layer sets, the same in torch, the kernel and its reference."""
+    from models.gru_template import template_coefficients, template_signal
+    from models.mu_law import mu_law_decode, mu_law_zero
+
+    model = _model(CONFIGS[5])
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+        model.output.bias[mu_law_zero(256)] = 10.0
+        model.template_level.weight.zero_()
+        model.template_level.bias.fill_(float(np.log(np.expm1(0.7))))  # a_t = 0.7
+    conditioning = np.tile(np.float32([[0.3, 0.6, 52.0]]), (400, 1))
+    weights = stream_weights(model, "fp32")
+    streamed, reference = np.zeros(400, np.int64), np.zeros(400, np.int64)
+    gru_stream_sample(weights, new_state(weights, path="float"), conditioning, 16, 0.0, streamed)
+    gru_stream_sample_reference(weights, new_state(weights, path="float"), conditioning, 16, 0.0, reference)
+    torch_mu, _ = model.sample(torch.from_numpy(conditioning)[None], temperature=0.0)
+    np.testing.assert_array_equal(streamed, reference)
+    np.testing.assert_array_equal(torch_mu[0].numpy(), streamed)
+    coefficients = template_coefficients(weights.template, weights.template_pitches, 0.3, 0.6, 52.0, 16000)
+    phase = np.cumsum(np.full(400, 2 * np.pi * 440.0 * 2.0 ** ((52.0 - 69.0) / 12.0) / 16000))
+    expected = np.clip(0.7 * template_signal(coefficients, phase)[:, 0], -1, 1)
+    played = mu_law_decode(streamed)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(played, expected, atol=0.02 * np.abs(expected).max() + 2e-3)

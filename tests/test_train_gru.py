@@ -259,6 +259,27 @@ def test_a_template_voice_measures_its_table_and_warm_starts_from_a_voice_withou
     np.testing.assert_allclose(logits, expected[1].numpy(), atol=2e-4)
 
 
+def test_a_residual_voice_trains_and_streams_its_template_prediction(tmp_path):
+    """`template_residual` trains from scratch, exports the level head, and the kernel loading the
+    file without torch streams what torch samples."""
+    from models.gru_stream import load_stream_weights, new_state, gru_stream_sample
+
+    torch.set_num_threads(1)
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    TimbreGrid(bilinear_mesh(corners, 3), GridConfig(size=3, conditioning_dim=2)).save(tmp_path / "model" / "grid")
+    config = tiny_config(tmp_path, model_dir=str(tmp_path / "model"), steps=2, template_harmonics=4,
+                         template_residual=True)
+    train_gru(config, progress=False)
+    model = load_gru(tmp_path / "model").eval()
+    assert model.config.template_residual and model.template_level.weight.abs().max() > 0  # trained
+    conditioning = torch.tensor([0.2, 0.7, 60.0]).repeat(1, 300, 1)
+    expected, _ = model.sample(conditioning, temperature=0.0)
+    weights, _ = load_stream_weights(tmp_path / "model", "fp32")
+    streamed = np.zeros(300, np.int64)
+    gru_stream_sample(weights, new_state(weights, path="float"), conditioning[0].numpy(), 1, 0.0, streamed)
+    assert np.mean(streamed == expected[0].numpy()) > 0.95  # float32 vs float64 rounding may flip a class
+
+
 SHIPPED_GRU = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default" / "gru"
 
 

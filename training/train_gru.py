@@ -54,6 +54,10 @@ class GruTrainConfig:
     """M > 0: the voice reads the timbre template (`models.gru_template`), harmonics 1..M of G's
     note at every grid node x `pitches`, measured before training (cached in `dataset_dir`) and
     stored in the checkpoint; needs oscillator_harmonics >= 1. 0: no template."""
+    template_residual: bool = False
+    """True: the template at a predicted level is the voice's prediction of each sample and it learns
+    the residual (`models.gru_template`): it plays its grid point's harmonics from the first step.
+    Needs template_harmonics > 0; trains from scratch (`init_from` must be a residual voice too)."""
     model_dir: str = "models/pretrained/default"
     grid_dir: str = ""
     """Timbre grid folder; empty = <model_dir>/grid."""
@@ -395,17 +399,19 @@ def _evaluate(model, dataset, clips: np.ndarray, config: GruTrainConfig, device:
     """(cross-entropy nats, top-1 accuracy) on a fixed batch of windows from `clips`."""
     import torch
 
+    from models.gru import prediction_loss
+
     mu, conditioning = dataset.sample_batch(np.random.default_rng(12345), config.validation_batch, clips=clips)
     mu_t = torch.from_numpy(mu).to(device)
     phase = _target_phase(model.config, dataset, mu, conditioning, device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        logits, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device), phase=phase)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
-        accuracy = (logits.argmax(-1) == mu_t[:, 1:]).float().mean()
+        logits, prediction, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device), phase=phase,
+                                      with_prediction=True)
+        _, cross_entropy, accuracy = prediction_loss(logits, prediction, mu_t[:, 1:], model.config.template_residual)
     model.train(was_training)
-    return float(loss), float(accuracy)
+    return float(cross_entropy), float(accuracy)
 
 
 def _target_phase(model_config, dataset, mu: np.ndarray, conditioning: np.ndarray, device: str):
@@ -437,7 +443,7 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
     import torch
     from tqdm import tqdm
 
-    from models.gru import GruSynth, GruSynthConfig, save_gru
+    from models.gru import GruSynth, GruSynthConfig, prediction_loss, save_gru
     from training.distributed import cleanup_distributed, setup_distributed, wrap_model
 
     if config.threads > 0:
@@ -466,7 +472,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
             template = prepare_template(config, dataset.sample_rate, progress=False)
         model_config = dataclasses.replace(model_config, template_harmonics=config.template_harmonics,
                                            template_grid_size=template.shape[0],
-                                           template_pitches=tuple(sorted(float(p) for p in config.pitches)))
+                                           template_pitches=tuple(sorted(float(p) for p in config.pitches)),
+                                           template_residual=config.template_residual)
     model = GruSynth(model_config)
     if grid_nodes is not None:
         model.set_timbre_grid(grid_nodes)
@@ -501,8 +508,9 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
             group["lr"] = learning_rate_at(step, config)
         phase = _target_phase(model_config, dataset, mu, conditioning, context.device)
         inputs = torch.from_numpy(noisy_inputs(mu[:, :-1], config.input_noise_classes, rng, dataset.n_classes))
-        logits, _ = wrapped(inputs.to(context.device), torch.from_numpy(conditioning).to(context.device), phase=phase)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), mu_t[:, 1:].reshape(-1))
+        logits, prediction, _ = wrapped(inputs.to(context.device), torch.from_numpy(conditioning).to(context.device),
+                                        phase=phase, with_prediction=True)
+        loss = prediction_loss(logits, prediction, mu_t[:, 1:], model_config.template_residual)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
