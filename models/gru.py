@@ -9,7 +9,8 @@ conditioning (x, y, pitch):
     s_t = (cycle, quadrature) of the timbre template at phi_t   [2]  (with template_harmonics M > 0)
     h_t = GRU_stack([e_t, c_t, o_t, s_t], h_{t-1})              n_layers x [hidden_size]
     logits_t = W_o h_t^{(last)} + b_o                           [n_classes]
-    p_t = softplus(w_a . h_t^{(last)} + b_a) cycle_t            (with template_residual; else 0)
+    with template_residual: prev_mu_t is the class of x_{t-1} - cycle_{t-1}, logits_t are over the
+    classes of the residual x_t - p_t, p_t = cycle_t the prediction (`models.gru_template`)
 
 `features` (`conditioning_features`): the timbre, either x and y as given (in [0, 1]) or, with a
 timbre grid (`timbre_grid_size` > 0), the grid's conditioning vector h(x, y) read bilinearly from the
@@ -29,10 +30,10 @@ previous samples alone.
 The template input s_t (`models.gru_template`) carries the timbre the same way: the harmonics of G's
 note at the grid point and pitch (a table [N, N, P, 2M] measured on G's renders, a buffer of the
 checkpoint, read bilinearly at (x, y) and linearly in pitch), summed at the oscillator's phase into
-one cycle of that note's waveform and its quadrature. With `template_residual` the template at the
-level a_t the last layer predicts is also the prediction p_t of the sample, the logits are over the
-mu-law classes of the residual x_t - p_t (LPCNet's excitation), and the voice plays
-clip(p_t + decode(e_t), -1, 1): it starts out playing its grid point's harmonics.
+one cycle of that note's waveform and its quadrature. With `template_residual` the cycle is also the
+prediction p_t of the sample: the embedding reads the previous residual's class, the logits are over
+the mu-law classes of the residual x_t - p_t (LPCNet's excitation), and the voice plays
+clip(p_t + decode(e_t), -1, 1): a zero residual plays its grid point's harmonics.
 
 The input layout is chosen for streaming (`models.gru_stream`): the first GRU layer's input matrix
 splits into an embedding part, folded into a [n_classes, 3 * hidden] lookup table, and a conditioning
@@ -50,12 +51,9 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
 from models.gru_config import CONDITIONING_NAMES, GruSynthConfig
-from models.gru_template import LEVEL_INITIAL_BIAS
 from models.mu_law import mu_law_decode_torch, mu_law_encode_torch, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI
 
-LEVEL_LOSS_WEIGHT = 10.0
-"""Weight of the template level's least-squares loss, mean (x_t - p_t)^2, beside the cross-entropy."""
 
 
 def _midi_to_hz(pitch: torch.Tensor) -> torch.Tensor:
@@ -161,11 +159,6 @@ class GruSynth(nn.Module):
                 2 * config.template_harmonics))
         self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
         self.output = nn.Linear(config.hidden_size, config.n_classes)
-        if config.template_residual:  # a_t starts at 1: the template at its measured level
-            self.template_level = nn.Linear(config.hidden_size, 1)
-            with torch.no_grad():
-                self.template_level.weight.zero_()
-                self.template_level.bias.fill_(LEVEL_INITIAL_BIAS)
 
     def set_timbre_grid(self, nodes) -> None:
         """Copy the timbre grid's nodes float [N, N, D] (`models.timbre_grid.TimbreGrid.nodes`)."""
@@ -198,7 +191,7 @@ class GruSynth(nn.Module):
         return torch.zeros(self.config.n_layers, batch, self.config.hidden_size, dtype=weight.dtype, device=weight.device)
 
     def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor, state: torch.Tensor | None = None,
-                phase: torch.Tensor | None = None, with_prediction: bool = False):
+                phase: torch.Tensor | None = None, with_prediction: bool = False, residual_inputs: bool = False):
         """Teacher-forced pass.
 
         prev_mu: int64 [batch, time] previous mu-law classes; conditioning: float32 [batch, time, 3]
@@ -208,35 +201,45 @@ class GruSynth(nn.Module):
         Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]); with
         `with_prediction`, (logits, prediction, state): prediction float32 [batch, time] is the
         template prediction p_t the logits' residual classes are relative to (zeros without
-        template_residual: the logits are over the sample's own classes).
+        template_residual: the logits are over the sample's own classes). A template-residual voice
+        takes the previous samples' own classes and converts them to the residual's classes with the
+        cycle one sample earlier (at each step's conditioning), or, with `residual_inputs`, takes the
+        residual's classes as they are (as it does generating, and as the kernel does).
         """
         if prev_mu.dim() != 2 or conditioning.dim() != 3 or conditioning.shape[:2] != prev_mu.shape:
             raise ValueError(f"GruSynth.forward: prev_mu must be [batch, time] and conditioning [batch, time, 3], "
                              f"got {tuple(prev_mu.shape)} and {tuple(conditioning.shape)}")
-        inputs = [self.embedding(prev_mu),
-                  torch.tanh(self.conditioning_projection(conditioning_features(
-                      conditioning, self.config, getattr(self, "timbre_grid", None))))]
-        if self.config.oscillator_harmonics:
+        config = self.config
+        signal = None
+        if config.oscillator_harmonics:
             if phase is None:
-                phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)
+                phase = oscillator_phase(conditioning[..., 2], config.sample_rate)
             elif phase.shape != prev_mu.shape:
                 raise ValueError(f"GruSynth.forward: phase must be [batch, time] {tuple(prev_mu.shape)}, "
                                  f"got {tuple(phase.shape)}")
-            inputs.append(oscillator_features(phase.to(torch.float32), self.config.oscillator_harmonics))
-        if self.config.template_harmonics:
-            pitches = torch.tensor(self.config.template_pitches, dtype=torch.float32, device=phase.device)
-            coefficients = template_lookup(self.timbre_template, pitches, conditioning, self.config.sample_rate)
+            phase = phase.to(torch.float32)
+        if config.template_harmonics:
+            pitches = torch.tensor(config.template_pitches, dtype=torch.float32, device=phase.device)
+            coefficients = template_lookup(self.timbre_template, pitches, conditioning, config.sample_rate)
             signal = template_features(coefficients, phase)
+        if config.template_residual and not residual_inputs:
+            increment = 2.0 * torch.pi * _midi_to_hz(conditioning[..., 2].to(torch.float32)) / config.sample_rate
+            previous_signal = template_features(coefficients, phase - increment)
+            prev_mu = mu_law_encode_torch(mu_law_decode_torch(prev_mu, config.n_classes) - previous_signal[..., 0],
+                                          config.n_classes)
+        inputs = [self.embedding(prev_mu),
+                  torch.tanh(self.conditioning_projection(conditioning_features(
+                      conditioning, config, getattr(self, "timbre_grid", None))))]
+        if config.oscillator_harmonics:
+            inputs.append(oscillator_features(phase, config.oscillator_harmonics))
+        if signal is not None:
             inputs.append(signal)
         hidden, state = self.gru(torch.cat(inputs, dim=-1), state)
         logits = self.output(hidden)
         if not with_prediction:
             return logits, state
-        if self.config.template_residual:
-            level = nn.functional.softplus(self.template_level(hidden)[..., 0])
-            prediction = level * signal[..., 0]
-        else:
-            prediction = torch.zeros(prev_mu.shape, dtype=logits.dtype, device=logits.device)
+        prediction = signal[..., 0] if config.template_residual \
+            else torch.zeros(prev_mu.shape, dtype=logits.dtype, device=logits.device)
         return logits, prediction, state
 
     @torch.no_grad()
@@ -245,7 +248,8 @@ class GruSynth(nn.Module):
         """Free-running generation, one sample at a time.
 
         conditioning: float32 [batch, time, 3]; temperature > 0 scales the logits (0 = argmax);
-        first_mu: the previous class before the first step (default: silence).
+        first_mu: the previous class before the first step (default: silence; the residual's class for a
+        template-residual voice).
         Returns (mu int64 [batch, time], state [n_layers, batch, hidden]).
         """
         if temperature < 0:
@@ -258,17 +262,23 @@ class GruSynth(nn.Module):
         phase = oscillator_phase(conditioning[..., 2], self.config.sample_rate)
         for step in range(n_steps):
             logits, prediction, state = self.forward(previous, conditioning[:, step:step + 1], state,
-                                                     phase[:, step:step + 1], with_prediction=True)
+                                                     phase[:, step:step + 1], with_prediction=True,
+                                                     residual_inputs=True)
             logits = logits[:, 0]
             if temperature == 0:
                 previous = logits.argmax(dim=-1, keepdim=True)
             else:
                 probabilities = torch.softmax(logits / temperature, dim=-1)
                 previous = torch.multinomial(probabilities, 1, generator=generator)
-            if self.config.template_residual:
-                sample = prediction.to(torch.float64) + mu_law_decode_torch(previous, self.config.n_classes)
-                previous = mu_law_encode_torch(sample, self.config.n_classes)
-            samples[:, step] = previous[:, 0]
+            if self.config.template_residual:  # play p + e; read back the residual of what was played
+                n_classes = self.config.n_classes
+                played = mu_law_encode_torch(prediction.to(torch.float64) + mu_law_decode_torch(previous, n_classes),
+                                             n_classes)
+                previous = mu_law_encode_torch(mu_law_decode_torch(played, n_classes).to(torch.float64)
+                                               - prediction.to(torch.float64), n_classes)
+                samples[:, step] = played[:, 0]
+            else:
+                samples[:, step] = previous[:, 0]
         return samples, state
 
 
@@ -277,17 +287,14 @@ def prediction_loss(logits: torch.Tensor, prediction: torch.Tensor, targets: tor
     """The GRU's training loss on one pass: logits [batch, time, Q], prediction [batch, time] (see
     `GruSynth.forward`), targets int64 [batch, time] mu-law classes of the samples.
 
-    Without `residual`: cross-entropy of the targets. With it: cross-entropy of the residual's
-    classes, encode(decode(target) - p_t) with p_t held fixed, plus LEVEL_LOSS_WEIGHT x the mean
-    (decode(target) - p_t)^2 that trains the level. Returns (loss, cross-entropy nats, top-1 accuracy)."""
+    Without `residual`: cross-entropy of the targets; with it, of the residual's classes
+    encode(decode(target) - p_t). Returns (loss, the same detached, top-1 accuracy)."""
     n_classes = logits.shape[-1]
     if residual:
-        audio = mu_law_decode_torch(targets, n_classes)
-        targets = mu_law_encode_torch(audio - prediction.detach(), n_classes)
-    cross_entropy = nn.functional.cross_entropy(logits.reshape(-1, n_classes), targets.reshape(-1))
-    loss = cross_entropy + LEVEL_LOSS_WEIGHT * ((audio - prediction) ** 2).mean() if residual else cross_entropy
+        targets = mu_law_encode_torch(mu_law_decode_torch(targets, n_classes) - prediction.detach(), n_classes)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, n_classes), targets.reshape(-1))
     accuracy = (logits.detach().argmax(-1) == targets).float().mean()
-    return loss, cross_entropy.detach(), accuracy
+    return loss, loss.detach(), accuracy
 
 
 def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor,

@@ -50,9 +50,9 @@ class GruSynthConfig:
     template_pitches: tuple = ()
     """MIDI pitches of the template table, ascending; non-empty exactly when template_harmonics > 0."""
     template_residual: bool = False
-    """True: the template, at a level the last layer predicts, is the voice's prediction of each
-    sample and the softmax is over the residual's classes (`models.gru_template`); needs
-    template_harmonics > 0."""
+    """True: the template's cycle is the voice's prediction of each sample; the voice reads the
+    previous residual's class and its softmax is over the residual's classes (`models.gru_template`);
+    needs template_harmonics > 0."""
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_classes", "embedding_size", "conditioning_size", "sample_rate"):

@@ -13,10 +13,9 @@ The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
   harmonics above Nyquist dropped) and held; per sample the harmonic cycle and its quadrature at the
   oscillator's phase (a rotation recursion, no trigonometry per harmonic) times W_ih0[:, -2:] join
   the input gates;
-- the template residual (models with `template_residual`): the level a = softplus(w_a . h + b_a) of
-  the last layer scales the cycle into the prediction p of the sample, the softmax draws the
-  residual's class and the voice emits the class of clip(p + decode(e), -1, 1), which is also the
-  next step's input;
+- the template residual (models with `template_residual`): the cycle is the prediction p of the
+  sample, the softmax draws the residual's class e, the voice emits the class of
+  clip(p + decode(e), -1, 1) and reads back the class of decode(x) - p as the next step's input;
 - the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
   stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
   2 MB L2) or as float32 (`compression="fp32"`, exact);
@@ -52,7 +51,7 @@ from numba.extending import intrinsic, overload
 
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
-from models.gru_template import (residual_sample_class, residual_sample_class_at, template_coefficients,
+from models.gru_template import (shifted_class, shifted_class_at, template_coefficients,
                                  template_coefficients_into, template_signal, template_signal_at)
 from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
@@ -87,7 +86,7 @@ class GruStreamWeights(NamedTuple):
                                 # or [0, 0, 0]: the timbre features are (x, y)
     template: np.ndarray        # float32 [N, N, P, 2M]: timbre template table, or [0, 0, 0, 0]: none
     template_pitches: np.ndarray  # float64 [P]: its MIDI pitches (ascending), or [0]
-    template_level: np.ndarray  # float32 [H + 1]: (w_a, b_a) of the residual's level, or [0]: no residual
+    template_residual: bool     # the template's cycle predicts the sample; the softmax is over the residual
 
 
 class GruStreamState(NamedTuple):
@@ -147,9 +146,6 @@ def _expected_shapes(config: GruSynthConfig) -> dict[str, tuple]:
     if config.template_harmonics:
         shapes["timbre_template"] = (config.template_grid_size, config.template_grid_size,
                                      len(config.template_pitches), 2 * config.template_harmonics)
-    if config.template_residual:
-        shapes["template_level.weight"] = (1, hidden)
-        shapes["template_level.bias"] = (1,)
     for layer in range(config.n_layers):
         shapes[f"gru.weight_ih_l{layer}"] = (gates, config.input_size if layer == 0 else hidden)
         shapes[f"gru.weight_hh_l{layer}"] = (gates, hidden)
@@ -195,8 +191,7 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
         template=np.ascontiguousarray(tensors["timbre_template"]) if config.template_harmonics
         else np.zeros((0, 0, 0, 0), np.float32),
         template_pitches=np.array(config.template_pitches if config.template_harmonics else (0.0,), np.float64),
-        template_level=np.concatenate([tensors["template_level.weight"][0], tensors["template_level.bias"]])
-        if config.template_residual else np.zeros(0, np.float32))
+        template_residual=bool(config.template_residual))
 
 
 def weight_bytes_per_sample(weights: GruStreamWeights) -> int:
@@ -663,13 +658,7 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
             n = _tanh(input_gates[2 * hidden_size + i] + r * hidden_gates[2 * hidden_size + i])
             h[i] = (np.float32(1.0) - z) * n + z * h[i]
     _matvec_any(weights.w_out, weights.w_out_scale, weights.b_out, hidden[n_layers - 1], state.quantised, logits)
-    level = weights.template_level
-    if level.shape[0] == 0:
-        return 0.0
-    acc = np.float64(level[hidden_size])
-    for i in range(hidden_size):
-        acc += np.float64(level[i]) * np.float64(hidden[n_layers - 1, i])
-    return (max(acc, 0.0) + np.log1p(np.exp(-abs(acc)))) * np.float64(cycle)
+    return np.float64(cycle) if weights.template_residual else 0.0
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
@@ -684,17 +673,19 @@ def gru_stream_sample(weights, state, conditioning, control_interval, temperatur
         prediction = _step(weights, state, previous, conditioning[t, 0], conditioning[t, 1], conditioning[t, 2],
                            control_interval, logits)
         previous = sample_from_logits(logits, temperature, state.rng, state.scratch[2])
-        if weights.template_level.shape[0] > 0:
-            previous = residual_sample_class_at(prediction, previous, n_classes)
-        out_mu[t] = previous
+        if weights.template_residual:
+            out_mu[t] = shifted_class_at(previous, prediction, n_classes)
+            previous = shifted_class_at(out_mu[t], -prediction, n_classes)
+        else:
+            out_mu[t] = previous
     state.counters[0] = previous
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def gru_stream_logits(weights, state, prev_mu, conditioning, control_interval, logits_out):
     """Teacher-forced: prev_mu int64 [n] inputs, conditioning float32 [n, 3];
-    logits_out float32 [n, Q] receives the logits predicting the sample after each input (over the
-    residual's classes for a template-residual voice)."""
+    logits_out float32 [n, Q] receives the logits predicting the sample after each input (for a
+    template-residual voice the inputs and the logits are the residual's classes)."""
     for t in range(prev_mu.shape[0]):
         _step(weights, state, prev_mu[t], conditioning[t, 0], conditioning[t, 1], conditioning[t, 2],
               control_interval, logits_out[t])
@@ -782,12 +773,9 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         hidden[layer] = (1.0 - z) * n + z * hidden[layer]
     logits = _matvec_reference(weights.w_out, weights.w_out_scale, weights.b_out, hidden[n_layers - 1],
                                state.quantised)
-    level = weights.template_level
-    if level.shape[0] == 0:
+    if not weights.template_residual:
         return logits, 0.0
-    cycle = float(template_signal(state.template, state.phase[0])[0])
-    raw = float(level[:hidden_size].astype(np.float64) @ hidden[n_layers - 1].astype(np.float64) + level[hidden_size])
-    return logits, float(np.logaddexp(0.0, raw)) * cycle
+    return logits, float(template_signal(state.template, state.phase[0])[0])
 
 
 def gru_stream_sample_reference(weights, state, conditioning, control_interval, temperature, out_mu):
@@ -796,9 +784,11 @@ def gru_stream_sample_reference(weights, state, conditioning, control_interval, 
     for t in range(out_mu.shape[0]):
         logits, prediction = _step_reference(weights, state, previous, *conditioning[t], control_interval)
         previous = sample_from_logits_reference(logits, temperature, state.rng, state.scratch[2])
-        if weights.template_level.shape[0]:
-            previous = residual_sample_class(prediction, previous, weights.table.shape[0])
-        out_mu[t] = previous
+        if weights.template_residual:
+            out_mu[t] = shifted_class(previous, prediction, weights.table.shape[0])
+            previous = shifted_class(int(out_mu[t]), -prediction, weights.table.shape[0])
+        else:
+            out_mu[t] = previous
     state.counters[0] = previous
 
 

@@ -13,20 +13,19 @@ enter the first GRU layer every sample, at the oscillator phase phi (`models.gru
 
 so the voice sees the waveform one cycle of its grid point's note has, in phase with its clock.
 
-With `template_residual` the template is also the voice's prediction of the sample, as LPC is
-LPCNet's: the last GRU layer sets a level, a_t = softplus(w_a . h_t + b_a) (the note's envelope,
-trained by least squares on the target), the prediction is p_t = a_t cycle(phi_t), and the softmax
-is over the mu-law classes of the residual e_t = x_t - p_t; the voice plays
-x_t = clip(p_t + decode(e_t), -1, 1) (`residual_sample_class`). So its output is its grid point's
-harmonics from the first step, and what the GRU learns is what they lack (noise, transients, detail).
+With `template_residual` the cycle is also the voice's prediction of the sample, as LPC is
+LPCNet's: p_t = cycle(phi_t), the GRU reads the previous residual's class and its softmax is over
+the mu-law classes of the residual e_t = x_t - p_t; the voice plays x_t = clip(p_t + decode(e_t), -1, 1)
+and reads back encode(decode(x_t) - p_t), as its training inputs are made (`shifted_class`). A zero residual plays the grid point's harmonics; what the GRU learns is
+what they lack (the envelope, the waveform's evolution, noise, transients).
 
 Public API:
     measure_template(audio [n, n_samples], pitches [n], sample_rate, n_harmonics) -> float32 [n, 2M]
     template_table(...) -> float32 [N, N, P, 2M] (a renderer over every node x template pitch)
     template_coefficients(table, pitches, x, y, pitch, sample_rate) -> float32 [2M] (NumPy reference)
     template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
-    residual_sample_class(prediction, residual_class, n_classes) -> int (NumPy reference)
-    template_coefficients_into / template_signal_at / residual_sample_class_at: Numba twins for the GRU kernel
+    shifted_class(mu_class, offset, n_classes) -> int (NumPy reference)
+    template_coefficients_into / template_signal_at / shifted_class_at: Numba twins for the GRU kernel
 """
 from __future__ import annotations
 
@@ -40,8 +39,6 @@ from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 FRAME_PERIODS = 8
 """Periods of the fundamental per measurement frame (at least `MIN_FRAME_SAMPLES`)."""
 MIN_FRAME_SAMPLES = 256
-LEVEL_INITIAL_BIAS = 0.5413248546129181
-"""b_a at initialisation (w_a = 0): softplus(b_a) = 1, the template at its measured level."""
 
 
 def measure_template(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int,
@@ -192,23 +189,23 @@ def template_signal_at(coefficients, cos_phase, sin_phase):
     return np.float32(cycle), np.float32(quadrature)
 
 
-def residual_sample_class(prediction: float, residual_class: int, n_classes: int) -> int:
-    """NumPy reference: the mu-law class of x = clip(prediction + decode(residual_class), -1, 1)."""
+def shifted_class(mu_class: int, offset: float, n_classes: int) -> int:
+    """NumPy reference: the mu-law class of clip(decode(mu_class) + offset, -1, 1)."""
     mu = n_classes - 1
-    y = 2.0 * residual_class / mu - 1.0
-    x = min(max(float(prediction) + float(np.sign(y) * np.expm1(abs(y) * np.log1p(mu)) / mu), -1.0), 1.0)
+    y = 2.0 * mu_class / mu - 1.0
+    x = min(max(float(np.sign(y) * np.expm1(abs(y) * np.log1p(mu)) / mu) + float(offset), -1.0), 1.0)
     return int(np.floor((np.sign(x) * np.log1p(mu * abs(x)) / np.log1p(mu) + 1.0) * 0.5 * mu + 0.5))
 
 
 @numba.njit(inline="always", error_model="numpy")
-def residual_sample_class_at(prediction, residual_class, n_classes):
-    """`residual_sample_class` for the GRU kernel (float64 arithmetic, same result)."""
+def shifted_class_at(mu_class, offset, n_classes):
+    """`shifted_class` for the GRU kernel (float64 arithmetic, same result)."""
     mu = np.float64(n_classes - 1)
-    y = 2.0 * residual_class / mu - 1.0
-    residual = np.expm1(abs(y) * np.log1p(mu)) / mu
+    y = 2.0 * mu_class / mu - 1.0
+    value = np.expm1(abs(y) * np.log1p(mu)) / mu
     if y < 0:
-        residual = -residual
-    x = min(max(np.float64(prediction) + residual, -1.0), 1.0)
+        value = -value
+    x = min(max(value + np.float64(offset), -1.0), 1.0)
     compressed = np.log1p(mu * abs(x)) / np.log1p(mu)
     if x < 0:
         compressed = -compressed

@@ -74,10 +74,9 @@ def test_teacher_forcing_loss_is_the_cross_entropy_of_the_next_sample():
     torch.testing.assert_close(teacher_forcing_loss(model, mu, conditioning), expected)
 
 
-def test_a_residual_voice_learns_the_residual_classes_and_the_level_by_least_squares():
-    """Targets become the classes of x - p (p held), and the level's loss is the mean (x - p)^2: one
-    gradient step on the level's bias moves a_t toward the least-squares level of the target."""
-    from models.gru import LEVEL_LOSS_WEIGHT
+def test_a_residual_voice_reads_and_predicts_the_residual_classes():
+    """The targets become the classes of x_t - cycle_t, the inputs those of x_{t-1} - cycle_{t-1}:
+    a note that is exactly its template is a zero residual in and out."""
     from models.mu_law import mu_law_decode_torch, mu_law_encode_torch
 
     config = GruSynthConfig(n_layers=1, hidden_size=16, embedding_size=8, conditioning_size=4, oscillator_harmonics=1,
@@ -86,18 +85,22 @@ def test_a_residual_voice_learns_the_residual_classes_and_the_level_by_least_squ
     torch.manual_seed(2)
     model = GruSynth(config)
     model.set_template(torch.tensor([0.5, 0.0, 0.2, 0.1, 0.0, 0.0]).repeat(2, 2, 2, 1))
-    conditioning = torch.tensor([0.5, 0.5, 60.0]).repeat(2, 40, 1)
-    _, prediction, _ = model(torch.full((2, 40), 128), conditioning, with_prediction=True)
-    targets = mu_law_encode_torch(0.4 * prediction.detach())  # the template at 0.4 of the initial level
-    mu = torch.cat([torch.full((2, 1), 128), targets], 1)
-    logits, prediction, _ = model(mu[:, :-1], conditioning, with_prediction=True)  # the level is still 1
-    loss = teacher_forcing_loss(model, mu, conditioning)
-    residual_classes = mu_law_encode_torch(mu_law_decode_torch(targets) - prediction.detach())
-    expected = (torch.nn.functional.cross_entropy(logits.reshape(-1, 256), residual_classes.reshape(-1))
-                + LEVEL_LOSS_WEIGHT * ((mu_law_decode_torch(targets) - prediction) ** 2).mean())
-    torch.testing.assert_close(loss, expected)
-    loss.backward()
-    assert model.template_level.bias.grad.item() > 0  # the level falls toward 0.4
+    conditioning = torch.tensor([0.5, 0.5, 60.0]).repeat(2, 41, 1)
+    _, prediction, _ = model(torch.full((2, 41), 128), conditioning, with_prediction=True)
+    mu = mu_law_encode_torch(prediction.detach())  # x_t = cycle_t: mu[:, t] is the sample at step t
+    seen = []
+    model.embedding.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    logits, prediction, _ = model(mu[:, :-1], conditioning[:, 1:], with_prediction=True,
+                                  phase=oscillator_phase(conditioning[..., 2], 16000)[:, 1:])
+    quantisation = 0.5 * (mu_law_decode_torch(mu + 1) - mu_law_decode_torch(mu)).abs().max()  # of x
+    assert mu_law_decode_torch(seen[0]).abs().max() <= 1.01 * quantisation  # the previous residual: silence
+    targets = mu_law_encode_torch(mu_law_decode_torch(mu[:, 1:]) - prediction)
+    assert mu_law_decode_torch(targets).abs().max() <= 1.01 * quantisation
+    assert prediction.abs().max() > 20 * quantisation
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
+    torch.testing.assert_close(teacher_forcing_loss(model, mu, conditioning[:, 1:],
+                                                    phase=oscillator_phase(conditioning[..., 2], 16000)[:, 1:]),
+                               expected)
 
 
 def test_checkpoint_round_trip_restores_config_and_outputs(tmp_path):
