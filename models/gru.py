@@ -16,7 +16,8 @@ conditioning (x, y, pitch):
 timbre grid (`timbre_grid_size` > 0), the grid's conditioning vector h(x, y) read bilinearly from the
 `timbre_grid` buffer [N, N, D] (the nodes the banks' generator reads); the MIDI pitch normalised as
 (pitch - pitch_min) / pitch_range, and optionally the pitch period in samples, normalised
-(sample_rate / f0_hz / period_scale_samples). Log-f0 is affine in the MIDI number, so a linear layer
+(sample_rate / f0_hz / period_scale_samples), and optionally the note's age (seconds since onset,
+clamped to age_feature_s, over age_feature_s). Log-f0 is affine in the MIDI number, so a linear layer
 already sees it; the period is the non-linear pitch feature a sample-level model needs.
 
 The oscillator input o_t (K = 0 is the paper's plain model) is a sample-rate clock at the conditioned
@@ -74,9 +75,10 @@ def grid_lookup(nodes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 
 def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig,
-                          timbre_grid: torch.Tensor | None = None) -> torch.Tensor:
+                          timbre_grid: torch.Tensor | None = None, age_s: torch.Tensor | None = None) -> torch.Tensor:
     """Conditioning [..., 3] = (x, y, MIDI pitch) -> float32 features [..., config.n_features];
-    `timbre_grid` [N, N, D] is needed when config.timbre_grid_size > 0."""
+    `timbre_grid` [N, N, D] is needed when config.timbre_grid_size > 0, `age_s` [...] (seconds since
+    the note's onset) when config.age_feature_s > 0."""
     if conditioning.shape[-1] != 3:
         raise ValueError(f"conditioning must end in 3 channels {CONDITIONING_NAMES}, got shape {tuple(conditioning.shape)}")
     conditioning = conditioning.to(torch.float32)
@@ -84,6 +86,8 @@ def conditioning_features(conditioning: torch.Tensor, config: GruSynthConfig,
     features = [(pitch - config.pitch_min) / config.pitch_range]
     if config.use_period_feature:
         features.append(config.sample_rate / _midi_to_hz(pitch) / config.period_scale_samples)
+    if config.age_feature_s:
+        features.append(age_s.to(torch.float32).clamp(0.0, config.age_feature_s) / config.age_feature_s)
     other = torch.stack(features, dim=-1)
     timbre = grid_lookup(timbre_grid, x, y) if config.timbre_grid_size else torch.stack([x, y], dim=-1)
     return torch.cat([timbre, other], dim=-1)
@@ -191,13 +195,16 @@ class GruSynth(nn.Module):
         return torch.zeros(self.config.n_layers, batch, self.config.hidden_size, dtype=weight.dtype, device=weight.device)
 
     def forward(self, prev_mu: torch.Tensor, conditioning: torch.Tensor, state: torch.Tensor | None = None,
-                phase: torch.Tensor | None = None, with_prediction: bool = False, residual_inputs: bool = False):
+                phase: torch.Tensor | None = None, with_prediction: bool = False, residual_inputs: bool = False,
+                start_age: torch.Tensor | None = None):
         """Teacher-forced pass.
 
         prev_mu: int64 [batch, time] previous mu-law classes; conditioning: float32 [batch, time, 3]
         (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros); phase: float [batch, time]
         oscillator phase (radians) of each predicted sample, or None = `oscillator_phase` from 0
-        (ignored when oscillator_harmonics = 0).
+        (ignored when oscillator_harmonics = 0); start_age: int [batch] samples between the note's onset
+        and the first predicted sample (default 0; the age feature of step t is (start_age + t) /
+        sample_rate seconds).
         Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]); with
         `with_prediction`, (logits, prediction, state): prediction float32 [batch, time] is the
         template prediction p_t the logits' residual classes are relative to (zeros without
@@ -227,9 +234,15 @@ class GruSynth(nn.Module):
             previous_signal = template_features(coefficients, phase - increment)
             prev_mu = mu_law_encode_torch(mu_law_decode_torch(prev_mu, config.n_classes) - previous_signal[..., 0],
                                           config.n_classes)
+        age_s = None
+        if config.age_feature_s:
+            steps = torch.arange(prev_mu.shape[1], device=prev_mu.device)[None, :]
+            first = torch.zeros(prev_mu.shape[0], 1, dtype=torch.int64, device=prev_mu.device) if start_age is None \
+                else start_age.reshape(-1, 1).to(prev_mu.device)
+            age_s = ((first + steps).to(torch.float64) / config.sample_rate).to(torch.float32)
         inputs = [self.embedding(prev_mu),
                   torch.tanh(self.conditioning_projection(conditioning_features(
-                      conditioning, config, getattr(self, "timbre_grid", None))))]
+                      conditioning, config, getattr(self, "timbre_grid", None), age_s)))]
         if config.oscillator_harmonics:
             inputs.append(oscillator_features(phase, config.oscillator_harmonics))
         if signal is not None:
@@ -263,7 +276,7 @@ class GruSynth(nn.Module):
         for step in range(n_steps):
             logits, prediction, state = self.forward(previous, conditioning[:, step:step + 1], state,
                                                      phase[:, step:step + 1], with_prediction=True,
-                                                     residual_inputs=True)
+                                                     residual_inputs=True, start_age=torch.full((batch,), step))
             logits = logits[:, 0]
             if temperature == 0:
                 previous = logits.argmax(dim=-1, keepdim=True)
@@ -298,14 +311,14 @@ def prediction_loss(logits: torch.Tensor, prediction: torch.Tensor, targets: tor
 
 
 def teacher_forcing_loss(model: GruSynth, mu: torch.Tensor, conditioning: torch.Tensor,
-                         phase: torch.Tensor | None = None) -> torch.Tensor:
+                         phase: torch.Tensor | None = None, start_age: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss (`prediction_loss`) of predicting mu[:, 1:] from mu[:, :-1].
 
     mu: int64 [batch, time + 1] classes; conditioning: float32 [batch, time, 3] aligned with the targets
     (the conditioning of step t goes with the prediction of mu[:, t + 1]); phase: [batch, time] oscillator
-    phase of the targets (see `GruSynth.forward`).
+    phase of the targets and start_age their first one's age in samples (see `GruSynth.forward`).
     """
-    logits, prediction, _ = model(mu[:, :-1], conditioning, phase=phase, with_prediction=True)
+    logits, prediction, _ = model(mu[:, :-1], conditioning, phase=phase, with_prediction=True, start_age=start_age)
     return prediction_loss(logits, prediction, mu[:, 1:], model.config.template_residual)[0]
 
 

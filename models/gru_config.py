@@ -49,6 +49,10 @@ class GruSynthConfig:
     """N of the template table (the timbre grid's size); > 0 exactly when template_harmonics is."""
     template_pitches: tuple = ()
     """MIDI pitches of the template table, ascending; non-empty exactly when template_harmonics > 0."""
+    age_feature_s: float = 0.0
+    """> 0: the note's age (seconds since its onset, clamped to this) joins the conditioning
+    features as age / age_feature_s, so the voice can play the note's envelope (it is trained on
+    windows that start anywhere in a note, from a fresh state); 0: no age feature."""
     template_residual: bool = False
     """True: the template's cycle is the voice's prediction of each sample; the voice reads the
     previous residual's class and its softmax is over the residual's classes (`models.gru_template`);
@@ -87,6 +91,8 @@ class GruSynthConfig:
         elif self.template_grid_size or self.template_pitches or self.template_residual:
             raise ValueError("GruSynthConfig: template_grid_size, template_pitches and template_residual are "
                              "set only with template_harmonics > 0")
+        if not (isinstance(self.age_feature_s, (int, float)) and self.age_feature_s >= 0):
+            raise ValueError(f"GruSynthConfig.age_feature_s must be a number >= 0, got {self.age_feature_s!r}")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
             raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
 
@@ -97,8 +103,8 @@ class GruSynthConfig:
 
     @property
     def n_features(self) -> int:
-        """Number of conditioning features after `conditioning_features`: timbre, pitch, period."""
-        return self.n_timbre_features + (2 if self.use_period_feature else 1)
+        """Number of conditioning features after `conditioning_features`: timbre, pitch, period, age."""
+        return self.n_timbre_features + (2 if self.use_period_feature else 1) + (1 if self.age_feature_s else 0)
 
     @property
     def input_size(self) -> int:

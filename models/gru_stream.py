@@ -81,7 +81,8 @@ class GruStreamWeights(NamedTuple):
     w_out: np.ndarray           # int8|float32 [Q, H]
     w_out_scale: np.ndarray     # float32 [Q]
     b_out: np.ndarray           # float32 [Q]
-    features: np.ndarray        # float64 [5]: pitch_min, pitch_range, use_period (0/1), sample_rate, period_scale
+    features: np.ndarray        # float64 [6]: pitch_min, pitch_range, use_period (0/1), sample_rate, period_scale,
+                                # age_feature_s (0: no age feature)
     timbre_grid: np.ndarray     # float32 [N, N, D]: timbre grid nodes (the timbre features are h(x, y)),
                                 # or [0, 0, 0]: the timbre features are (x, y)
     template: np.ndarray        # float32 [N, N, P, 2M]: timbre template table, or [0, 0, 0, 0]: none
@@ -94,7 +95,8 @@ class GruStreamState(NamedTuple):
 
     hidden: np.ndarray          # float32 [L, H]
     cond_gates: np.ndarray      # float32 [3H]  held control-rate conditioning term
-    counters: np.ndarray        # int64 [2]: previous mu class, samples left before the next control update
+    counters: np.ndarray        # int64 [3]: previous mu class, samples left before the next control update,
+                                # samples since the note's onset (the age feature's clock)
     phase: np.ndarray           # float64 [1]: oscillator phase (radians, in [0, 2 pi))
     rng: np.ndarray             # uint64 [1]: xorshift64* state (never 0)
     scratch: np.ndarray         # float32 [4, max(3H, Q, D)]: input gates, hidden gates, probabilities, timbre features
@@ -173,7 +175,7 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
                                       compression)
     w_out, w_out_scale = _quantise_rows(tensors["output.weight"], compression)
     features = np.array([config.pitch_min, config.pitch_range, float(config.use_period_feature),
-                         config.sample_rate, config.period_scale_samples], dtype=np.float64)
+                         config.sample_rate, config.period_scale_samples, config.age_feature_s], dtype=np.float64)
     return GruStreamWeights(
         table=np.ascontiguousarray(table, dtype=np.float32),
         cond_proj_w=np.ascontiguousarray(tensors["conditioning_projection.weight"]),
@@ -249,7 +251,7 @@ def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = N
                          "(<= 512)")
     quantised = {"int16_dot": np.zeros(hidden_size, np.int16), "int8_dot": np.zeros(hidden_size, np.int8),
                  "float": np.zeros(0, np.float32)}[path]
-    counters = np.array([mu_law_zero(n_classes) if first_mu is None else int(first_mu), 0], dtype=np.int64)
+    counters = np.array([mu_law_zero(n_classes) if first_mu is None else int(first_mu), 0, 0], dtype=np.int64)
     rng = np.array([(int(seed) * 0x9E3779B97F4A7C15 + 0x2545F4914F6CDD1D) % (1 << 64) or 1], dtype=np.uint64)
     return GruStreamState(hidden=np.zeros((n_layers, hidden_size), np.float32),
                           cond_gates=np.zeros(3 * hidden_size, np.float32), counters=counters,
@@ -576,8 +578,10 @@ def _timbre_features(grid, x, y, out):
 
 @numba.njit(inline="always", fastmath=True, error_model="numpy")
 def _refresh_conditioning(weights, state, x, y, pitch):
-    """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch) + cond_proj_b)."""
+    """Held conditioning gates = cond_gate_w @ tanh(cond_proj_w @ features(x, y, pitch, age) + cond_proj_b)."""
     params = weights.features
+    age_limit = params[5]
+    age = min(state.counters[2] / params[3], age_limit) / age_limit if age_limit > 0 else 0.0
     f0_hz = _f0_hz(pitch)
     period = params[3] / f0_hz / params[4]
     projected = state.scratch[2]
@@ -592,6 +596,8 @@ def _refresh_conditioning(weights, state, x, y, pitch):
         acc += weights.cond_proj_w[c, n_timbre] * np.float32((pitch - params[0]) / params[1])
         if use_period:
             acc += weights.cond_proj_w[c, n_timbre + 1] * np.float32(period)
+        if age_limit > 0:
+            acc += weights.cond_proj_w[c, n_timbre + 1 + (1 if use_period else 0)] * np.float32(age)
         projected[c] = _tanh(np.float32(acc))
     gates = state.cond_gates
     for i in range(gates.shape[0]):
@@ -625,6 +631,7 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
         _refresh_conditioning(weights, state, x, y, pitch)
         counters[1] = control_interval
     counters[1] -= 1
+    counters[2] += 1
     hidden = state.hidden
     n_layers, hidden_size = hidden.shape
     input_gates = state.scratch[0]
@@ -741,6 +748,8 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         features = timbre + [(pitch - params[0]) / params[1]]
         if params[2] > 0.5:
             features.append(params[3] / midi_to_hz(pitch) / params[4])
+        if params[5] > 0:
+            features.append(min(counters[2] / params[3], params[5]) / params[5])
         projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)
         state.cond_gates[:] = weights.cond_gate_w @ projected
         if state.template.shape[0]:
@@ -748,6 +757,7 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
                                                       weights.features[3])
         counters[1] = control_interval
     counters[1] -= 1
+    counters[2] += 1
     hidden = state.hidden
     n_layers, hidden_size = hidden.shape
     input_gates = weights.table[previous] + state.cond_gates

@@ -97,6 +97,14 @@ def test_windows_are_contiguous_clip_slices_with_repeated_conditioning(tmp_path)
         assert (haystack == mu_batch[row]).all(axis=1).any()
         assert (conditioning_batch[row] == conditioning_batch[row, 0]).all()
 
+    again, _, ages = dataset.sample_batch(np.random.default_rng(0), 16, with_ages=True)
+    np.testing.assert_array_equal(again, mu_batch)  # the same draws
+    start = int(round(config.clip_start_s * SAMPLE_RATE))
+    for row in range(16):  # the age of the first target is its index in the clip, plus the clip's start
+        clip = int(np.flatnonzero((dataset.conditioning == conditioning_batch[row, 0]).all(axis=1))[0])
+        first = ages[row] - start
+        np.testing.assert_array_equal(dataset.mu[clip, first - 1:first + 64], mu_batch[row])
+
 
 def test_build_refuses_a_non_empty_folder_and_leaves_nothing_after_a_failed_render(tmp_path):
     (tmp_path / "data").mkdir()

@@ -23,7 +23,9 @@ CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditi
                           template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80)),  # + template
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
                           template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80),
-                          template_residual=True)]  # + the template as the sample's prediction
+                          template_residual=True),  # + the template as the sample's prediction
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
+                          age_feature_s=0.004)]  # + the note's age (clamped after 64 samples)
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
 largest |logit|."""
@@ -68,7 +70,7 @@ def _kernel_logits(weights, prev_mu, conditioning, control_interval=1, path="flo
     return logits
 
 
-@pytest.mark.parametrize("config", CONFIGS[:5])
+@pytest.mark.parametrize("config", CONFIGS[:5] + CONFIGS[6:])
 def test_fp32_kernel_streaming_equals_the_torch_model_offline(config):
     model = _model(config)
     prev_mu, conditioning = _inputs(150)
@@ -104,10 +106,11 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
     (CONFIGS[0], "fp32", "float"), (CONFIGS[0], "int8", "float"), (CONFIGS[0], "int8", "int16_dot"),
     (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot"),
     (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot"), (CONFIGS[4], "fp32", "float"),
-    (CONFIGS[4], "int8", "int8_dot"), (CONFIGS[5], "fp32", "float"), (CONFIGS[5], "int8", "int8_dot")],
+    (CONFIGS[4], "int8", "int8_dot"), (CONFIGS[5], "fp32", "float"), (CONFIGS[5], "int8", "int8_dot"),
+    (CONFIGS[6], "int8", "int8_dot")],
     ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
          "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8", "template-fp32",
-         "template-int8", "residual-fp32", "residual-int8"])
+         "template-int8", "residual-fp32", "residual-int8", "age-int8"])
 def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
     prev_mu, conditioning = _inputs(60)
@@ -280,3 +283,28 @@ def test_a_residual_voice_with_silent_logits_plays_its_template():
     played = mu_law_decode(streamed)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(played, expected, atol=0.02 * np.abs(expected).max() + 2e-3)
+
+
+def test_the_age_feature_counts_from_the_note_onset_and_holds_at_its_limit():
+    """The voice's conditioning sees the samples since its (re)start: two fresh states agree, a state
+    64 samples (the 4 ms limit) into its note does not, and past the limit the age no longer moves."""
+    weights = stream_weights(_model(CONFIGS[6]), "fp32")
+    prev_mu, conditioning = _inputs(200, seed=2)
+    conditioning[:] = conditioning[0]
+    fresh = _kernel_logits(weights, prev_mu[:40], conditioning[:40])
+    state = new_state(weights, path="float")
+    state.hidden[:] = 0.0
+    aged = np.zeros((200, 256), np.float32)
+    gru_stream_logits(weights, state, prev_mu, conditioning, 1, aged)
+    assert state.counters[2] == 200
+    np.testing.assert_allclose(aged[:40], fresh, atol=1e-6)
+    later = new_state(weights, path="float")
+    later.counters[2] = 1000  # far past the limit
+    held = np.zeros((40, 256), np.float32)
+    gru_stream_logits(weights, later, prev_mu[:40], conditioning[:40], 1, held)
+    assert np.abs(held - fresh).max() > 1e-3  # the age changes what the voice plays
+    limit = new_state(weights, path="float")
+    limit.counters[2] = 64
+    at_limit = np.zeros((40, 256), np.float32)
+    gru_stream_logits(weights, limit, prev_mu[:40], conditioning[:40], 1, at_limit)
+    np.testing.assert_allclose(at_limit, held, atol=1e-6)

@@ -260,18 +260,18 @@ def test_a_template_voice_measures_its_table_and_warm_starts_from_a_voice_withou
 
 
 def test_a_residual_voice_trains_and_streams_its_template_prediction(tmp_path):
-    """`template_residual` trains from scratch, exports the level head, and the kernel loading the
-    file without torch streams what torch samples."""
+    """`template_residual` with the age feature trains from scratch and exports, and the kernel loading
+    the file without torch streams what torch samples."""
     from models.gru_stream import load_stream_weights, new_state, gru_stream_sample
 
     torch.set_num_threads(1)
     corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
     TimbreGrid(bilinear_mesh(corners, 3), GridConfig(size=3, conditioning_dim=2)).save(tmp_path / "model" / "grid")
     config = tiny_config(tmp_path, model_dir=str(tmp_path / "model"), steps=2, template_harmonics=4,
-                         template_residual=True)
+                         template_residual=True, age_feature_s=0.01)
     train_gru(config, progress=False)
     model = load_gru(tmp_path / "model").eval()
-    assert model.config.template_residual
+    assert model.config.template_residual and model.config.age_feature_s == 0.01
     conditioning = torch.tensor([0.2, 0.7, 60.0]).repeat(1, 300, 1)
     expected, _ = model.sample(conditioning, temperature=0.0)
     weights, _ = load_stream_weights(tmp_path / "model", "fp32")

@@ -203,6 +203,9 @@ class GruDataset:
             raise ValueError(f"window must be in [1, {self.n_samples - 1}] for clips of {self.n_samples} samples, got {window}")
         self.window = int(window)
         self.windows_per_clip = (self.n_samples - 1) // self.window
+        config = index.get("config") if isinstance(index.get("config"), dict) else {}
+        self.clip_start_samples = int(round(float(config.get("clip_start_s", 0.0)) * self.sample_rate))
+        """Samples between each note's onset and its clip's first sample."""
 
     @staticmethod
     def _open(path: Path, dtype, shape: tuple) -> np.ndarray:
@@ -225,10 +228,11 @@ class GruDataset:
         mu = self.mu[clip, offset:offset + self.window + 1].astype(np.int64)
         return mu, np.repeat(self.conditioning[clip][None, :], self.window, axis=0)
 
-    def sample_batch(self, rng: np.random.Generator, batch_size: int,
-                     clips: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def sample_batch(self, rng: np.random.Generator, batch_size: int, clips: np.ndarray | None = None,
+                     with_ages: bool = False) -> tuple:
         """Random windows (uniform clip among `clips`, default all; uniform offset):
-        (mu int64 [batch, window + 1], conditioning float32 [batch, window, 3])."""
+        (mu int64 [batch, window + 1], conditioning float32 [batch, window, 3]), and with `with_ages`
+        the age of each window's first target, mu[:, 1], in samples since its note's onset (int64 [batch])."""
         if clips is None:
             clips = rng.integers(0, self.n_clips, size=batch_size)
         else:
@@ -237,6 +241,8 @@ class GruDataset:
         positions = offsets[:, None] + np.arange(self.window + 1)[None, :]
         mu = np.asarray(self.mu[clips[:, None], positions], dtype=np.int64)
         conditioning = np.repeat(self.conditioning[clips][:, None, :], self.window, axis=1)
+        if with_ages:
+            return mu, conditioning, (self.clip_start_samples + offsets + 1).astype(np.int64)
         return mu, conditioning
 
 

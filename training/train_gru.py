@@ -54,10 +54,13 @@ class GruTrainConfig:
     """M > 0: the voice reads the timbre template (`models.gru_template`), harmonics 1..M of G's
     note at every grid node x `pitches`, measured before training (cached in `dataset_dir`) and
     stored in the checkpoint; needs oscillator_harmonics >= 1. 0: no template."""
+    age_feature_s: float = 0.0
+    """> 0: the note's age (seconds since onset, clamped to this) is a conditioning feature, so the
+    voice can learn the notes' envelopes (`GruSynthConfig.age_feature_s`); 0: none."""
     template_residual: bool = False
-    """True: the template at a predicted level is the voice's prediction of each sample and it learns
-    the residual (`models.gru_template`): it plays its grid point's harmonics from the first step.
-    Needs template_harmonics > 0; trains from scratch (`init_from` must be a residual voice too)."""
+    """True: the template's cycle is the voice's prediction of each sample and it learns the residual
+    (`models.gru_template`): a zero residual plays its grid point's harmonics. Needs
+    template_harmonics > 0; trains from scratch (`init_from` must be a residual voice too)."""
     model_dir: str = "models/pretrained/default"
     grid_dir: str = ""
     """Timbre grid folder; empty = <model_dir>/grid."""
@@ -401,14 +404,15 @@ def _evaluate(model, dataset, clips: np.ndarray, config: GruTrainConfig, device:
 
     from models.gru import prediction_loss
 
-    mu, conditioning = dataset.sample_batch(np.random.default_rng(12345), config.validation_batch, clips=clips)
+    mu, conditioning, ages = dataset.sample_batch(np.random.default_rng(12345), config.validation_batch, clips=clips,
+                                                  with_ages=True)
     mu_t = torch.from_numpy(mu).to(device)
     phase = _target_phase(model.config, dataset, mu, conditioning, device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         logits, prediction, _ = model(mu_t[:, :-1], torch.from_numpy(conditioning).to(device), phase=phase,
-                                      with_prediction=True)
+                                      with_prediction=True, start_age=torch.from_numpy(ages))
         _, cross_entropy, accuracy = prediction_loss(logits, prediction, mu_t[:, 1:], model.config.template_residual)
     model.train(was_training)
     return float(cross_entropy), float(accuracy)
@@ -457,7 +461,8 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
     if not context.is_main:
         dataset = prepare_dataset(config, progress=False)
     model_config = dataclasses.replace(GruSynthConfig.preset(config.model_size), sample_rate=dataset.sample_rate,
-                                       oscillator_harmonics=config.oscillator_harmonics)
+                                       oscillator_harmonics=config.oscillator_harmonics,
+                                       age_feature_s=float(config.age_feature_s))
     grid_nodes = _grid_nodes(config) if config.timbre_features == "grid" else None
     if grid_nodes is not None:
         model_config = dataclasses.replace(model_config, timbre_grid_size=grid_nodes.shape[0],
@@ -502,14 +507,14 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
     model.train()
     while step < config.steps and not (config.max_minutes > 0 and time.time() - started > 60 * config.max_minutes):
         rng = np.random.default_rng([config.seed, context.rank, step])  # per step: resuming is exact
-        mu, conditioning = dataset.sample_batch(rng, config.batch_size, clips=train_clips)
+        mu, conditioning, ages = dataset.sample_batch(rng, config.batch_size, clips=train_clips, with_ages=True)
         mu_t = torch.from_numpy(mu).to(context.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
         phase = _target_phase(model_config, dataset, mu, conditioning, context.device)
         inputs = torch.from_numpy(noisy_inputs(mu[:, :-1], config.input_noise_classes, rng, dataset.n_classes))
         logits, prediction, _ = wrapped(inputs.to(context.device), torch.from_numpy(conditioning).to(context.device),
-                                        phase=phase, with_prediction=True)
+                                        phase=phase, with_prediction=True, start_age=torch.from_numpy(ages))
         loss = prediction_loss(logits, prediction, mu_t[:, 1:], model_config.template_residual)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

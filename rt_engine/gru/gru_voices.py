@@ -54,12 +54,13 @@ class GruVoice:
 
     def reset(self) -> None:
         """Fresh recurrent state (hidden, held conditioning, oscillator phase, previous sample =
-        silence); the RNG runs on."""
+        silence, note age 0); the RNG runs on."""
         self.gru.hidden[:] = 0.0
         self.gru.phase[0] = 0.0
         self.gru.cond_gates[:] = 0.0
         self.gru.counters[0] = self._silence
         self.gru.counters[1] = 0
+        self.gru.counters[2] = 0
         self.stale = False
 
     def take_over(self, other: "GruVoice", model_rate_hz: int) -> None:
