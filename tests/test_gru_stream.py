@@ -7,9 +7,10 @@ from scipy.stats import chisquare
 
 from models.gru import GruSynth, GruSynthConfig
 from models.gru_stream import (_dot4_instruction_set, _integer_matvec, copy_state, default_kernel_path,
-                               gru_stream_logits, gru_stream_logits_reference, gru_stream_sample,
-                               gru_stream_sample_reference, kernel_path, new_state, sample_from_logits,
-                               sample_from_logits_reference, stream_weights, weight_bytes_per_sample)
+                               gru_stream_logits, gru_stream_sample, kernel_path, new_state, sample_from_logits,
+                               stream_weights, weight_bytes_per_sample)
+from models.gru_stream_reference import (gru_stream_logits_reference, gru_stream_sample_reference,
+                                         sample_from_logits_reference)
 
 torch.set_num_threads(1)
 # 18 hidden units: 54 gate rows, not a multiple of the kernel's 4-row blocks (exercises the tail).

@@ -19,7 +19,7 @@ MODEL_LAYERS = {
     "dsp": ("checkpoint", "harmonic_inversion", "kernel_cache", "mel_inversion", "model_config", "mu_law", "one_shot", "own_sample_blend",
             "phase_reconstruction", "pitch", "resample",
             "spectral", "spectral_kernels", "timbre_grid", "gru_template"),
-    "networks": ("features", "gan", "gru", "gru_config", "gru_stream", "hypernetwork", "one_shot_refinement"),
+    "networks": ("features", "gan", "gru", "gru_config", "gru_stream", "gru_stream_reference", "hypernetwork", "one_shot_refinement"),
     "sources": ("bank_source", "gan_bank", "procedural_source", "timbre_sources"),
 }
 ENGINE_DSP = ("bank_tuning", "commands", "stream_resampler", "voice_kernel")
