@@ -55,8 +55,8 @@ def test_the_native_capture_records_each_frame_at_its_frame_time_and_each_cycle_
         source.deactivate()
         source.close()
     assert first >= 0 and recorded > RATE // 4
-    # the Python source can be late on a loaded host: no more lost cycles than jackd reported
-    assert cycles.size - seen.size <= min(jack_server.xruns_since(log_offset), 2)
+    # the Python source can be late on a loaded host: every lost cycle is one jackd reported
+    assert cycles.size - seen.size <= jack_server.xruns_since(log_offset)
     connected = RATE // 10  # from 0.1 s on: the port connection is made after activation
     written = capture.recorded(connected, recorded)
     expected = (first + np.arange(connected, recorded)) % 2 ** 24

@@ -104,10 +104,11 @@ class JackCapture:
     def __init__(self, server_name: str, sources: list[str], seconds: float = 30.0):
         self.client = jack.Client("latentsynth-capture", no_start_server=True, servername=server_name)
         self.sample_rate = int(self.client.samplerate)
+        self.block = int(self.client.blocksize)  # kept: a closed client reports 0
         # Every page written now: the real-time callback must never take a page fault (np.zeros
         # maps untouched pages lazily, and a fault waits for the process's memory map lock).
         self.buffer = np.full((len(sources), int(seconds * self.sample_rate)), 0.0, dtype=np.float32)
-        self.cycle_start_s = np.full(self.buffer.shape[1] // int(self.client.blocksize) + 1, np.nan)
+        self.cycle_start_s = np.full(self.buffer.shape[1] // self.block + 1, np.nan)
         self._ports = [self.client.inports.register(f"in_{k + 1}") for k in range(len(sources))]
         self.xruns = 0  # xruns anywhere in the graph (JACK notifies every client)
 
@@ -144,7 +145,7 @@ class JackCapture:
         """Bool [stop - start]: which samples of `buffer[:, start:stop]` (indices from the first
         recorded frame) the capture's callback wrote. A cycle the graph lost to an xrun, in which
         the recorder did not run, stays unwritten (silence in `buffer`)."""
-        block = int(self.client.blocksize)
+        block = self.block
         cycles = np.arange(start, stop) // block
         inside = cycles < self.cycle_start_s.size
         mask = np.zeros(stop - start, dtype=bool)
@@ -154,7 +155,7 @@ class JackCapture:
     def cycle_before(self, wall_s: float) -> float:
         """Wall-clock time (perf_counter s) at which the newest recorded cycle at or before `wall_s`
         was processed (NaN before the first)."""
-        recorded = self.cycle_start_s[:max((self.now() - self.first_frame) // int(self.client.blocksize) + 2, 0)]
+        recorded = self.cycle_start_s[:max((self.now() - self.first_frame) // self.block + 2, 0)]
         recorded = recorded[~np.isnan(recorded)]
         index = int(np.searchsorted(recorded, wall_s, side="right")) - 1
         return float(recorded[index]) if index >= 0 else float("nan")
@@ -163,7 +164,7 @@ class JackCapture:
         """Wall-clock time (perf_counter s) at which the cycle holding `frame` was processed,
         plus the frame's offset in it."""
         index = frame - self.first_frame
-        block = int(self.client.blocksize)
+        block = self.block
         return float(self.cycle_start_s[index // block]) + (index % block) / self.sample_rate
 
     def close(self) -> None:
