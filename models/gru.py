@@ -105,24 +105,42 @@ def oscillator_phase(pitch: torch.Tensor, sample_rate: int, start_phase: torch.T
     return torch.remainder(phase, 2.0 * torch.pi).to(torch.float32)
 
 
-def template_lookup(table: torch.Tensor, pitches: torch.Tensor, conditioning: torch.Tensor,
-                    sample_rate: int) -> torch.Tensor:
-    """`models.gru_template.template_coefficients` in torch: table [N, N, P, 2M], pitches [P] (MIDI,
-    ascending), conditioning [..., 3] (x, y, pitch) -> float32 [..., 2M], harmonics at or above
-    Nyquist zeroed."""
-    size, _, n_pitches, width = table.shape
+def _interpolation(points: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, f) per element of `value` [...]: clamped to [points[0], points[-1]] (points [n] ascending)
+    it lies at (1 - f) points[k] + f points[k + 1]; k = 0, f = 0 for a single point."""
+    if len(points) == 1:
+        return torch.zeros(value.shape, dtype=torch.int64, device=value.device), torch.zeros_like(value)
+    clamped = value.clamp(float(points[0]), float(points[-1]))
+    k = (torch.searchsorted(points, clamped.contiguous(), right=True) - 1).clamp(0, len(points) - 2)
+    return k, (clamped - points[k]) / (points[k + 1] - points[k])
+
+
+def template_lookup(table: torch.Tensor, pitches: torch.Tensor, frame_s: torch.Tensor, conditioning: torch.Tensor,
+                    age_s: torch.Tensor | None, sample_rate: int) -> torch.Tensor:
+    """`models.gru_template.template_coefficients` in torch: table [N, N, P, F, 2M], pitches [P] (MIDI,
+    ascending), frame_s [F] (s since onset, ascending), conditioning [..., 3] (x, y, pitch), age_s
+    [...] (s since the note's onset; None reads frame 0) -> float32 [..., 2M], harmonics at or above
+    Nyquist zeroed. Gathers the 4 x 2 x 2 table rows it blends (no [..., P, F, 2M] intermediate)."""
+    size, _, n_pitches, n_frames, width = table.shape
     x, y, pitch = conditioning.to(torch.float32).unbind(-1)
-    at_pitch = grid_lookup(table.reshape(size, size, n_pitches * width), x, y).unflatten(-1, (n_pitches, width))
-    if n_pitches == 1:
-        coefficients = at_pitch[..., 0, :]
-    else:
-        clamped = pitch.clamp(float(pitches[0]), float(pitches[-1]))
-        k = (torch.searchsorted(pitches, clamped.contiguous(), right=True) - 1).clamp(0, n_pitches - 2)
-        low, high = pitches[k], pitches[k + 1]
-        fraction = ((clamped - low) / (high - low)).unsqueeze(-1)
-        index = k.unsqueeze(-1).unsqueeze(-1).expand(*k.shape, 1, width)
-        coefficients = ((1 - fraction) * at_pitch.gather(-2, index).squeeze(-2)
-                        + fraction * at_pitch.gather(-2, index + 1).squeeze(-2))
+    column = x.clamp(0.0, 1.0) * (size - 1)
+    row = y.clamp(0.0, 1.0) * (size - 1)
+    c0 = column.floor().clamp(max=size - 2).to(torch.int64)
+    r0 = row.floor().clamp(max=size - 2).to(torch.int64)
+    fx, fy = column - c0, row - r0
+    k, fk = _interpolation(pitches, pitch)
+    if age_s is None:
+        age_s = torch.zeros_like(pitch)
+    a, fa = _interpolation(frame_s, age_s.to(torch.float32))
+    k1, a1 = (k + 1).clamp(max=n_pitches - 1), (a + 1).clamp(max=n_frames - 1)
+    rows = table.reshape(-1, width)
+    coefficients = torch.zeros(*pitch.shape, width, dtype=table.dtype, device=table.device)
+    for r, c, w_xy in ((r0, c0, (1 - fx) * (1 - fy)), (r0, c0 + 1, fx * (1 - fy)),
+                       (r0 + 1, c0, (1 - fx) * fy), (r0 + 1, c0 + 1, fx * fy)):
+        for p, w_p in ((k, 1 - fk), (k1, fk)):
+            for t, w_t in ((a, 1 - fa), (a1, fa)):
+                index = ((r * size + c) * n_pitches + p) * n_frames + t
+                coefficients = coefficients + (w_xy * w_p * w_t).unsqueeze(-1) * rows[index]
     harmonics = torch.arange(1, width // 2 + 1, dtype=torch.float32, device=table.device)
     audible = (harmonics * _midi_to_hz(pitch).unsqueeze(-1) < sample_rate / 2).to(torch.float32)
     return coefficients * audible.repeat_interleave(2, dim=-1)
@@ -158,9 +176,7 @@ class GruSynth(nn.Module):
             self.register_buffer("timbre_grid", torch.zeros(config.timbre_grid_size, config.timbre_grid_size,
                                                             config.timbre_grid_dim))
         if config.template_harmonics:  # the timbre template (set by `set_template`; saved with the weights)
-            self.register_buffer("timbre_template", torch.zeros(
-                config.template_grid_size, config.template_grid_size, len(config.template_pitches),
-                2 * config.template_harmonics))
+            self.register_buffer("timbre_template", torch.zeros(config.template_shape))
         self.gru = nn.GRU(config.input_size, config.hidden_size, num_layers=config.n_layers, batch_first=True)
         self.output = nn.Linear(config.hidden_size, config.n_classes)
 
@@ -174,10 +190,9 @@ class GruSynth(nn.Module):
             self.timbre_grid.copy_(nodes)
 
     def set_template(self, table) -> None:
-        """Copy the timbre template float [N, N, P, 2M] (`models.gru_template.template_table`)."""
+        """Copy the timbre template float [N, N, P, F, 2M] (`models.gru_template.template_table`)."""
         config = self.config
-        expected = (config.template_grid_size, config.template_grid_size, len(config.template_pitches),
-                    2 * config.template_harmonics)
+        expected = config.template_shape
         table = torch.as_tensor(table, dtype=torch.float32)
         if not config.template_harmonics or tuple(table.shape) != expected:
             raise ValueError(f"GruSynth: the timbre template must be {expected}, got {tuple(table.shape)}")
@@ -203,8 +218,8 @@ class GruSynth(nn.Module):
         (x, y, MIDI pitch); state: [n_layers, batch, hidden] or None (zeros); phase: float [batch, time]
         oscillator phase (radians) of each predicted sample, or None = `oscillator_phase` from 0
         (ignored when oscillator_harmonics = 0); start_age: int [batch] samples between the note's onset
-        and the first predicted sample (default 0; the age feature of step t is (start_age + t) /
-        sample_rate seconds).
+        and the first predicted sample (default 0; the note's age at step t, which the age feature and
+        the template's frames read, is (start_age + t) / sample_rate seconds).
         Returns (logits float32 [batch, time, n_classes], state [n_layers, batch, hidden]); with
         `with_prediction`, (logits, prediction, state): prediction float32 [batch, time] is the
         template prediction p_t the logits' residual classes are relative to (zeros without
@@ -225,24 +240,27 @@ class GruSynth(nn.Module):
                 raise ValueError(f"GruSynth.forward: phase must be [batch, time] {tuple(prev_mu.shape)}, "
                                  f"got {tuple(phase.shape)}")
             phase = phase.to(torch.float32)
+        age_s = None  # the note's age (s) per sample: the age feature's and the template's clock
+        if config.age_feature_s or len(config.template_frame_s) > 1:
+            steps = torch.arange(prev_mu.shape[1], device=prev_mu.device)[None, :]
+            first = torch.zeros(prev_mu.shape[0], 1, dtype=torch.int64, device=prev_mu.device) if start_age is None \
+                else start_age.reshape(-1, 1).to(prev_mu.device)
+            age_s = ((first + steps).to(torch.float64) / config.sample_rate).to(torch.float32)
         if config.template_harmonics:
             pitches = torch.tensor(config.template_pitches, dtype=torch.float32, device=phase.device)
-            coefficients = template_lookup(self.timbre_template, pitches, conditioning, config.sample_rate)
+            frame_s = torch.tensor(config.template_frame_s or (0.0,), dtype=torch.float32, device=phase.device)
+            coefficients = template_lookup(self.timbre_template, pitches, frame_s, conditioning, age_s,
+                                           config.sample_rate)
             signal = template_features(coefficients, phase)
         if config.template_residual and not residual_inputs:
             increment = 2.0 * torch.pi * _midi_to_hz(conditioning[..., 2].to(torch.float32)) / config.sample_rate
             previous_signal = template_features(coefficients, phase - increment)
             prev_mu = mu_law_encode_torch(mu_law_decode_torch(prev_mu, config.n_classes) - previous_signal[..., 0],
                                           config.n_classes)
-        age_s = None
-        if config.age_feature_s:
-            steps = torch.arange(prev_mu.shape[1], device=prev_mu.device)[None, :]
-            first = torch.zeros(prev_mu.shape[0], 1, dtype=torch.int64, device=prev_mu.device) if start_age is None \
-                else start_age.reshape(-1, 1).to(prev_mu.device)
-            age_s = ((first + steps).to(torch.float64) / config.sample_rate).to(torch.float32)
         inputs = [self.embedding(prev_mu),
                   torch.tanh(self.conditioning_projection(conditioning_features(
-                      conditioning, config, getattr(self, "timbre_grid", None), age_s)))]
+                      conditioning, config, getattr(self, "timbre_grid", None),
+                      age_s if config.age_feature_s else None)))]
         if config.oscillator_harmonics:
             inputs.append(oscillator_features(phase, config.oscillator_harmonics))
         if signal is not None:

@@ -42,13 +42,18 @@ class GruSynthConfig:
     """Size of each timbre grid node (the GAN's conditioning h); > 0 exactly when timbre_grid_size is."""
     template_harmonics: int = 0
     """M > 0: the timbre template (`models.gru_template`): the harmonics 1..M of G's note at each grid
-    node and template pitch, a buffer [template_grid_size, template_grid_size, P, 2M] of the
+    node and template pitch (and frame of the note), a buffer [template_grid_size, template_grid_size,
+    P, F, 2M] of the
     checkpoint, enter the first layer every sample as the cycle and its quadrature at the
     oscillator's phase (needs oscillator_harmonics >= 1). 0: no template."""
     template_grid_size: int = 0
     """N of the template table (the timbre grid's size); > 0 exactly when template_harmonics is."""
     template_pitches: tuple = ()
     """MIDI pitches of the template table, ascending; non-empty exactly when template_harmonics > 0."""
+    template_frame_s: tuple = ()
+    """Times (s since the note's onset, ascending) of the template's frames, read linearly in the
+    note's age so the template follows the note's envelope and evolution; empty: one frame, the
+    note's mean. Only with template_harmonics > 0."""
     age_feature_s: float = 0.0
     """> 0: the note's age (seconds since its onset, clamped to this) joins the conditioning
     features as age / age_feature_s, so the voice can play the note's envelope (it is trained on
@@ -80,6 +85,10 @@ class GruSynthConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"GruSynthConfig.{name} must be an integer >= 0, got {value!r}")
         object.__setattr__(self, "template_pitches", tuple(float(p) for p in self.template_pitches))
+        object.__setattr__(self, "template_frame_s", tuple(float(t) for t in self.template_frame_s))
+        if any(b <= a for a, b in zip(self.template_frame_s, self.template_frame_s[1:])) \
+                or any(t < 0 for t in self.template_frame_s):
+            raise ValueError(f"GruSynthConfig.template_frame_s must ascend from >= 0, got {self.template_frame_s}")
         if self.template_harmonics:
             if self.oscillator_harmonics < 1:
                 raise ValueError("GruSynthConfig: the timbre template needs the oscillator (oscillator_harmonics >= 1)")
@@ -88,13 +97,19 @@ class GruSynthConfig:
                                  f"template_pitches, got {self.template_grid_size} and {self.template_pitches}")
             if any(b <= a for a, b in zip(self.template_pitches, self.template_pitches[1:])):
                 raise ValueError(f"GruSynthConfig.template_pitches must ascend, got {self.template_pitches}")
-        elif self.template_grid_size or self.template_pitches or self.template_residual:
-            raise ValueError("GruSynthConfig: template_grid_size, template_pitches and template_residual are "
-                             "set only with template_harmonics > 0")
+        elif self.template_grid_size or self.template_pitches or self.template_residual or self.template_frame_s:
+            raise ValueError("GruSynthConfig: template_grid_size, template_pitches, template_frame_s and "
+                             "template_residual are set only with template_harmonics > 0")
         if not (isinstance(self.age_feature_s, (int, float)) and self.age_feature_s >= 0):
             raise ValueError(f"GruSynthConfig.age_feature_s must be a number >= 0, got {self.age_feature_s!r}")
         if not (self.pitch_range > 0 and self.period_scale_samples > 0):
             raise ValueError("GruSynthConfig.pitch_range and period_scale_samples must be positive")
+
+    @property
+    def template_shape(self) -> tuple:
+        """Shape of the template table: (N, N, P, F, 2M), F = max(len(template_frame_s), 1)."""
+        return (self.template_grid_size, self.template_grid_size, len(self.template_pitches),
+                max(len(self.template_frame_s), 1), 2 * self.template_harmonics)
 
     @property
     def n_timbre_features(self) -> int:

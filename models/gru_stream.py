@@ -84,8 +84,9 @@ class GruStreamWeights(NamedTuple):
                                 # age_feature_s (0: no age feature)
     timbre_grid: np.ndarray     # float32 [N, N, D]: timbre grid nodes (the timbre features are h(x, y)),
                                 # or [0, 0, 0]: the timbre features are (x, y)
-    template: np.ndarray        # float32 [N, N, P, 2M]: timbre template table, or [0, 0, 0, 0]: none
+    template: np.ndarray        # float32 [N, N, P, F, 2M]: timbre template table, or [0, 0, 0, 0, 0]: none
     template_pitches: np.ndarray  # float64 [P]: its MIDI pitches (ascending), or [0]
+    template_frame_s: np.ndarray  # float64 [F]: its frames' times (s since onset, ascending), or [0]
     template_residual: bool     # the template's cycle predicts the sample; the softmax is over the residual
 
 
@@ -145,8 +146,7 @@ def _expected_shapes(config: GruSynthConfig) -> dict[str, tuple]:
     if config.timbre_grid_size:
         shapes["timbre_grid"] = (config.timbre_grid_size, config.timbre_grid_size, config.timbre_grid_dim)
     if config.template_harmonics:
-        shapes["timbre_template"] = (config.template_grid_size, config.template_grid_size,
-                                     len(config.template_pitches), 2 * config.template_harmonics)
+        shapes["timbre_template"] = config.template_shape
     for layer in range(config.n_layers):
         shapes[f"gru.weight_ih_l{layer}"] = (gates, config.input_size if layer == 0 else hidden)
         shapes[f"gru.weight_hh_l{layer}"] = (gates, hidden)
@@ -190,8 +190,9 @@ def stream_weights_from_arrays(config: GruSynthConfig, arrays: dict, compression
         timbre_grid=np.ascontiguousarray(tensors["timbre_grid"]) if config.timbre_grid_size
         else np.zeros((0, 0, 0), np.float32),
         template=np.ascontiguousarray(tensors["timbre_template"]) if config.template_harmonics
-        else np.zeros((0, 0, 0, 0), np.float32),
+        else np.zeros((0, 0, 0, 0, 0), np.float32),
         template_pitches=np.array(config.template_pitches if config.template_harmonics else (0.0,), np.float64),
+        template_frame_s=np.array(config.template_frame_s or (0.0,), np.float64),
         template_residual=bool(config.template_residual))
 
 
@@ -257,7 +258,7 @@ def new_state(weights: GruStreamWeights, seed: int = 0, first_mu: int | None = N
                           phase=np.zeros(1, np.float64), rng=rng,
                           scratch=np.zeros((4, max(3 * hidden_size, n_classes, weights.timbre_grid.shape[2])),
                                            np.float32),
-                          quantised=quantised, template=np.zeros(weights.template.shape[3], np.float32))
+                          quantised=quantised, template=np.zeros(weights.template.shape[4], np.float32))
 
 
 def copy_state(state: GruStreamState) -> GruStreamState:
@@ -605,7 +606,8 @@ def _refresh_conditioning(weights, state, x, y, pitch):
             acc += weights.cond_gate_w[i, c] * projected[c]
         gates[i] = acc
     if state.template.shape[0] > 0:
-        template_coefficients_into(weights.template, weights.template_pitches, x, y, pitch, params[3], state.template)
+        template_coefficients_into(weights.template, weights.template_pitches, weights.template_frame_s, x, y, pitch,
+                                   state.counters[2] / params[3], params[3], state.template)
 
 
 @numba.njit(inline="always", error_model="numpy")

@@ -63,8 +63,9 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         projected = np.tanh(weights.cond_proj_w @ np.asarray(features, np.float32) + weights.cond_proj_b)
         state.cond_gates[:] = weights.cond_gate_w @ projected
         if state.template.shape[0]:
-            state.template[:] = template_coefficients(weights.template, weights.template_pitches, x, y, pitch,
-                                                      weights.features[3])
+            state.template[:] = template_coefficients(weights.template, weights.template_pitches,
+                                                      weights.template_frame_s, x, y, pitch,
+                                                      counters[2] / weights.features[3], weights.features[3])
         counters[1] = control_interval
     counters[1] -= 1
     counters[2] += 1

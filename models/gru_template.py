@@ -20,9 +20,10 @@ and reads back encode(decode(x_t) - p_t), as its training inputs are made (`shif
 what they lack (the envelope, the waveform's evolution, noise, transients).
 
 Public API:
-    measure_template(audio [n, n_samples], pitches [n], sample_rate, n_harmonics) -> float32 [n, 2M]
-    template_table(...) -> float32 [N, N, P, 2M] (a renderer over every node x template pitch)
-    template_coefficients(table, pitches, x, y, pitch, sample_rate) -> float32 [2M] (NumPy reference)
+    measure_template(audio [n, n_samples], pitches [n], sample_rate, n_harmonics, frame_s) -> float32 [n, F, 2M]
+    template_table(...) -> float32 [N, N, P, F, 2M] (a renderer over every node x template pitch)
+    template_coefficients(table, pitches, frame_s, x, y, pitch, age_s, sample_rate) -> float32 [2M]
+        (NumPy reference)
     template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
     shifted_class(mu_class, offset, n_classes) -> int (NumPy reference)
     template_coefficients_into / template_signal_at / shifted_class_at: Numba twins for the GRU kernel
@@ -36,104 +37,129 @@ import numpy as np
 
 from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 
-FRAME_PERIODS = 8
-"""Periods of the fundamental per measurement frame (at least `MIN_FRAME_SAMPLES`)."""
-MIN_FRAME_SAMPLES = 256
+FIT_PERIODS = 4
+"""Periods of the fundamental per least-squares fit, and at least `MIN_FIT_S` seconds: 2M
+coefficients fitted to a few hundred samples fit the note's noise between the harmonics too."""
+MIN_FIT_S = 0.075
 
 
-def measure_template(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int,
+def measure_template(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int, frame_s=(),
                      start_s: float = 0.05, stop_s: float = 0.6) -> np.ndarray:
-    """Harmonic coefficients of notes relative to their fundamental's phase.
+    """Harmonic coefficients of notes relative to their fundamental's phase, per frame of the note.
 
-    audio float [n, n_samples] (at `sample_rate` Hz, in tune at MIDI `pitches` [n]); the span
-    start_s..stop_s is cut into frames of FRAME_PERIODS periods; each frame is fitted by least
-    squares with a_m cos(m w t) + b_m sin(m w t), m = 1..n_harmonics below Nyquist (w the nominal
-    f0), rotated so the fundamental's phase is 0 (D_m <- D_m e^{-i m phi_1}, conjugate convention of
-    `template_signal`), and the frames are averaged weighted by their energy, so a slow detune or
-    an onset does not smear the upper harmonics. Returns float32 [n, 2 * n_harmonics] =
-    (a_1, b_1, ..., a_M, b_M), zero above Nyquist and for silent notes."""
+    audio float [n, n_samples] (at `sample_rate` Hz from the notes' onsets, in tune at MIDI
+    `pitches` [n]). Fits of FIT_PERIODS periods or MIN_FIT_S (hop half of that; a shorter note is one
+    fit, if it holds 2 periods) are made by least squares with
+    a_m cos(m w t) + b_m sin(m w t), m = 1..n_harmonics below Nyquist (w the nominal f0), and rotated
+    so the fundamental's phase is 0 (D_m <- D_m e^{-i m phi_1}, conjugate convention of
+    `template_signal`). frame_s: ascending times (s since onset) of the frames: each frame is the
+    energy-weighted mean of the fits whose centres are nearer to it than to any other frame (a frame
+    no fit falls near copies its nearest neighbour's); empty: one frame, the mean of the fits in
+    start_s..stop_s. Returns float32 [n, F, 2 * n_harmonics] = (a_1, b_1, ..., a_M, b_M), F =
+    max(len(frame_s), 1), zero above Nyquist and for silent notes."""
     audio = np.asarray(audio, dtype=np.float64)
     pitches = np.atleast_1d(np.asarray(pitches, dtype=np.float64))
+    frame_s = np.asarray(frame_s, dtype=np.float64).ravel()
     if audio.ndim != 2 or len(pitches) != len(audio):
         raise ValueError(f"audio must be [n, n_samples] with one pitch per note, got {audio.shape} and {pitches.shape}")
     if n_harmonics < 1:
         raise ValueError(f"n_harmonics must be >= 1, got {n_harmonics}")
-    out = np.zeros((len(audio), 2 * n_harmonics), np.float32)
-    start = int(start_s * sample_rate)
-    stop = min(audio.shape[1], int(stop_s * sample_rate))
+    if np.any(np.diff(frame_s) <= 0) or np.any(frame_s < 0):
+        raise ValueError(f"frame_s must be ascending times >= 0, got {frame_s.tolist()}")
+    n_frames = max(len(frame_s), 1)
+    out = np.zeros((len(audio), n_frames, 2 * n_harmonics), np.float32)
+    if len(frame_s):
+        start, stop = 0, audio.shape[1]
+    else:
+        start, stop = int(start_s * sample_rate), min(audio.shape[1], int(stop_s * sample_rate))
+    boundaries = (frame_s[1:] + frame_s[:-1]) * 0.5 * sample_rate  # [F - 1] samples between frames
     for i, (note, pitch) in enumerate(zip(audio, pitches)):
         f0 = float(midi_to_hz(pitch))
         harmonics = np.arange(1, n_harmonics + 1)
         harmonics = harmonics[harmonics * f0 < sample_rate / 2]
-        frame = max(MIN_FRAME_SAMPLES, int(round(FRAME_PERIODS * sample_rate / f0)))
-        if len(harmonics) == 0 or stop - start < frame:
+        fit = min(int(round(max(MIN_FIT_S, FIT_PERIODS / f0) * sample_rate)), stop - start)  # short notes: all of it
+        if len(harmonics) == 0 or fit < max(2 * sample_rate / f0, 4 * len(harmonics)):
             continue
-        t = np.arange(frame)
+        t = np.arange(fit)
         angles = 2 * np.pi * f0 / sample_rate * np.outer(t, harmonics)
-        basis = np.concatenate([np.cos(angles), np.sin(angles)], axis=1)  # [frame, 2h]
-        total, weight = np.zeros(len(harmonics), np.complex128), 0.0
-        for first in range(start, stop - frame + 1, frame // 2):
-            segment = note[first:first + frame]
+        basis = np.concatenate([np.cos(angles), np.sin(angles)], axis=1)  # [fit, 2h]
+        total = np.zeros((n_frames, len(harmonics)), np.complex128)
+        weight = np.zeros(n_frames)
+        for first in range(start, stop - fit + 1, fit // 2):
+            segment = note[first:first + fit]
             energy = float(segment @ segment)
             if energy <= 1e-12:
                 continue
             solution = np.linalg.lstsq(basis, segment, rcond=None)[0]
             coefficients = solution[:len(harmonics)] - 1j * solution[len(harmonics):]  # x = Re(C e^{i m w t})
             fundamental = np.angle(coefficients[0])
-            total += energy * coefficients * np.exp(-1j * harmonics * fundamental)
-            weight += energy
-        if weight > 0:
-            mean = total / weight
-            out[i, 2 * (harmonics - 1)] = mean.real
-            out[i, 2 * (harmonics - 1) + 1] = mean.imag
+            frame = int(np.searchsorted(boundaries, first + fit / 2))
+            total[frame] += energy * coefficients * np.exp(-1j * harmonics * fundamental)
+            weight[frame] += energy
+        filled = np.nonzero(weight > 0)[0]
+        if len(filled) == 0:
+            continue
+        nearest = filled[np.abs(np.arange(n_frames)[:, None] - filled[None, :]).argmin(axis=1)]
+        mean = total[nearest] / weight[nearest, None]
+        out[i][:, 2 * (harmonics - 1)] = mean.real
+        out[i][:, 2 * (harmonics - 1) + 1] = mean.imag
     return out
 
 
 def template_table(nodes: np.ndarray, pitches, render: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                   sample_rate: int, n_harmonics: int, peak: float = 0.9, batch: int = 64,
+                   sample_rate: int, n_harmonics: int, frame_s=(), peak: float = 0.9, batch: int = 64,
                    progress: bool = True) -> np.ndarray:
     """The template of every grid node x pitch: nodes float [N, N, D] (the grid's conditioning
     vectors), pitches MIDI [P] ascending, render(h [b, D], pitches [b]) -> audio float [b, n_samples]
-    at `sample_rate` (as the GRU's training clips are rendered); each note is peak-normalised to
-    `peak` first. Returns float32 [N, N, P, 2 * n_harmonics]."""
+    at `sample_rate` from the notes' onsets (as the GRU's training clips are rendered); each note is
+    peak-normalised to `peak` first; frame_s as in `measure_template`. Returns float32
+    [N, N, P, F, 2 * n_harmonics]."""
     from tqdm import tqdm  # measuring a table is training-time work: the runtime never loads tqdm
 
     nodes = np.asarray(nodes, dtype=np.float32)
     size, pitch_list = nodes.shape[0], [int(p) for p in pitches]
+    n_frames = max(len(frame_s), 1)
     h = np.repeat(nodes.reshape(size * size, -1), len(pitch_list), axis=0)
     clip_pitch = np.tile(np.array(pitch_list), size * size)
-    table = np.zeros((len(h), 2 * n_harmonics), np.float32)
+    table = np.zeros((len(h), n_frames, 2 * n_harmonics), np.float32)
     for first in tqdm(range(0, len(h), batch), desc="GRU template", unit="batch", disable=not progress):
         chunk = slice(first, min(first + batch, len(h)))
         audio = np.asarray(render(h[chunk], clip_pitch[chunk]), dtype=np.float64)
         level = np.abs(audio).max(axis=1, keepdims=True)
         audio = np.where(level > 1e-6, audio * (peak / np.maximum(level, 1e-12)), 0.0)
-        table[chunk] = measure_template(audio, clip_pitch[chunk], sample_rate, n_harmonics)
-    return table.reshape(size, size, len(pitch_list), 2 * n_harmonics)
+        table[chunk] = measure_template(audio, clip_pitch[chunk], sample_rate, n_harmonics, frame_s)
+    return table.reshape(size, size, len(pitch_list), n_frames, 2 * n_harmonics)
 
 
-def template_coefficients(table: np.ndarray, pitches: np.ndarray, x: float, y: float, pitch: float,
-                          sample_rate: int) -> np.ndarray:
-    """NumPy reference of the lookup (the kernel's `_template_lookup`, torch's `template_lookup`):
-    table [N, N, P, 2M] (rows y, columns x), pitches [P] ascending; (x, y) clipped to [0, 1], pitch
-    clamped to [pitches[0], pitches[-1]]; harmonics m with m f0(pitch) >= sample_rate / 2 are zero.
-    Returns float32 [2M]."""
+def _interpolation(points: np.ndarray, value: float) -> tuple[int, float]:
+    """(k, f): `value` clamped to [points[0], points[-1]] lies at (1 - f) points[k] + f points[k + 1]
+    (k = 0, f = 0 for a single point)."""
+    if len(points) == 1:
+        return 0, 0.0
+    clamped = min(max(float(value), points[0]), points[-1])
+    k = min(int(np.searchsorted(points, clamped, side="right")) - 1, len(points) - 2)
+    return k, (clamped - points[k]) / (points[k + 1] - points[k])
+
+
+def template_coefficients(table: np.ndarray, pitches: np.ndarray, frame_s: np.ndarray, x: float, y: float,
+                          pitch: float, age_s: float, sample_rate: int) -> np.ndarray:
+    """NumPy reference of the lookup (the kernel's `template_coefficients_into`, torch's
+    `template_lookup`): table [N, N, P, F, 2M] (rows y, columns x), pitches [P] ascending, frame_s
+    [F] ascending (s since onset; any single value for F = 1); (x, y) clipped to [0, 1], pitch and
+    the note's age (s) clamped to the table's ranges and read linearly; harmonics m with
+    m f0(pitch) >= sample_rate / 2 are zero. Returns float32 [2M]."""
     table = np.asarray(table, dtype=np.float64)
     last = table.shape[0] - 1
     column, row = min(max(x, 0.0), 1.0) * last, min(max(y, 0.0), 1.0) * last
     c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
     fx, fy = column - c0, row - r0
-    at_pitch = (1 - fx) * (1 - fy) * table[r0, c0] + fx * (1 - fy) * table[r0, c0 + 1] \
-        + (1 - fx) * fy * table[r0 + 1, c0] + fx * fy * table[r0 + 1, c0 + 1]  # [P, 2M]
-    pitches = np.asarray(pitches, dtype=np.float64)
-    if len(pitches) == 1:
-        coefficients = at_pitch[0]
-    else:
-        p = min(max(float(pitch), pitches[0]), pitches[-1])
-        k = min(int(np.searchsorted(pitches, p, side="right")) - 1, len(pitches) - 2)
-        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
-        coefficients = (1 - f) * at_pitch[k] + f * at_pitch[k + 1]
-    n_harmonics = table.shape[3] // 2
+    at_point = (1 - fx) * (1 - fy) * table[r0, c0] + fx * (1 - fy) * table[r0, c0 + 1] \
+        + (1 - fx) * fy * table[r0 + 1, c0] + fx * fy * table[r0 + 1, c0 + 1]  # [P, F, 2M]
+    k, f = _interpolation(np.asarray(pitches, dtype=np.float64), pitch)
+    at_pitch = (1 - f) * at_point[k] + f * at_point[min(k + 1, len(at_point) - 1)]  # [F, 2M]
+    k, f = _interpolation(np.asarray(frame_s, dtype=np.float64).ravel()[:len(at_pitch)], age_s)
+    coefficients = (1 - f) * at_pitch[k] + f * at_pitch[min(k + 1, len(at_pitch) - 1)]
+    n_harmonics = table.shape[-1] // 2
     audible = np.arange(1, n_harmonics + 1) * midi_to_hz(float(pitch)) < sample_rate / 2
     return (coefficients * np.repeat(audible, 2)).astype(np.float32)
 
@@ -149,29 +175,42 @@ def template_signal(coefficients: np.ndarray, phase: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(inline="always", error_model="numpy")
-def template_coefficients_into(table, pitches, x, y, pitch, sample_rate, out):
+def _interpolation_at(points, value):
+    """`_interpolation` for the GRU kernel."""
+    n = points.shape[0]
+    if n == 1:
+        return 0, 0.0
+    clamped = min(max(np.float64(value), points[0]), points[n - 1])
+    k = 0
+    while k < n - 2 and points[k + 1] <= clamped:
+        k += 1
+    return k, (clamped - points[k]) / (points[k + 1] - points[k])
+
+
+@numba.njit(inline="always", error_model="numpy")
+def template_coefficients_into(table, pitches, frame_s, x, y, pitch, age_s, sample_rate, out):
     """`template_coefficients` for the GRU kernel (Numba, no allocation): writes out [2M]."""
     last = table.shape[0] - 1
     column = min(max(np.float64(x), 0.0), 1.0) * last
     row = min(max(np.float64(y), 0.0), 1.0) * last
     c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
     fx, fy = column - c0, row - r0
-    n_pitches = pitches.shape[0]
-    k, f = 0, 0.0
-    if n_pitches > 1:
-        p = min(max(np.float64(pitch), pitches[0]), pitches[n_pitches - 1])
-        while k < n_pitches - 2 and pitches[k + 1] <= p:
-            k += 1
-        f = (p - pitches[k]) / (pitches[k + 1] - pitches[k])
-    k1 = min(k + 1, n_pitches - 1)
+    corner = ((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy)
+    k, fk = _interpolation_at(pitches, pitch)
+    a, fa = _interpolation_at(frame_s[:table.shape[3]], age_s)
+    k1, a1 = min(k + 1, table.shape[2] - 1), min(a + 1, table.shape[3] - 1)
     f0_hz = A4_HZ * 2.0 ** ((np.float64(pitch) - A4_MIDI) / 12.0)
     for j in range(out.shape[0]):
-        low = ((1 - fx) * (1 - fy) * table[r0, c0, k, j] + fx * (1 - fy) * table[r0, c0 + 1, k, j]
-               + (1 - fx) * fy * table[r0 + 1, c0, k, j] + fx * fy * table[r0 + 1, c0 + 1, k, j])
-        high = ((1 - fx) * (1 - fy) * table[r0, c0, k1, j] + fx * (1 - fy) * table[r0, c0 + 1, k1, j]
-                + (1 - fx) * fy * table[r0 + 1, c0, k1, j] + fx * fy * table[r0 + 1, c0 + 1, k1, j])
-        audible = (j // 2 + 1) * f0_hz < 0.5 * sample_rate
-        out[j] = np.float32((1 - f) * low + f * high) if audible else np.float32(0.0)
+        if (j // 2 + 1) * f0_hz >= 0.5 * sample_rate:
+            out[j] = np.float32(0.0)
+            continue
+        acc = 0.0
+        for corner_index in range(4):
+            r, c = r0 + corner_index // 2, c0 + corner_index % 2
+            at_k = (1 - fa) * table[r, c, k, a, j] + fa * table[r, c, k, a1, j]
+            at_k1 = (1 - fa) * table[r, c, k1, a, j] + fa * table[r, c, k1, a1, j]
+            acc += corner[corner_index] * ((1 - fk) * at_k + fk * at_k1)
+        out[j] = np.float32(acc)
 
 
 @numba.njit(inline="always", error_model="numpy")

@@ -84,7 +84,7 @@ def test_a_residual_voice_reads_and_predicts_the_residual_classes():
                             template_residual=True)
     torch.manual_seed(2)
     model = GruSynth(config)
-    model.set_template(torch.tensor([0.5, 0.0, 0.2, 0.1, 0.0, 0.0]).repeat(2, 2, 2, 1))
+    model.set_template(torch.tensor([0.5, 0.0, 0.2, 0.1, 0.0, 0.0]).repeat(2, 2, 2, 1, 1))
     conditioning = torch.tensor([0.5, 0.5, 60.0]).repeat(2, 41, 1)
     _, prediction, _ = model(torch.full((2, 41), 128), conditioning, with_prediction=True)
     mu = mu_law_encode_torch(prediction.detach())  # x_t = cycle_t: mu[:, t] is the sample at step t

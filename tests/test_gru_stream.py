@@ -26,7 +26,10 @@ CONFIGS = [GruSynthConfig(n_layers=3, hidden_size=64, embedding_size=16, conditi
                           template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80),
                           template_residual=True),  # + the template as the sample's prediction
            GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
-                          age_feature_s=0.004)]  # + the note's age (clamped after 64 samples)
+                          age_feature_s=0.004),  # + the note's age (clamped after 64 samples)
+           GruSynthConfig(n_layers=2, hidden_size=32, embedding_size=16, conditioning_size=8, oscillator_harmonics=2,
+                          template_harmonics=7, template_grid_size=4, template_pitches=(40, 55, 80),
+                          template_frame_s=(0.0, 0.002, 0.005), age_feature_s=0.004)]  # + frames at 0, 32, 80 samples
 INT8_RELATIVE_TOLERANCE = 0.03
 """int8 weights with per-row scales (float, int16 or int8 activations): max |logit error| <= 3% of the
 largest |logit|."""
@@ -46,8 +49,7 @@ def _model(config, seed=0):
         size = config.timbre_grid_size
         model.set_timbre_grid(torch.randn(size, size, config.timbre_grid_dim) * 2.0)
     if config.template_harmonics:
-        size = config.template_grid_size
-        model.set_template(torch.randn(size, size, len(config.template_pitches), 2 * config.template_harmonics) * 0.3)
+        model.set_template(torch.randn(config.template_shape) * 0.3)
     return model
 
 
@@ -108,10 +110,10 @@ def test_control_rate_conditioning_equals_torch_with_held_conditioning():
     (CONFIGS[0], "int8", "int8_dot"), (CONFIGS[2], "int8", "float"), (CONFIGS[2], "int8", "int8_dot"),
     (CONFIGS[3], "fp32", "float"), (CONFIGS[3], "int8", "int8_dot"), (CONFIGS[4], "fp32", "float"),
     (CONFIGS[4], "int8", "int8_dot"), (CONFIGS[5], "fp32", "float"), (CONFIGS[5], "int8", "int8_dot"),
-    (CONFIGS[6], "int8", "int8_dot")],
+    (CONFIGS[6], "int8", "int8_dot"), (CONFIGS[7], "fp32", "float"), (CONFIGS[7], "int8", "int8_dot")],
     ids=["fp32", "int8-float-activations", "int8-int16-activations", "int8-int8-activations", "oscillator-int8",
          "oscillator-int8-int8-activations", "timbre-grid-fp32", "timbre-grid-int8", "template-fp32",
-         "template-int8", "residual-fp32", "residual-int8", "age-int8"])
+         "template-int8", "residual-fp32", "residual-int8", "age-int8", "frames-fp32", "frames-int8"])
 def test_kernel_equals_the_numpy_reference(config, compression, path):
     weights = stream_weights(_model(config), compression)
     prev_mu, conditioning = _inputs(60)
@@ -132,8 +134,8 @@ def test_kernel_equals_the_numpy_reference(config, compression, path):
     np.testing.assert_allclose(state.phase, reference_state.phase, rtol=1e-12)
 
 
-@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5]],
-                         ids=["plain", "oscillator", "template", "residual"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2], CONFIGS[4], CONFIGS[5], CONFIGS[7]],
+                         ids=["plain", "oscillator", "template", "residual", "frames"])
 def test_chunked_generation_equals_one_call(config):
     weights = stream_weights(_model(config), "int8")  # the default path for this machine
     _, conditioning = _inputs(200, seed=4)
@@ -251,7 +253,8 @@ def test_a_residual_voice_streams_torch_logits_from_the_residual_classes_torch_r
         logits, prediction, _ = model(torch.from_numpy(prev_mu)[None], torch.from_numpy(conditioning)[None],
                                       with_prediction=True)
     weights = stream_weights(model, "fp32")
-    coefficients = template_coefficients(weights.template, weights.template_pitches, 0.4, 0.8, 47.0, 16000)
+    coefficients = template_coefficients(weights.template, weights.template_pitches, weights.template_frame_s,
+                                         0.4, 0.8, 47.0, 0.0, 16000)
     previous_cycle = np.concatenate([template_signal(coefficients, np.zeros(1))[:, 0], prediction[0, :-1].numpy()])
     residual_inputs = np.array([shifted_class(int(m), -float(c), 256) for m, c in zip(prev_mu, previous_cycle)])
     assert np.mean(residual_inputs != prev_mu) > 0.5
@@ -278,7 +281,8 @@ def test_a_residual_voice_with_silent_logits_plays_its_template():
     torch_mu, _ = model.sample(torch.from_numpy(conditioning)[None], temperature=0.0)
     np.testing.assert_array_equal(streamed, reference)
     np.testing.assert_array_equal(torch_mu[0].numpy(), streamed)
-    coefficients = template_coefficients(weights.template, weights.template_pitches, 0.3, 0.6, 52.0, 16000)
+    coefficients = template_coefficients(weights.template, weights.template_pitches, weights.template_frame_s,
+                                         0.3, 0.6, 52.0, 0.0, 16000)
     phase = np.cumsum(np.full(400, 2 * np.pi * 440.0 * 2.0 ** ((52.0 - 69.0) / 12.0) / 16000))
     expected = np.clip(template_signal(coefficients, phase)[:, 0], -1, 1)
     played = mu_law_decode(streamed)

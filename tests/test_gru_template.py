@@ -20,7 +20,7 @@ def _note(pitch, amplitudes, phases, start_phase, n_samples=RATE):
 
 def test_measured_harmonics_are_relative_to_the_fundamental_phase():
     amplitudes, phases = [0.5, 0.25, 0.1, 0.05], [0.3, -1.0, 2.0, 0.7]
-    table = measure_template(_note(57, amplitudes, phases, start_phase=1.1)[None], [57], RATE, n_harmonics=6)[0]
+    table = measure_template(_note(57, amplitudes, phases, start_phase=1.1)[None], [57], RATE, n_harmonics=6)[0, 0]
     measured = table[0::2] + 1j * table[1::2]
     expected = [a * np.exp(1j * (p - m * phases[0])) for m, (a, p) in enumerate(zip(amplitudes, phases), start=1)]
     np.testing.assert_allclose(measured[:4], expected, atol=1e-3)
@@ -34,33 +34,58 @@ def test_measured_harmonics_are_relative_to_the_fundamental_phase():
 
 def test_harmonics_above_nyquist_are_not_measured_and_silence_gives_zeros():
     table = measure_template(np.stack([_note(96, [0.5, 0.2], [0, 0], 0.0), np.zeros(RATE)]), [96, 60], RATE, 8)
-    assert np.all(table[0, 2 * 3:] == 0.0)  # MIDI 96 = 2093 Hz: harmonics 4.. are at or above 8 kHz
+    assert table.shape == (2, 1, 16)
+    assert np.all(table[0, :, 2 * 3:] == 0.0)  # MIDI 96 = 2093 Hz: harmonics 4.. are at or above 8 kHz
     assert np.all(table[1] == 0.0)
 
 
-def _table(seed=0, size=3, n_pitches=3, n_harmonics=5):
-    return np.random.default_rng(seed).normal(0, 1, (size, size, n_pitches, 2 * n_harmonics)).astype(np.float32)
+def test_frames_follow_the_note_through_time():
+    """A note whose harmonics change level half-way: each frame measures the level around its time,
+    the one-frame template their energy-weighted mean."""
+    t = np.arange(RATE)
+    level = np.where(t < RATE // 2, 0.8, 0.2)
+    note = level * _note(60, [1.0, 0.5], [0.0, 0.4], 0.3)
+    frames = measure_template(note[None], [60], RATE, 4, frame_s=(0.1, 0.25, 0.75, 0.9))[0]
+    fundamental = np.abs(frames[:, 0] + 1j * frames[:, 1])
+    np.testing.assert_allclose(fundamental, [0.8, 0.8, 0.2, 0.2], atol=0.03)  # fits of 75 ms blur the step
+    np.testing.assert_allclose(np.abs(frames[:, 2] + 1j * frames[:, 3]), 0.5 * fundamental, atol=0.01)
+    mean = measure_template(note[None], [60], RATE, 4)[0, 0]
+    assert 0.2 < abs(mean[0] + 1j * mean[1]) < 0.8
+    with pytest.raises(ValueError, match="ascending"):
+        measure_template(note[None], [60], RATE, 4, frame_s=(0.5, 0.1))
+
+
+def _table(seed=0, size=3, n_pitches=3, n_frames=1, n_harmonics=5):
+    return np.random.default_rng(seed).normal(0, 1, (size, size, n_pitches, n_frames, 2 * n_harmonics)).astype(np.float32)
 
 
 def test_lookup_reads_nodes_exactly_interpolates_between_and_drops_unplayable_harmonics():
-    table, pitches = _table(), np.array([40.0, 60.0, 80.0])
-    np.testing.assert_allclose(template_coefficients(table, pitches, 0.5, 1.0, 60.0, RATE), table[2, 1, 1], atol=1e-6)
-    halfway = template_coefficients(table, pitches, 0.0, 0.0, 50.0, RATE)
-    np.testing.assert_allclose(halfway, 0.5 * (table[0, 0, 0] + table[0, 0, 1]), atol=1e-6)
-    clamped = template_coefficients(table, pitches, 1.0, 0.0, 20.0, RATE)
-    np.testing.assert_allclose(clamped, table[0, 2, 0], atol=1e-6)
-    high = template_coefficients(table, pitches, 0.0, 0.0, 100.0, RATE)  # 2637 Hz: harmonics 1..3 below 8 kHz
+    table, pitches, frame_s = _table(n_frames=2), np.array([40.0, 60.0, 80.0]), np.array([0.1, 0.3])
+    np.testing.assert_allclose(template_coefficients(table, pitches, frame_s, 0.5, 1.0, 60.0, 0.1, RATE),
+                               table[2, 1, 1, 0], atol=1e-6)
+    halfway = template_coefficients(table, pitches, frame_s, 0.0, 0.0, 50.0, 0.0, RATE)
+    np.testing.assert_allclose(halfway, 0.5 * (table[0, 0, 0, 0] + table[0, 0, 1, 0]), atol=1e-6)
+    clamped = template_coefficients(table, pitches, frame_s, 1.0, 0.0, 20.0, 5.0, RATE)
+    np.testing.assert_allclose(clamped, table[0, 2, 0, 1], atol=1e-6)
+    in_time = template_coefficients(table, pitches, frame_s, 0.0, 1.0, 80.0, 0.25, RATE)
+    np.testing.assert_allclose(in_time, 0.25 * table[2, 0, 2, 0] + 0.75 * table[2, 0, 2, 1], atol=1e-6)
+    high = template_coefficients(table, pitches, frame_s, 0.0, 0.0, 100.0, 0.2, RATE)  # 2637 Hz: 1..3 below 8 kHz
     assert np.all(high[6:] == 0.0) and np.all(high[:6] != 0.0)
 
 
-def test_torch_lookup_and_signal_equal_the_numpy_reference():
-    table, pitches = _table(seed=1), np.array([40.0, 60.0, 80.0])
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_torch_lookup_and_signal_equal_the_numpy_reference(n_frames):
+    table, pitches = _table(seed=1, n_frames=n_frames), np.array([40.0, 60.0, 80.0])
+    frame_s = np.array([0.05, 0.2, 0.6][:n_frames])
     rng = np.random.default_rng(2)
     conditioning = np.stack([rng.uniform(0, 1, 50), rng.uniform(0, 1, 50), rng.uniform(30, 100, 50)], axis=1)
-    phase = rng.uniform(0, 2 * np.pi, 50)
+    age_s, phase = rng.uniform(0, 1, 50), rng.uniform(0, 2 * np.pi, 50)
     coefficients = template_lookup(torch.from_numpy(table), torch.tensor(pitches, dtype=torch.float32),
-                                   torch.tensor(conditioning, dtype=torch.float32), RATE)
-    expected = np.stack([template_coefficients(table, pitches, *row, RATE) for row in conditioning])
+                                   torch.tensor(frame_s, dtype=torch.float32),
+                                   torch.tensor(conditioning, dtype=torch.float32),
+                                   torch.tensor(age_s, dtype=torch.float32), RATE)
+    expected = np.stack([template_coefficients(table, pitches, frame_s, *row, age, RATE)
+                         for row, age in zip(conditioning, age_s)])
     np.testing.assert_allclose(coefficients.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(template_features(coefficients, torch.tensor(phase)).numpy(),
                                template_signal(expected, phase), atol=1e-4)
@@ -73,5 +98,8 @@ def test_a_template_needs_the_oscillator_and_a_table_shape():
         GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3)
     with pytest.raises(ValueError, match="ascend"):
         GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(60, 40))
+    with pytest.raises(ValueError, match="template_frame_s"):
+        GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(40, 60),
+                       template_frame_s=(0.2, 0.1))
     config = GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(40, 60))
     assert config.input_size == GruSynthConfig(oscillator_harmonics=2).input_size + 2

@@ -54,6 +54,9 @@ class GruTrainConfig:
     """M > 0: the voice reads the timbre template (`models.gru_template`), harmonics 1..M of G's
     note at every grid node x `pitches`, measured before training (cached in `dataset_dir`) and
     stored in the checkpoint; needs oscillator_harmonics >= 1. 0: no template."""
+    template_frame_s: tuple = ()
+    """Times (s since onset) of the template's frames, read in the note's age so it follows the
+    note's envelope (`GruSynthConfig.template_frame_s`); empty: one frame, the note's mean."""
     age_feature_s: float = 0.0
     """> 0: the note's age (seconds since onset, clamped to this) is a conditioning feature, so the
     voice can learn the notes' envelopes (`GruSynthConfig.age_feature_s`); 0: none."""
@@ -223,29 +226,34 @@ def render_retuned(source, h: np.ndarray, pitches: np.ndarray, sample_rate: int,
 
 
 def prepare_template(config: GruTrainConfig, sample_rate: int, progress: bool = True) -> np.ndarray:
-    """The timbre template table float32 [N, N, P, 2M] of the grid's nodes x `config.pitches`
-    (`models.gru_template.template_table` on G's retuned renders at `sample_rate`, the clips' span
-    and level), read from `dataset_dir/template_h<M>_s<seed>.npy` when it was measured before."""
+    """The timbre template table float32 [N, N, P, F, 2M] of the grid's nodes x `config.pitches`
+    (`models.gru_template.template_table` on G's retuned renders at `sample_rate`, from the notes'
+    onsets to the clips' end, at the clips' level), read from `dataset_dir/template_*.npy` when it
+    was measured before with the same harmonics, frames and render seed."""
+    import hashlib
+
     from models.gru_template import template_table
     from training.train_grid import load_conditioning_source
 
-    cache = Path(config.dataset_dir) / f"template_h{config.template_harmonics}_s{config.render_seed}.npy"
+    frames = hashlib.sha1(repr(tuple(float(t) for t in config.template_frame_s)).encode()).hexdigest()[:8] \
+        if config.template_frame_s else "mean"
+    cache = Path(config.dataset_dir) / f"template_h{config.template_harmonics}_f{frames}_s{config.render_seed}.npy"
     pitches = sorted(int(p) for p in config.pitches)
     nodes = _grid_nodes(config)
-    expected = (nodes.shape[0], nodes.shape[0], len(pitches), 2 * config.template_harmonics)
+    expected = (nodes.shape[0], nodes.shape[0], len(pitches), max(len(config.template_frame_s), 1),
+                2 * config.template_harmonics)
     if cache.is_file():
         table = np.load(cache)
         if table.shape == expected:
             return table
     source = load_conditioning_source(config.model_dir)
-    start = int(round(config.clip_start_s * sample_rate))
-    stop = start + int(round(config.clip_seconds * sample_rate))
+    stop = int(round((config.clip_start_s + config.clip_seconds) * sample_rate))
 
     def render(h: np.ndarray, note_pitches: np.ndarray) -> np.ndarray:
-        return render_retuned(source, h, note_pitches, sample_rate, seed=config.render_seed)[:, start:stop]
+        return render_retuned(source, h, note_pitches, sample_rate, seed=config.render_seed)[:, :stop]
 
-    table = template_table(nodes, pitches, render, sample_rate, config.template_harmonics, peak=config.peak,
-                           progress=progress)
+    table = template_table(nodes, pitches, render, sample_rate, config.template_harmonics,
+                           frame_s=config.template_frame_s, peak=config.peak, progress=progress)
     temporary = cache.with_name(cache.name + ".partial.npy")
     np.save(temporary, table)
     temporary.rename(cache)
@@ -308,7 +316,8 @@ def _initialise_from(model, folder: Path) -> None:
                                           timbre_grid_dim=model.config.timbre_grid_dim,
                                           template_harmonics=model.config.template_harmonics,
                                           template_grid_size=model.config.template_grid_size,
-                                          template_pitches=model.config.template_pitches)
+                                          template_pitches=model.config.template_pitches,
+                                          template_frame_s=model.config.template_frame_s)
     grid_from_xy = model.config.timbre_grid_size > 0 and source_config.timbre_grid_size == 0
     if same_but_inputs != model.config or source_config.oscillator_harmonics > model.config.oscillator_harmonics \
             or (source_config.template_harmonics and source_config != model.config) \
@@ -478,6 +487,7 @@ def train_gru(config: GruTrainConfig, resume: bool = False, progress: bool = Tru
         model_config = dataclasses.replace(model_config, template_harmonics=config.template_harmonics,
                                            template_grid_size=template.shape[0],
                                            template_pitches=tuple(sorted(float(p) for p in config.pitches)),
+                                           template_frame_s=tuple(config.template_frame_s),
                                            template_residual=config.template_residual)
     model = GruSynth(model_config)
     if grid_nodes is not None:
