@@ -52,6 +52,7 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, load_config, load_metadata, load_state_into, save_checkpoint
 from models.gru_config import CONDITIONING_NAMES, GruSynthConfig
+from models.gru_template import DIRECTION_FLOOR
 from models.mu_law import mu_law_decode_torch, mu_law_encode_torch, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI
 
@@ -120,7 +121,8 @@ def template_lookup(table: torch.Tensor, pitches: torch.Tensor, frame_s: torch.T
     """`models.gru_template.template_coefficients` in torch: table [N, N, P, F, 2M], pitches [P] (MIDI,
     ascending), frame_s [F] (s since onset, ascending), conditioning [..., 3] (x, y, pitch), age_s
     [...] (s since the note's onset; None reads frame 0) -> float32 [..., 2M], harmonics at or above
-    Nyquist zeroed. Gathers the 4 x 2 x 2 table rows it blends (no [..., P, F, 2M] intermediate)."""
+    Nyquist zeroed; blended in polar form as the reference is. Gathers the 4 x 2 x 2 table rows it
+    blends (no [..., P, F, 2M] intermediate)."""
     size, _, n_pitches, n_frames, width = table.shape
     x, y, pitch = conditioning.to(torch.float32).unbind(-1)
     column = x.clamp(0.0, 1.0) * (size - 1)
@@ -133,14 +135,20 @@ def template_lookup(table: torch.Tensor, pitches: torch.Tensor, frame_s: torch.T
         age_s = torch.zeros_like(pitch)
     a, fa = _interpolation(frame_s, age_s.to(torch.float32))
     k1, a1 = (k + 1).clamp(max=n_pitches - 1), (a + 1).clamp(max=n_frames - 1)
-    rows = table.reshape(-1, width)
-    coefficients = torch.zeros(*pitch.shape, width, dtype=table.dtype, device=table.device)
+    rows = table.reshape(-1, width // 2, 2)
+    magnitude = torch.zeros(*pitch.shape, width // 2, dtype=table.dtype, device=table.device)
+    direction = torch.zeros(*pitch.shape, width // 2, 2, dtype=table.dtype, device=table.device)
     for r, c, w_xy in ((r0, c0, (1 - fx) * (1 - fy)), (r0, c0 + 1, fx * (1 - fy)),
                        (r0 + 1, c0, (1 - fx) * fy), (r0 + 1, c0 + 1, fx * fy)):
         for p, w_p in ((k, 1 - fk), (k1, fk)):
             for t, w_t in ((a, 1 - fa), (a1, fa)):
-                index = ((r * size + c) * n_pitches + p) * n_frames + t
-                coefficients = coefficients + (w_xy * w_p * w_t).unsqueeze(-1) * rows[index]
+                entry = rows[((r * size + c) * n_pitches + p) * n_frames + t]  # [..., M, 2]
+                length = entry.norm(dim=-1)
+                weight = (w_xy * w_p * w_t).unsqueeze(-1)
+                magnitude = magnitude + weight * length
+                direction = direction + weight.unsqueeze(-1) * entry / length.clamp(min=1e-30).unsqueeze(-1)
+    coefficients = (direction * (magnitude / direction.norm(dim=-1).clamp(min=DIRECTION_FLOOR)).unsqueeze(-1)
+                    ).flatten(-2)
     harmonics = torch.arange(1, width // 2 + 1, dtype=torch.float32, device=table.device)
     audible = (harmonics * _midi_to_hz(pitch).unsqueeze(-1) < sample_rate / 2).to(torch.float32)
     return coefficients * audible.repeat_interleave(2, dim=-1)

@@ -41,6 +41,8 @@ FIT_PERIODS = 4
 """Periods of the fundamental per least-squares fit, and at least `MIN_FIT_S` seconds: 2M
 coefficients fitted to a few hundred samples fit the note's noise between the harmonics too."""
 MIN_FIT_S = 0.075
+DIRECTION_FLOOR = 1e-6
+"""Below this |sum w D / |D|| (phases that cancel exactly) a blended harmonic is silent."""
 
 
 def measure_template(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int, frame_s=(),
@@ -146,22 +148,32 @@ def template_coefficients(table: np.ndarray, pitches: np.ndarray, frame_s: np.nd
     """NumPy reference of the lookup (the kernel's `template_coefficients_into`, torch's
     `template_lookup`): table [N, N, P, F, 2M] (rows y, columns x), pitches [P] ascending, frame_s
     [F] ascending (s since onset; any single value for F = 1); (x, y) clipped to [0, 1], pitch and
-    the note's age (s) clamped to the table's ranges and read linearly; harmonics m with
+    the note's age (s) clamped to the table's ranges; the 4 x 2 x 2 entries around them are blended
+    in polar form (`blend` weights w): magnitude sum w |D|, phase that of sum w D / |D|, so two notes
+    whose harmonics differ in phase do not cancel between them; harmonics m with
     m f0(pitch) >= sample_rate / 2 are zero. Returns float32 [2M]."""
     table = np.asarray(table, dtype=np.float64)
     last = table.shape[0] - 1
     column, row = min(max(x, 0.0), 1.0) * last, min(max(y, 0.0), 1.0) * last
     c0, r0 = min(int(np.floor(column)), last - 1), min(int(np.floor(row)), last - 1)
     fx, fy = column - c0, row - r0
-    at_point = (1 - fx) * (1 - fy) * table[r0, c0] + fx * (1 - fy) * table[r0, c0 + 1] \
-        + (1 - fx) * fy * table[r0 + 1, c0] + fx * fy * table[r0 + 1, c0 + 1]  # [P, F, 2M]
-    k, f = _interpolation(np.asarray(pitches, dtype=np.float64), pitch)
-    at_pitch = (1 - f) * at_point[k] + f * at_point[min(k + 1, len(at_point) - 1)]  # [F, 2M]
-    k, f = _interpolation(np.asarray(frame_s, dtype=np.float64).ravel()[:len(at_pitch)], age_s)
-    coefficients = (1 - f) * at_pitch[k] + f * at_pitch[min(k + 1, len(at_pitch) - 1)]
+    k, fk = _interpolation(np.asarray(pitches, dtype=np.float64), pitch)
+    a, fa = _interpolation(np.asarray(frame_s, dtype=np.float64).ravel()[:table.shape[3]], age_s)
+    k1, a1 = min(k + 1, table.shape[2] - 1), min(a + 1, table.shape[3] - 1)
+    magnitude, direction = 0.0, 0.0
+    for r, c, w_xy in ((r0, c0, (1 - fx) * (1 - fy)), (r0, c0 + 1, fx * (1 - fy)),
+                       (r0 + 1, c0, (1 - fx) * fy), (r0 + 1, c0 + 1, fx * fy)):
+        for p, w_p in ((k, 1 - fk), (k1, fk)):
+            for t, w_t in ((a, 1 - fa), (a1, fa)):
+                entry = table[r, c, p, t, 0::2] + 1j * table[r, c, p, t, 1::2]  # [M]
+                size = np.abs(entry)
+                magnitude = magnitude + w_xy * w_p * w_t * size
+                direction = direction + w_xy * w_p * w_t * np.where(size > 0, entry / np.maximum(size, 1e-30), 0)
+    blended = magnitude * direction / np.maximum(np.abs(direction), DIRECTION_FLOOR)
     n_harmonics = table.shape[-1] // 2
     audible = np.arange(1, n_harmonics + 1) * midi_to_hz(float(pitch)) < sample_rate / 2
-    return (coefficients * np.repeat(audible, 2)).astype(np.float32)
+    blended = blended * audible
+    return np.stack([blended.real, blended.imag], axis=-1).ravel().astype(np.float32)
 
 
 def template_signal(coefficients: np.ndarray, phase: np.ndarray) -> np.ndarray:
@@ -200,17 +212,26 @@ def template_coefficients_into(table, pitches, frame_s, x, y, pitch, age_s, samp
     a, fa = _interpolation_at(frame_s[:table.shape[3]], age_s)
     k1, a1 = min(k + 1, table.shape[2] - 1), min(a + 1, table.shape[3] - 1)
     f0_hz = A4_HZ * 2.0 ** ((np.float64(pitch) - A4_MIDI) / 12.0)
-    for j in range(out.shape[0]):
-        if (j // 2 + 1) * f0_hz >= 0.5 * sample_rate:
-            out[j] = np.float32(0.0)
+    for m in range(out.shape[0] // 2):
+        out[2 * m], out[2 * m + 1] = np.float32(0.0), np.float32(0.0)
+        if (m + 1) * f0_hz >= 0.5 * sample_rate:
             continue
-        acc = 0.0
-        for corner_index in range(4):
-            r, c = r0 + corner_index // 2, c0 + corner_index % 2
-            at_k = (1 - fa) * table[r, c, k, a, j] + fa * table[r, c, k, a1, j]
-            at_k1 = (1 - fa) * table[r, c, k1, a, j] + fa * table[r, c, k1, a1, j]
-            acc += corner[corner_index] * ((1 - fk) * at_k + fk * at_k1)
-        out[j] = np.float32(acc)
+        magnitude, real, imaginary = 0.0, 0.0, 0.0
+        for index in range(16):  # 4 corners x 2 pitches x 2 frames
+            r, c = r0 + (index >> 3), c0 + ((index >> 2) & 1)
+            p = k1 if (index >> 1) & 1 else k
+            t = a1 if index & 1 else a
+            w = corner[index >> 2] * (fk if (index >> 1) & 1 else 1 - fk) * (fa if index & 1 else 1 - fa)
+            re, im = np.float64(table[r, c, p, t, 2 * m]), np.float64(table[r, c, p, t, 2 * m + 1])
+            size = np.sqrt(re * re + im * im)
+            if w == 0.0 or size == 0.0:
+                continue
+            magnitude += w * size
+            real += w * re / size
+            imaginary += w * im / size
+        length = np.sqrt(real * real + imaginary * imaginary)
+        scale = magnitude / max(length, DIRECTION_FLOOR)
+        out[2 * m], out[2 * m + 1] = np.float32(real * scale), np.float32(imaginary * scale)
 
 
 @numba.njit(inline="always", error_model="numpy")

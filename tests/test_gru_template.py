@@ -63,14 +63,29 @@ def test_lookup_reads_nodes_exactly_interpolates_between_and_drops_unplayable_ha
     table, pitches, frame_s = _table(n_frames=2), np.array([40.0, 60.0, 80.0]), np.array([0.1, 0.3])
     np.testing.assert_allclose(template_coefficients(table, pitches, frame_s, 0.5, 1.0, 60.0, 0.1, RATE),
                                table[2, 1, 1, 0], atol=1e-6)
-    halfway = template_coefficients(table, pitches, frame_s, 0.0, 0.0, 50.0, 0.0, RATE)
-    np.testing.assert_allclose(halfway, 0.5 * (table[0, 0, 0, 0] + table[0, 0, 1, 0]), atol=1e-6)
     clamped = template_coefficients(table, pitches, frame_s, 1.0, 0.0, 20.0, 5.0, RATE)
     np.testing.assert_allclose(clamped, table[0, 2, 0, 1], atol=1e-6)
-    in_time = template_coefficients(table, pitches, frame_s, 0.0, 1.0, 80.0, 0.25, RATE)
-    np.testing.assert_allclose(in_time, 0.25 * table[2, 0, 2, 0] + 0.75 * table[2, 0, 2, 1], atol=1e-6)
+    # between entries: magnitudes blend linearly, phases as the blended unit vectors' direction
+    def polar(row):
+        return row[0::2] + 1j * row[1::2]
+    for (x, pitch, age), (low, high, f) in {(0.0, 50.0, 0.0): (table[0, 0, 0, 0], table[0, 0, 1, 0], 0.5),
+                                            (0.0, 80.0, 0.25): (table[0, 0, 2, 0], table[0, 0, 2, 1], 0.75),
+                                            (0.25, 40.0, 0.1): (table[0, 0, 0, 0], table[0, 1, 0, 0], 0.5)}.items():
+        blended = polar(template_coefficients(table, pitches, frame_s, x, 0.0, pitch, age, RATE))
+        a, b = polar(low), polar(high)
+        np.testing.assert_allclose(np.abs(blended), (1 - f) * np.abs(a) + f * np.abs(b), rtol=1e-5)
+        direction = (1 - f) * a / np.abs(a) + f * b / np.abs(b)
+        np.testing.assert_allclose(blended / np.abs(blended), direction / np.abs(direction), atol=1e-5)
     high = template_coefficients(table, pitches, frame_s, 0.0, 0.0, 100.0, 0.2, RATE)  # 2637 Hz: 1..3 below 8 kHz
     assert np.all(high[6:] == 0.0) and np.all(high[:6] != 0.0)
+
+
+def test_two_notes_in_opposite_phase_blend_without_cancelling():
+    table = np.zeros((2, 2, 1, 1, 2), np.float32)
+    table[:, 0, 0, 0, 0] = 0.4  # the fundamental at phase 0 on one side, at phase 2.9 on the other
+    table[:, 1, 0, 0, 0], table[:, 1, 0, 0, 1] = 0.2 * np.cos(2.9), 0.2 * np.sin(2.9)
+    halfway = template_coefficients(table, np.array([60.0]), np.array([0.0]), 0.5, 0.5, 60.0, 0.0, RATE)
+    assert abs(halfway[0] + 1j * halfway[1]) == pytest.approx(0.3, abs=1e-6)  # a linear blend: 0.11
 
 
 @pytest.mark.parametrize("n_frames", [1, 3])
