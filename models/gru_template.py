@@ -4,8 +4,9 @@ A sample-level GRU conditioned on (x, y, pitch) alone learns to predict the next
 last few and hardly uses the timbre point. The template hands it the timbre as a signal instead: for
 every timbre grid node and template pitch, the harmonics of G's note there, measured relative to
 the fundamental's phase, D_m = a_m + i b_m (m = 1..M, of the note peak-normalised as the GRU's
-training clips are). Playing, the coefficients are read bilinearly at (x, y) and linearly in pitch
-(clamped to the table's pitch range), harmonics at or above Nyquist are dropped, and two inputs
+training clips are), per frame of the note (`template_frame_s`, or one frame: the note's mean).
+Playing, the entries around (x, y), the pitch and the note's age (each clamped to the table's
+range) are blended in polar form, harmonics at or above Nyquist are dropped, and two inputs
 enter the first GRU layer every sample, at the oscillator phase phi (`models.gru`):
 
     cycle(phi)      = sum_m Re(D_m e^{i m phi}) = sum_m a_m cos(m phi) - b_m sin(m phi)
