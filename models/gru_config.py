@@ -42,10 +42,9 @@ class GruSynthConfig:
     """Size of each timbre grid node (the GAN's conditioning h); > 0 exactly when timbre_grid_size is."""
     template_harmonics: int = 0
     """M > 0: the timbre template (`models.gru_template`): the harmonics 1..M of G's note at each grid
-    node and template pitch (and frame of the note), a buffer [template_grid_size, template_grid_size,
-    P, F, 2M] of the
-    checkpoint, enter the first layer every sample as the cycle and its quadrature at the
-    oscillator's phase (needs oscillator_harmonics >= 1). 0: no template."""
+    node, template pitch and frame of the note (a checkpoint buffer of `template_shape`), enter the
+    first layer every sample as the cycle and its quadrature at the oscillator's phase (needs
+    oscillator_harmonics >= 1). 0: no template."""
     template_grid_size: int = 0
     """N of the template table (the timbre grid's size); > 0 exactly when template_harmonics is."""
     template_pitches: tuple = ()
