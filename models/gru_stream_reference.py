@@ -65,7 +65,7 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
         if state.template.shape[0]:
             state.template[:] = template_coefficients(weights.template, weights.template_pitches,
                                                       weights.template_frame_s, x, y, pitch,
-                                                      counters[2] / weights.features[3], weights.features[3])
+                                                      counters[2] / params[3], params[3])
         counters[1] = control_interval
     counters[1] -= 1
     counters[2] += 1
