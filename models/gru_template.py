@@ -40,8 +40,9 @@ from models.pitch import A4_HZ, A4_MIDI, midi_to_hz
 
 FIT_PERIODS = 4
 """Periods of the fundamental per least-squares fit, and at least `MIN_FIT_S` seconds: 2M
-coefficients fitted to a few hundred samples fit the note's noise between the harmonics too."""
-MIN_FIT_S = 0.075
+coefficients fitted to a few hundred samples fit the note's noise between the harmonics too; fits
+much longer than 50 ms smear the note's attack and release over their neighbours."""
+MIN_FIT_S = 0.05
 DIRECTION_FLOOR = 1e-6
 """Below this |sum w D / |D|| (phases that cancel exactly) a blended harmonic is silent."""
 

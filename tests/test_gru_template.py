@@ -47,7 +47,7 @@ def test_frames_follow_the_note_through_time():
     note = level * _note(60, [1.0, 0.5], [0.0, 0.4], 0.3)
     frames = measure_template(note[None], [60], RATE, 4, frame_s=(0.1, 0.25, 0.75, 0.9))[0]
     fundamental = np.abs(frames[:, 0] + 1j * frames[:, 1])
-    np.testing.assert_allclose(fundamental, [0.8, 0.8, 0.2, 0.2], atol=0.03)  # fits of 75 ms blur the step
+    np.testing.assert_allclose(fundamental, [0.8, 0.8, 0.2, 0.2], atol=0.03)  # fits of 50 ms blur the step
     np.testing.assert_allclose(np.abs(frames[:, 2] + 1j * frames[:, 3]), 0.5 * fundamental, atol=0.01)
     mean = measure_template(note[None], [60], RATE, 4)[0, 0]
     assert 0.2 < abs(mean[0] + 1j * mean[1]) < 0.8

@@ -20,6 +20,7 @@ from training.train_gru import (
     pitch_report,
     noisy_inputs,
     prepare_dataset,
+    prepare_template,
     render_retuned,
     train_gru,
 )
@@ -257,6 +258,33 @@ def test_a_template_voice_measures_its_table_and_warm_starts_from_a_voice_withou
     logits = np.zeros((30, 256), np.float32)
     gru_stream_logits(weights, new_state(weights, path="float"), mu[1].numpy(), conditioning[1].numpy(), 1, logits)
     np.testing.assert_allclose(logits, expected[1].numpy(), atol=2e-4)
+
+
+class _DecayingToneSource:
+    """A conditioning source whose 0.5 s notes fall from 0.8 to 0.2 at 0.25 s: past the clips' end."""
+    sample_rate = SAMPLE_RATE
+
+    def render_conditioning(self, h, pitches, seed=0):
+        time_s = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+        f0_hz = 440.0 * 2.0 ** ((np.asarray(pitches, dtype=np.float64)[:, None] - 69) / 12)
+        return np.where(time_s < 0.25, 0.8, 0.2) * np.sin(2 * np.pi * f0_hz * time_s)
+
+
+def test_template_frames_past_the_clips_end_follow_the_whole_note(tmp_path, monkeypatch):
+    """The table is measured on each whole rendered note, not the 0.1 s clip: a frame at 0.4 s
+    hears the note's later, quieter part (cut at the clip, it would copy the frame at 0.05 s)."""
+    import training.train_grid
+
+    monkeypatch.setattr(training.train_grid, "load_conditioning_source", lambda model_dir: _DecayingToneSource())
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    TimbreGrid(bilinear_mesh(corners, 3), GridConfig(size=3, conditioning_dim=2)).save(tmp_path / "model" / "grid")
+    config = tiny_config(tmp_path, model_dir=str(tmp_path / "model"), template_harmonics=2,
+                         template_frame_s=(0.05, 0.15, 0.4))
+    table = prepare_template(config, SAMPLE_RATE, progress=False)
+    assert table.shape == (3, 3, 2, 3, 4)
+    fundamental = np.abs(table[..., 0] + 1j * table[..., 1])  # [3, 3, 2, 3]
+    np.testing.assert_allclose(fundamental[..., 2] / fundamental[..., 0], 0.25, atol=0.02)
+    assert len(list((tmp_path / "data").glob("template_h2_f*_s0.npy"))) == 1  # cached beside the data set
 
 
 def test_a_residual_voice_trains_and_streams_its_template_prediction(tmp_path):

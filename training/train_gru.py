@@ -227,16 +227,17 @@ def render_retuned(source, h: np.ndarray, pitches: np.ndarray, sample_rate: int,
 
 def prepare_template(config: GruTrainConfig, sample_rate: int, progress: bool = True) -> np.ndarray:
     """The timbre template table float32 [N, N, P, F, 2M] of the grid's nodes x `config.pitches`
-    (`models.gru_template.template_table` on G's retuned renders at `sample_rate`, from the notes'
-    onsets to the clips' end, at the clips' level), read from `dataset_dir/template_*.npy` when it
-    was measured before with the same harmonics, frames and render seed."""
+    (`models.gru_template.template_table` on G's retuned renders at `sample_rate`, each whole note from
+    its onset, so frames past the clips' end follow the note's release; at the clips' level), read from
+    `dataset_dir/template_*.npy` when it was measured before with the same harmonics, frames, fit
+    length (`MIN_FIT_S`) and render seed."""
     import hashlib
 
-    from models.gru_template import template_table
+    from models.gru_template import MIN_FIT_S, template_table
     from training.train_grid import load_conditioning_source
 
-    frames = hashlib.sha1(repr(tuple(float(t) for t in config.template_frame_s)).encode()).hexdigest()[:8] \
-        if config.template_frame_s else "mean"
+    frames = hashlib.sha1(repr((tuple(float(t) for t in config.template_frame_s), MIN_FIT_S, "whole note"))
+                          .encode()).hexdigest()[:8] if config.template_frame_s else "mean"
     cache = Path(config.dataset_dir) / f"template_h{config.template_harmonics}_f{frames}_s{config.render_seed}.npy"
     pitches = sorted(int(p) for p in config.pitches)
     nodes = _grid_nodes(config)
@@ -247,13 +248,13 @@ def prepare_template(config: GruTrainConfig, sample_rate: int, progress: bool = 
         if table.shape == expected:
             return table
     source = load_conditioning_source(config.model_dir)
-    stop = int(round((config.clip_start_s + config.clip_seconds) * sample_rate))
 
     def render(h: np.ndarray, note_pitches: np.ndarray) -> np.ndarray:
-        return render_retuned(source, h, note_pitches, sample_rate, seed=config.render_seed)[:, :stop]
+        return render_retuned(source, h, note_pitches, sample_rate, seed=config.render_seed)
 
     table = template_table(nodes, pitches, render, sample_rate, config.template_harmonics,
                            frame_s=config.template_frame_s, peak=config.peak, progress=progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
     temporary = cache.with_name(cache.name + ".partial.npy")
     np.save(temporary, table)
     temporary.rename(cache)
