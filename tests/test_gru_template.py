@@ -118,3 +118,24 @@ def test_a_template_needs_the_oscillator_and_a_table_shape():
                        template_frame_s=(0.2, 0.1))
     config = GruSynthConfig(oscillator_harmonics=2, template_harmonics=4, template_grid_size=3, template_pitches=(40, 60))
     assert config.input_size == GruSynthConfig(oscillator_harmonics=2).input_size + 2
+
+
+def test_the_checkpoint_stores_the_template_in_float16_and_both_loaders_read_it_back(tmp_path):
+    from safetensors.numpy import load_file
+
+    from models.gru import GruSynth, load_gru, save_gru
+    from models.gru_stream import load_stream_weights
+
+    config = GruSynthConfig(n_layers=1, hidden_size=16, oscillator_harmonics=2, template_harmonics=4,
+                            template_grid_size=3, template_pitches=(40.0, 60.0), template_frame_s=(0.1, 0.3))
+    model = GruSynth(config)
+    table = np.random.default_rng(0).uniform(-0.5, 0.5, config.template_shape).astype(np.float32)
+    model.set_template(table)
+    save_gru(tmp_path, model)
+    assert load_file(str(tmp_path / "model.safetensors"))["timbre_template"].dtype == np.float16
+    loaded = load_gru(tmp_path)
+    assert loaded.timbre_template.dtype == torch.float32
+    np.testing.assert_allclose(loaded.timbre_template.numpy(), table, atol=5e-4)
+    weights, _ = load_stream_weights(tmp_path, "fp32")
+    assert weights.template.dtype == np.float32
+    np.testing.assert_array_equal(weights.template, loaded.timbre_template.numpy())
