@@ -102,3 +102,25 @@ def test_points_between_nodes_skip_the_corners_and_centre():
     points = default_grid_points(5, seed=3, random_only=True)
     assert points.shape == (5, 2) and np.all((points > 0) & (points < 1))
     assert not any(np.allclose(point, [0.5, 0.5]) for point in points)
+
+
+def test_template_only_makes_a_residual_voice_play_its_template_and_refuses_a_plain_voice():
+    import torch
+
+    from models.gru import GruSynth
+    from models.gru_config import GruSynthConfig
+    from models.mu_law import mu_law_zero
+    from training.gru_evaluation import template_only
+
+    with pytest.raises(ValueError, match="residual"):
+        template_only(GruSynth(GruSynthConfig(n_layers=1, hidden_size=16)))
+    config = GruSynthConfig(n_layers=1, hidden_size=16, oscillator_harmonics=2, template_harmonics=4,
+                            template_grid_size=3, template_pitches=(40.0, 60.0), template_residual=True)
+    voice = GruSynth(config)
+    voice.set_template(np.random.default_rng(0).uniform(-0.3, 0.3, config.template_shape).astype(np.float32))
+    template_only(voice)
+    mu = torch.randint(0, 256, (2, 20))
+    conditioning = torch.tensor([[0.3, 0.6, 50.0], [0.9, 0.1, 58.0]])[:, None].repeat(1, 20, 1)
+    with torch.no_grad():
+        logits = voice(mu, conditioning)[0]
+    assert torch.all(logits.argmax(-1) == mu_law_zero(config.n_classes))

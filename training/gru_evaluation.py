@@ -24,9 +24,10 @@ Public API:
     timbre_features(audio [n, n_samples], pitches [n], sample_rate) -> float64 [n, 2 * N_HARMONICS + 1]
     PointClassifier.fit(features, labels).predict(features) -> int [n]
     default_grid_points(n_points, seed) -> float64 [n_points, 2]
+    template_only(gru): ablate a residual voice to its template (in place)
     evaluate_gru_agreement(model_dir, grid_points, pitches, ...) -> dict
     main(): python3 -m training.gru_evaluation --model DIR --out DIR [--points 5] [--pitches 48,60,72]
-            [--between-nodes]
+            [--between-nodes] [--template-only]
 """
 from __future__ import annotations
 
@@ -197,8 +198,24 @@ def _summary(values: np.ndarray) -> dict:
             "median": float(np.median(finite)) if finite.size else None}
 
 
+def template_only(gru) -> None:
+    """Ablate a residual voice (`template_residual`) to its timbre template: the output layer always
+    picks the zero residual, so the voice plays the template's harmonics alone. In place."""
+    import torch
+
+    from models.mu_law import mu_law_zero
+
+    if not gru.config.template_residual:
+        raise ValueError("--template-only needs a residual voice (template_residual); this one has none")
+    with torch.no_grad():
+        gru.output.weight.zero_()
+        gru.output.bias.fill_(-20.0)
+        gru.output.bias[mu_law_zero(gru.config.n_classes)] = 20.0
+
+
 def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0, temperature: float = 1.0,
-                           seed: int = 0, out_dir=None, progress: bool = True, gru_dir=None) -> dict:
+                           seed: int = 0, out_dir=None, progress: bool = True, gru_dir=None,
+                           only_template: bool = False) -> dict:
     """Compare the GRU (`gru_dir`, default `model_dir/gru`) with the GAN (`model_dir/gan`...) at every
     grid point x pitch.
 
@@ -206,7 +223,8 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     compared with the GAN note over the shorter of the two; temperature: GRU sampling temperature;
     seed: GRU sampling seed (per note: seed + note index). With `out_dir` the report is also written
     to `out_dir/gru_eval.json`. Returns the report dict (distances in dB, accuracies in [0, 1],
-    cents errors per [pitch][point], null where unvoiced)."""
+    cents errors per [pitch][point], null where unvoiced). `only_template`: score a residual voice's
+    template alone (`template_only`)."""
     import torch
     from tqdm import tqdm
 
@@ -220,6 +238,8 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     started = time.perf_counter()
     gan = GanBankSource.from_dir(model_dir)
     gru = load_gru(Path(gru_dir) if gru_dir else model_dir / "gru")
+    if only_template:
+        template_only(gru)
     rate = int(gru.config.sample_rate)  # both voices are compared at the GRU's rate
     divisor = math.gcd(rate, int(gan.sample_rate))
     n_gan_samples = gan.n_samples * rate // int(gan.sample_rate)
@@ -279,6 +299,7 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
         "seconds": seconds,
         "compared_at_hz": rate,
         "temperature": temperature,
+        "template_only": only_template,
         "seed": seed,
         "tolerance_cents": TOLERANCE_CENTS,
         "pitch_accuracy": {"gru": gru_accuracy, "gan": gan_accuracy},
@@ -322,10 +343,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--between-nodes", action="store_true",
                         help="random points only (held out: none is a grid node the GRU trained on)")
+    parser.add_argument("--template-only", action="store_true",
+                        help="a residual voice's timbre template alone: its GRU always picks the zero residual")
     args = parser.parse_args(argv)
     points = default_grid_points(args.points, args.seed, random_only=args.between_nodes)
     report = evaluate_gru_agreement(args.model, points, args.pitches,
-                                    args.seconds, args.temperature, args.seed, out_dir=args.out, gru_dir=args.gru)
+                                    args.seconds, args.temperature, args.seed, out_dir=args.out, gru_dir=args.gru,
+                                    only_template=args.template_only)
     headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
                                              "classifier_agreement", "classifier_accuracy_on_gan", "classifier_pair_agreement",
                                              "gan_between_points_db", "gru_to_other_gan_db", "seconds_taken")}
