@@ -1,4 +1,6 @@
-"""GRU-vs-GAN agreement metrics on analytic signals (no models loaded)."""
+"""GRU-vs-GAN agreement metrics on analytic signals; the command line's checks on the shipped model."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,10 @@ def test_template_only_makes_a_residual_voice_play_its_template_and_refuses_a_pl
     with torch.no_grad():
         logits = voice(mu, conditioning)[0]
     assert torch.all(logits.argmax(-1) == mu_law_zero(config.n_classes))
+
+
+def test_command_line_names_a_voice_without_a_template_for_template_only(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
+    with pytest.raises(SystemExit):
+        main(["--model", str(shipped), "--out", str(tmp_path), "--template-only", "--points", "2"])
+    assert "residual voice" in capsys.readouterr().err

@@ -242,7 +242,7 @@ def test_a_template_voice_measures_its_table_and_warm_starts_from_a_voice_withou
                                          oscillator_harmonics=config.oscillator_harmonics)).eval()
     save_gru(tmp_path / "plain", plain)
     train_gru(config, progress=False)
-    assert list((tmp_path / "data").glob("template_h4_fmean_s0.npy"))
+    assert list((tmp_path / "data").glob("template_h4_fmean50ms_s0.npy"))
     warm = load_gru(tmp_path / "model").eval()
     assert warm.config.template_pitches == (60.0, 67.0) and warm.timbre_template.shape == (3, 3, 2, 1, 8)
     assert warm.timbre_template[..., 0].abs().min() > 0.05  # every note has a fundamental

@@ -347,9 +347,12 @@ def main(argv=None) -> int:
                         help="a residual voice's timbre template alone: its GRU always picks the zero residual")
     args = parser.parse_args(argv)
     points = default_grid_points(args.points, args.seed, random_only=args.between_nodes)
-    report = evaluate_gru_agreement(args.model, points, args.pitches,
-                                    args.seconds, args.temperature, args.seed, out_dir=args.out, gru_dir=args.gru,
-                                    only_template=args.template_only)
+    try:
+        report = evaluate_gru_agreement(args.model, points, args.pitches, args.seconds, args.temperature,
+                                        args.seed, out_dir=args.out, gru_dir=args.gru,
+                                        only_template=args.template_only)
+    except ValueError as error:  # a bad voice or option, named (CheckpointError is one)
+        parser.error(str(error))
     headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
                                              "classifier_agreement", "classifier_accuracy_on_gan", "classifier_pair_agreement",
                                              "gan_between_points_db", "gru_to_other_gan_db", "seconds_taken")}

@@ -237,7 +237,7 @@ def prepare_template(config: GruTrainConfig, sample_rate: int, progress: bool = 
     from training.train_grid import load_conditioning_source
 
     frames = hashlib.sha1(repr((tuple(float(t) for t in config.template_frame_s), MIN_FIT_S, "whole note"))
-                          .encode()).hexdigest()[:8] if config.template_frame_s else "mean"
+                          .encode()).hexdigest()[:8] if config.template_frame_s else f"mean{round(MIN_FIT_S * 1000)}ms"
     cache = Path(config.dataset_dir) / f"template_h{config.template_harmonics}_f{frames}_s{config.render_seed}.npy"
     pitches = sorted(int(p) for p in config.pitches)
     nodes = _grid_nodes(config)
