@@ -286,7 +286,8 @@ class GruSynth(nn.Module):
                seed: int = 0, first_mu: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Free-running generation, one sample at a time.
 
-        conditioning: float32 [batch, time, 3]; temperature > 0 scales the logits (0 = argmax);
+        conditioning: float32 [batch, time, 3]; temperature > 0 scales the logits (0 = argmax; for a
+        template-residual voice the distribution's mean residual, as the streaming kernel plays);
         first_mu: the previous class before the first step (default: silence; the residual's class for a
         template-residual voice).
         Returns (mu int64 [batch, time], state [n_layers, batch, hidden]).
@@ -304,15 +305,20 @@ class GruSynth(nn.Module):
                                                      phase[:, step:step + 1], with_prediction=True,
                                                      residual_inputs=True, start_age=torch.full((batch,), step))
             logits = logits[:, 0]
-            if temperature == 0:
+            n_classes = self.config.n_classes
+            if temperature == 0 and self.config.template_residual:  # the mean residual (`gru_stream`)
+                residual = torch.softmax(logits.to(torch.float64), dim=-1) @ mu_law_decode_torch(
+                    torch.arange(n_classes), n_classes).to(torch.float64)
+                previous = None
+            elif temperature == 0:
                 previous = logits.argmax(dim=-1, keepdim=True)
             else:
                 probabilities = torch.softmax(logits / temperature, dim=-1)
                 previous = torch.multinomial(probabilities, 1, generator=generator)
             if self.config.template_residual:  # play p + e; read back the residual of what was played
-                n_classes = self.config.n_classes
-                played = mu_law_encode_torch(prediction.to(torch.float64) + mu_law_decode_torch(previous, n_classes),
-                                             n_classes)
+                if previous is not None:
+                    residual = mu_law_decode_torch(previous, n_classes)[:, 0].to(torch.float64)
+                played = mu_law_encode_torch(prediction.to(torch.float64) + residual[:, None], n_classes)
                 previous = mu_law_encode_torch(mu_law_decode_torch(played, n_classes).to(torch.float64)
                                                - prediction.to(torch.float64), n_classes)
                 samples[:, step] = played[:, 0]

@@ -15,7 +15,10 @@ The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
   the input gates;
 - the template residual (models with `template_residual`): the cycle is the prediction p of the
   sample, the softmax draws the residual's class e, the voice emits the class of
-  clip(p + decode(e), -1, 1) and reads back the class of decode(x) - p as the next step's input;
+  clip(p + decode(e), -1, 1) and reads back the class of decode(x) - p as the next step's input; at
+  temperature 0 e is the distribution's mean E[decode(e)] (the residual's least-squares estimate,
+  `mean_residual`) instead of its most likely class: mu-law classes widen away from 0, so the argmax
+  of an uncertain residual is a wide class far from 0, and the mean falls back to the template;
 - the recurrent matrices (W_hh of every layer, W_ih of the upper layers) and the output layer are
   stored as int8 with one float32 scale per row (`compression="int8"`, 1.1 MB for 3x256: stays in a
   2 MB L2) or as float32 (`compression="fp32"`, exact);
@@ -29,7 +32,7 @@ The torch `GruSynth` is repacked for a single-sample loop (LPCNet's tricks):
   the choice is made by the state's scratch type at compile time;
 - tanh / sigmoid use a [13/6] rational approximation (max error 3.4e-7), so the loops vectorise;
 - sampling is inverse-CDF on softmax(logits / temperature) with an explicit xorshift64* generator
-  (temperature 0 = argmax).
+  (temperature 0 = argmax; a template-residual voice's mean residual).
 
 Gate layout and update follow torch.nn.GRU (rows r, z, n):
     r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n), h' = (1 - z) n + z h.
@@ -52,7 +55,7 @@ from numba.extending import intrinsic, overload
 
 from models.checkpoint import CheckpointError, load_arrays, load_config
 from models.gru_config import GruSynthConfig
-from models.gru_template import shifted_class_at, template_coefficients_into, template_signal_at
+from models.gru_template import mu_law_class_at, shifted_class_at, template_coefficients_into, template_signal_at
 from models.mu_law import mu_law_decode, mu_law_zero
 from models.pitch import A4_HZ, A4_MIDI
 from models.kernel_cache import drop_stale_cache
@@ -552,6 +555,32 @@ def sample_from_logits(logits, temperature, rng, probabilities):
     return best
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def mean_residual(logits):
+    """E[decode(k)] under softmax(logits): the mean (least-squares estimate) of the value a mu-law
+    distribution encodes. logits float32 [Q] -> float64 in [-1, 1]. decode(k) = sign(y) ((1 + mu)^|y| - 1) / mu,
+    y = 2k / mu - 1, mu = Q - 1; (1 + mu)^|y| is (1 + mu) / c^k below the middle class and
+    c^k / (1 + mu) above it, c = (1 + mu)^(2 / mu), so the loop needs no power per class."""
+    n_classes = logits.shape[0]
+    peak = logits[0]
+    for k in range(1, n_classes):
+        peak = max(peak, logits[k])
+    mu = np.float64(n_classes - 1)
+    base = mu + 1.0
+    step = base ** (2.0 / mu)
+    power = 1.0  # c^k
+    total, weighted = 0.0, 0.0
+    for k in range(n_classes):
+        weight = np.float64(_exp_nonpositive(logits[k] - peak))
+        if 2 * k < n_classes - 1:
+            weighted -= weight * (base / power - 1.0)
+        elif 2 * k > n_classes - 1:
+            weighted += weight * (power / base - 1.0)
+        total += weight
+        power *= step
+    return weighted / (total * mu)
+
+
 @numba.njit(inline="always", error_model="numpy")
 def _f0_hz(pitch):
     """Fundamental (Hz, float64) of MIDI `pitch` (equal temperament, A4 = 440 Hz)."""
@@ -672,19 +701,23 @@ def _step(weights, state, previous, x, y, pitch, control_interval, logits):
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def gru_stream_sample(weights, state, conditioning, control_interval, temperature, out_mu):
     """Generate len(out_mu) samples. conditioning float32 [n, 3] (x, y, MIDI pitch) per sample;
-    control_interval (samples) between conditioning refreshes; temperature >= 0;
-    out_mu int64 [n] receives the mu-law classes. The previous class is carried in state.counters[0]."""
+    control_interval (samples) between conditioning refreshes; temperature >= 0 (0: argmax, or a
+    template-residual voice's mean residual); out_mu int64 [n] receives the mu-law classes. The previous class is carried in state.counters[0]."""
     n_classes = weights.table.shape[0]
     logits = np.empty(n_classes, np.float32)
     previous = state.counters[0]
     for t in range(out_mu.shape[0]):
         prediction = _step(weights, state, previous, conditioning[t, 0], conditioning[t, 1], conditioning[t, 2],
                            control_interval, logits)
-        previous = sample_from_logits(logits, temperature, state.rng, state.scratch[2])
-        if weights.template_residual:
-            out_mu[t] = shifted_class_at(previous, prediction, n_classes)
+        if weights.template_residual and temperature <= 0.0:
+            out_mu[t] = mu_law_class_at(prediction + mean_residual(logits), n_classes)
+            previous = shifted_class_at(out_mu[t], -prediction, n_classes)
+        elif weights.template_residual:
+            out_mu[t] = shifted_class_at(sample_from_logits(logits, temperature, state.rng, state.scratch[2]),
+                                         prediction, n_classes)
             previous = shifted_class_at(out_mu[t], -prediction, n_classes)
         else:
+            previous = sample_from_logits(logits, temperature, state.rng, state.scratch[2])
             out_mu[t] = previous
     state.counters[0] = previous
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from models.gru_stream import ACTIVATION_SCALES
 from models.gru_template import shifted_class, template_coefficients, template_signal
+from models.mu_law import mu_law_decode, mu_law_encode
 from models.pitch import midi_to_hz
 from models.timbre_grid import bilinear_lookup
 
@@ -45,6 +46,14 @@ def sample_from_logits_reference(logits, temperature, rng, probabilities):
     threshold = _next_uniform_reference(rng) * cumulative[-1]
     above = np.nonzero(cumulative > threshold)[0]
     return int(above[0]) if above.size else best
+
+
+def mean_residual_reference(logits):
+    """NumPy twin of `mean_residual`: E[decode(k)] under softmax(logits) (float)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    weights = np.exp(logits - logits.max())
+    return float(weights @ mu_law_decode(np.arange(logits.shape[0]), logits.shape[0]).astype(np.float64)
+                 / weights.sum())
 
 
 def _step_reference(weights, state, previous, x, y, pitch, control_interval):
@@ -104,11 +113,16 @@ def gru_stream_sample_reference(weights, state, conditioning, control_interval, 
     previous = int(state.counters[0])
     for t in range(out_mu.shape[0]):
         logits, prediction = _step_reference(weights, state, previous, *conditioning[t], control_interval)
-        previous = sample_from_logits_reference(logits, temperature, state.rng, state.scratch[2])
+        n_classes = weights.table.shape[0]
         if weights.template_residual:
-            out_mu[t] = shifted_class(previous, prediction, weights.table.shape[0])
-            previous = shifted_class(int(out_mu[t]), -prediction, weights.table.shape[0])
+            if temperature <= 0.0:
+                out_mu[t] = int(mu_law_encode(prediction + mean_residual_reference(logits), n_classes))
+            else:
+                out_mu[t] = shifted_class(sample_from_logits_reference(logits, temperature, state.rng,
+                                                                       state.scratch[2]), prediction, n_classes)
+            previous = shifted_class(int(out_mu[t]), -prediction, n_classes)
         else:
+            previous = sample_from_logits_reference(logits, temperature, state.rng, state.scratch[2])
             out_mu[t] = previous
     state.counters[0] = previous
 

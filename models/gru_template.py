@@ -28,6 +28,7 @@ Public API:
     template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
     shifted_class(mu_class, offset, n_classes) -> int (NumPy reference)
     template_coefficients_into / template_signal_at / shifted_class_at: Numba twins for the GRU kernel
+    mu_law_class_at(value, n_classes) -> int: the kernel's mu-law encoder of one value
 """
 from __future__ import annotations
 
@@ -260,6 +261,17 @@ def shifted_class(mu_class: int, offset: float, n_classes: int) -> int:
 
 
 @numba.njit(inline="always", error_model="numpy")
+def mu_law_class_at(value, n_classes):
+    """The mu-law class of clip(value, -1, 1) (float64 arithmetic, as `models.mu_law.mu_law_encode`)."""
+    mu = np.float64(n_classes - 1)
+    x = min(max(np.float64(value), -1.0), 1.0)
+    compressed = np.log1p(mu * abs(x)) / np.log1p(mu)
+    if x < 0:
+        compressed = -compressed
+    return int(np.floor((compressed + 1.0) * 0.5 * mu + 0.5))
+
+
+@numba.njit(inline="always", error_model="numpy")
 def shifted_class_at(mu_class, offset, n_classes):
     """`shifted_class` for the GRU kernel (float64 arithmetic, same result)."""
     mu = np.float64(n_classes - 1)
@@ -267,8 +279,4 @@ def shifted_class_at(mu_class, offset, n_classes):
     value = np.expm1(abs(y) * np.log1p(mu)) / mu
     if y < 0:
         value = -value
-    x = min(max(value + np.float64(offset), -1.0), 1.0)
-    compressed = np.log1p(mu * abs(x)) / np.log1p(mu)
-    if x < 0:
-        compressed = -compressed
-    return int(np.floor((compressed + 1.0) * 0.5 * mu + 0.5))
+    return mu_law_class_at(value + np.float64(offset), n_classes)

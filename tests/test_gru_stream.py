@@ -7,10 +7,10 @@ from scipy.stats import chisquare
 
 from models.gru import GruSynth, GruSynthConfig
 from models.gru_stream import (_dot4_instruction_set, _integer_matvec, copy_state, default_kernel_path,
-                               gru_stream_logits, gru_stream_sample, kernel_path, new_state, sample_from_logits,
-                               stream_weights, weight_bytes_per_sample)
+                               gru_stream_logits, gru_stream_sample, kernel_path, mean_residual, new_state,
+                               sample_from_logits, stream_weights, weight_bytes_per_sample)
 from models.gru_stream_reference import (gru_stream_logits_reference, gru_stream_sample_reference,
-                                         sample_from_logits_reference)
+                                         mean_residual_reference, sample_from_logits_reference)
 
 torch.set_num_threads(1)
 # 18 hidden units: 54 gate rows, not a multiple of the kernel's 4-row blocks (exercises the tail).
@@ -262,6 +262,17 @@ def test_a_residual_voice_streams_torch_logits_from_the_residual_classes_torch_r
                                rtol=0, atol=2e-5 * np.abs(logits.numpy()).max())
 
 
+def _sample_three_ways_at_zero_temperature(model, conditioning):
+    """The (weights, kernel, reference, torch) mu-law classes of `model` played at temperature 0 under
+    `conditioning` (T, 3), control interval 16."""
+    weights = stream_weights(model, "fp32")
+    streamed, reference = np.zeros(len(conditioning), np.int64), np.zeros(len(conditioning), np.int64)
+    gru_stream_sample(weights, new_state(weights, path="float"), conditioning, 16, 0.0, streamed)
+    gru_stream_sample_reference(weights, new_state(weights, path="float"), conditioning, 16, 0.0, reference)
+    torch_mu, _ = model.sample(torch.from_numpy(conditioning)[None], temperature=0.0)
+    return weights, streamed, reference, torch_mu[0].numpy()
+
+
 def test_a_residual_voice_with_silent_logits_plays_its_template():
     """With every logit favouring the zero residual, the voice emits clip(cycle(phi_t)): its grid
     point's harmonics, the same in torch, the kernel and its reference."""
@@ -274,13 +285,9 @@ def test_a_residual_voice_with_silent_logits_plays_its_template():
         model.output.bias.zero_()
         model.output.bias[mu_law_zero(256)] = 10.0
     conditioning = np.tile(np.float32([[0.3, 0.6, 52.0]]), (400, 1))
-    weights = stream_weights(model, "fp32")
-    streamed, reference = np.zeros(400, np.int64), np.zeros(400, np.int64)
-    gru_stream_sample(weights, new_state(weights, path="float"), conditioning, 16, 0.0, streamed)
-    gru_stream_sample_reference(weights, new_state(weights, path="float"), conditioning, 16, 0.0, reference)
-    torch_mu, _ = model.sample(torch.from_numpy(conditioning)[None], temperature=0.0)
+    weights, streamed, reference, torch_mu = _sample_three_ways_at_zero_temperature(model, conditioning)
     np.testing.assert_array_equal(streamed, reference)
-    np.testing.assert_array_equal(torch_mu[0].numpy(), streamed)
+    np.testing.assert_array_equal(torch_mu, streamed)
     coefficients = template_coefficients(weights.template, weights.template_pitches, weights.template_frame_s,
                                          0.3, 0.6, 52.0, 0.0, 16000)
     phase = np.cumsum(np.full(400, 2 * np.pi * 440.0 * 2.0 ** ((52.0 - 69.0) / 12.0) / 16000))
@@ -288,6 +295,34 @@ def test_a_residual_voice_with_silent_logits_plays_its_template():
     played = mu_law_decode(streamed)
     assert np.abs(expected).max() > 0.1
     np.testing.assert_allclose(played, expected, atol=0.02 * np.abs(expected).max() + 2e-3)
+
+
+def test_the_mean_residual_is_the_expected_decoded_value():
+    """E[decode(k)] under the softmax, as its reference computes it; a wide uncertain distribution
+    whose argmax is a wide class far from 0 has a mean near 0."""
+    from models.mu_law import mu_law_decode, mu_law_zero
+
+    rng = np.random.default_rng(3)
+    for n_classes in (256, 17):
+        logits = rng.normal(0, 2, n_classes).astype(np.float32)
+        assert abs(mean_residual(logits) - mean_residual_reference(logits)) < 1e-6
+    classes = np.arange(256)
+    logits = -np.abs(classes - mu_law_zero(256)).astype(np.float32) / 40.0  # broad, peaked at silence
+    logits[250] += 3.5  # ... whose likeliest class is loud ...
+    logits[6] += 3.49  # ... with its mirror image nearly as likely
+    assert abs(mu_law_decode(np.array([int(np.argmax(logits))]))[0]) > 0.8
+    assert abs(mean_residual(logits)) < 0.1
+    assert abs(mean_residual(logits) - mean_residual_reference(logits)) < 1e-6
+
+
+def test_a_residual_voice_at_zero_temperature_plays_the_mean_residual_in_torch_the_kernel_and_its_reference():
+    model = _model(CONFIGS[5])
+    conditioning = np.tile(np.float32([[0.7, 0.2, 58.0]]), (300, 1))
+    _, streamed, reference, torch_mu = _sample_three_ways_at_zero_temperature(model, conditioning)
+    assert np.mean(streamed == reference) > 0.95  # float rounding may move a class by one, and the voice's path
+    assert np.abs(streamed - reference)[:50].max() <= 1
+    assert np.abs(torch_mu - streamed)[:50].max() <= 1
+    assert len(np.unique(streamed)) > 10  # a random voice's residual moves the note
 
 
 def test_the_age_feature_counts_from_the_note_onset_and_holds_at_its_limit():
