@@ -270,12 +270,19 @@ def copy_state(state: GruStreamState) -> GruStreamState:
 
 
 def stream_generate(model, conditioning: np.ndarray, temperature: float = 1.0, seed: int = 0,
-                    compression: str = "int8", control_interval: int = 16) -> np.ndarray:
+                    compression: str = "int8", control_interval: int = 16, template=None) -> np.ndarray:
     """Free-running generation with the streaming kernel (much faster than `GruSynth.sample`).
 
-    model: a torch `GruSynth`; conditioning float [n, 3] (x, y, MIDI pitch) per sample.
-    Returns the decoded audio float32 [n] in [-1, 1]."""
+    model: a torch `GruSynth`; conditioning float [n, 3] (x, y, MIDI pitch) per sample; template:
+    None (the model's own table) or (table float32 [N, N, P, F, 2M], pitches [P]) read instead, for
+    instance `models.gru_template.point_table` of a bank. Returns the decoded audio float32 [n] in [-1, 1]."""
     weights = stream_weights(model, compression)
+    if template is not None:
+        if not weights.template.size or np.shape(template[0])[-2:] != weights.template.shape[-2:]:
+            raise ValueError(f"template must be [N, N, P, F, 2M] with F, 2M = {weights.template.shape[-2:]}, "
+                             f"for a voice with a template; got {np.shape(template[0])}")
+        weights = weights._replace(template=np.ascontiguousarray(template[0], np.float32),
+                                   template_pitches=np.asarray(template[1], np.float64))
     mu = np.zeros(conditioning.shape[0], np.int64)
     gru_stream_sample(weights, new_state(weights, seed=seed), np.ascontiguousarray(conditioning, np.float32),
                       control_interval, temperature, mu)

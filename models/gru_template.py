@@ -23,6 +23,8 @@ what they lack (the envelope, the waveform's evolution, noise, transients).
 Public API:
     measure_template(audio [n, n_samples], pitches [n], sample_rate, n_harmonics, frame_s) -> float32 [n, F, 2M]
     template_table(...) -> float32 [N, N, P, F, 2M] (a renderer over every node x template pitch)
+    measure_peak_normalised(audio, pitches, ...) -> float32 [n, F, 2M] (notes peak-normalised first)
+    point_table(notes [P, n_samples], pitches [P], ...) -> float32 [2, 2, P, F, 2M] (one point's bank)
     template_coefficients(table, pitches, frame_s, x, y, pitch, age_s, sample_rate) -> float32 [2M]
         (NumPy reference)
     template_signal(coefficients [..., 2M], phase [...]) -> float32 [..., 2] (cycle, quadrature)
@@ -130,10 +132,26 @@ def template_table(nodes: np.ndarray, pitches, render: Callable[[np.ndarray, np.
     for first in tqdm(range(0, len(h), batch), desc="GRU template", unit="batch", disable=not progress):
         chunk = slice(first, min(first + batch, len(h)))
         audio = np.asarray(render(h[chunk], clip_pitch[chunk]), dtype=np.float64)
-        level = np.abs(audio).max(axis=1, keepdims=True)
-        audio = np.where(level > 1e-6, audio * (peak / np.maximum(level, 1e-12)), 0.0)
-        table[chunk] = measure_template(audio, clip_pitch[chunk], sample_rate, n_harmonics, frame_s)
+        table[chunk] = measure_peak_normalised(audio, clip_pitch[chunk], sample_rate, n_harmonics, frame_s, peak)
     return table.reshape(size, size, len(pitch_list), n_frames, 2 * n_harmonics)
+
+
+def measure_peak_normalised(audio: np.ndarray, pitches, sample_rate: int, n_harmonics: int, frame_s=(),
+                            peak: float = 0.9) -> np.ndarray:
+    """`measure_template` of notes float [n, n_samples] each first peak-normalised to `peak` (as the
+    GRU's training clips are; silent notes stay silent). Returns float32 [n, F, 2 * n_harmonics]."""
+    audio = np.asarray(audio, dtype=np.float64)
+    level = np.abs(audio).max(axis=1, keepdims=True)
+    audio = np.where(level > 1e-6, audio * (peak / np.maximum(level, 1e-12)), 0.0)
+    return measure_template(audio, pitches, sample_rate, n_harmonics, frame_s)
+
+
+def point_table(notes: np.ndarray, pitches, sample_rate: int, n_harmonics: int, frame_s=()) -> np.ndarray:
+    """A template table of one timbre point, measured from its own notes float [P, n_samples] (a bank:
+    every pitch [P] ascending, at the exact point): float32 [2, 2, P, F, 2 * n_harmonics], the same
+    entry at all four corners, so the lookup reads it at any (x, y)."""
+    measured = measure_peak_normalised(notes, pitches, sample_rate, n_harmonics, frame_s)
+    return np.ascontiguousarray(np.broadcast_to(measured[None, None], (2, 2) + measured.shape), np.float32)
 
 
 def _interpolation(points: np.ndarray, value: float) -> tuple[int, float]:

@@ -133,3 +133,10 @@ def test_command_line_names_a_voice_without_a_template_for_template_only(tmp_pat
     with pytest.raises(SystemExit):
         main(["--model", str(shipped), "--out", str(tmp_path), "--template-only", "--points", "2"])
     assert "residual voice" in capsys.readouterr().err
+
+
+def test_command_line_names_a_voice_without_a_template_for_template_from_bank(tmp_path, capsys):
+    shipped = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "default"
+    with pytest.raises(SystemExit):
+        main(["--model", str(shipped), "--out", str(tmp_path), "--template-from-bank", "--points", "2"])
+    assert "timbre template" in capsys.readouterr().err

@@ -348,3 +348,22 @@ def test_the_age_feature_counts_from_the_note_onset_and_holds_at_its_limit():
     at_limit = np.zeros((40, 256), np.float32)
     gru_stream_logits(weights, limit, prev_mu[:40], conditioning[:40], 1, at_limit)
     np.testing.assert_allclose(at_limit, held, atol=1e-6)
+
+
+def test_stream_generate_reads_a_template_it_is_handed_and_refuses_a_mismatched_one():
+    from models.gru_stream import stream_generate
+
+    model = _model(CONFIGS[5])
+    conditioning = np.tile(np.float32([[0.7, 0.2, 58.0]]), (200, 1))
+    own = stream_generate(model, conditioning, 0.0, compression="fp32")
+    table = model.timbre_template.numpy()
+    same = stream_generate(model, conditioning, 0.0, compression="fp32",
+                           template=(table, model.config.template_pitches))
+    np.testing.assert_array_equal(own, same)
+    other = stream_generate(model, conditioning, 0.0, compression="fp32", template=(table[:, :, ::-1].copy(),
+                                                                                   model.config.template_pitches))
+    assert np.abs(other - own).max() > 0.01
+    with pytest.raises(ValueError, match="template must be"):
+        stream_generate(model, conditioning, 0.0, template=(table[..., :4], model.config.template_pitches))
+    with pytest.raises(ValueError, match="template must be"):
+        stream_generate(_model(CONFIGS[2]), conditioning, 0.0, template=(table, model.config.template_pitches))

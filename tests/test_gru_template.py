@@ -139,3 +139,19 @@ def test_the_checkpoint_stores_the_template_in_float16_and_both_loaders_read_it_
     weights, _ = load_stream_weights(tmp_path, "fp32")
     assert weights.template.dtype == np.float32
     np.testing.assert_array_equal(weights.template, loaded.timbre_template.numpy())
+
+
+def test_a_point_table_reads_its_own_notes_at_any_position():
+    """A bank's notes become a table whose lookup at any (x, y) is the notes' own template."""
+    from models.gru_template import measure_peak_normalised, point_table
+
+    notes = np.stack([_note(57, [0.5, 0.25], [0.3, -1.0], 0.2), 0.1 * _note(64, [0.2, 0.4], [1.0, 0.5], 0.0)])
+    table = point_table(notes, [57, 64], RATE, n_harmonics=4)
+    assert table.shape == (2, 2, 2, 1, 8)
+    measured = measure_peak_normalised(notes, [57, 64], RATE, 4)
+    magnitudes = np.abs(measured[:, 0, 0::2] + 1j * measured[:, 0, 1::2])  # [2, 4], each note peak-normalised
+    np.testing.assert_allclose(magnitudes[:, :2], [[0.5, 0.25], [0.2, 0.4]] * (0.9 / np.abs(notes).max(axis=1) *
+                                                                           [1.0, 0.1])[:, None], rtol=1e-2)
+    for x, y in ((0.0, 0.0), (0.37, 0.81), (1.0, 0.4)):
+        np.testing.assert_allclose(template_coefficients(table, np.array([57.0, 64.0]), np.zeros(1), x, y, 64.0, 0.1,
+                                                         RATE), measured[1, 0], atol=1e-6)

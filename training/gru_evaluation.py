@@ -27,7 +27,7 @@ Public API:
     template_only(gru): ablate a residual voice to its template (in place)
     evaluate_gru_agreement(model_dir, grid_points, pitches, ...) -> dict
     main(): python3 -m training.gru_evaluation --model DIR --out DIR [--points 5] [--pitches 48,60,72]
-            [--between-nodes] [--template-only]
+            [--between-nodes] [--template-only] [--template-from-bank]
 """
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def template_only(gru) -> None:
 
 def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0, temperature: float = 1.0,
                            seed: int = 0, out_dir=None, progress: bool = True, gru_dir=None,
-                           only_template: bool = False) -> dict:
+                           only_template: bool = False, template_from_bank: bool = False) -> dict:
     """Compare the GRU (`gru_dir`, default `model_dir/gru`) with the GAN (`model_dir/gan`...) at every
     grid point x pitch.
 
@@ -224,7 +224,9 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     seed: GRU sampling seed (per note: seed + note index). With `out_dir` the report is also written
     to `out_dir/gru_eval.json`. Returns the report dict (distances in dB, accuracies in [0, 1],
     cents errors per [pitch][point], null where unvoiced). `only_template`: score a residual voice's
-    template alone (`template_only`)."""
+    template alone (`template_only`). `template_from_bank`: the voice reads a template measured from
+    the point's own GAN bank notes at the evaluated pitches (`models.gru_template.point_table`)
+    instead of its node table."""
     import torch
     from tqdm import tqdm
 
@@ -232,6 +234,7 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     from models.gan_bank import GanBankSource
     from models.gru import load_gru
     from models.gru_stream import stream_generate
+    from models.gru_template import point_table
 
     points, pitch_list = _check_inputs(grid_points, pitches, seconds, temperature)
     model_dir = Path(model_dir)
@@ -240,6 +243,8 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
     gru = load_gru(Path(gru_dir) if gru_dir else model_dir / "gru")
     if only_template:
         template_only(gru)
+    if template_from_bank and not gru.config.template_harmonics:
+        raise ValueError("--template-from-bank needs a voice with a timbre template (template_harmonics)")
     rate = int(gru.config.sample_rate)  # both voices are compared at the GRU's rate
     divisor = math.gcd(rate, int(gan.sample_rate))
     n_gan_samples = gan.n_samples * rate // int(gan.sample_rate)
@@ -254,10 +259,15 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
             if rate != gan.sample_rate:
                 bank = resample_poly(bank, rate // divisor, int(gan.sample_rate) // divisor, axis=1)
             gan_notes[:, j] = bank[:, :n_gan_samples]
+            template = None
+            if template_from_bank:
+                template = (point_table(bank, pitch_list, rate, gru.config.template_harmonics,
+                                        gru.config.template_frame_s), pitch_list)
             bar.update()
             for k, pitch in enumerate(pitch_list):
                 conditioning = np.tile(np.array([x, y, pitch], np.float32), (n_gru_samples, 1))
-                gru_notes[k, j] = stream_generate(gru, conditioning, temperature, seed=seed + k * n_points + j)
+                gru_notes[k, j] = stream_generate(gru, conditioning, temperature, seed=seed + k * n_points + j,
+                                                  template=template)
                 bar.update()
 
         train_pitches = sorted({p + d for p in pitch_list for d in CLASSIFIER_PITCH_OFFSETS} - set(pitch_list))
@@ -300,6 +310,7 @@ def evaluate_gru_agreement(model_dir, grid_points, pitches, seconds: float = 1.0
         "compared_at_hz": rate,
         "temperature": temperature,
         "template_only": only_template,
+        "template_from_bank": template_from_bank,
         "seed": seed,
         "tolerance_cents": TOLERANCE_CENTS,
         "pitch_accuracy": {"gru": gru_accuracy, "gan": gan_accuracy},
@@ -345,12 +356,15 @@ def main(argv=None) -> int:
                         help="random points only (held out: none is a grid node the GRU trained on)")
     parser.add_argument("--template-only", action="store_true",
                         help="a residual voice's timbre template alone: its GRU always picks the zero residual")
+    parser.add_argument("--template-from-bank", action="store_true",
+                        help="the voice's template measured from each point's own GAN bank notes, not its node table")
     args = parser.parse_args(argv)
     points = default_grid_points(args.points, args.seed, random_only=args.between_nodes)
     try:
         report = evaluate_gru_agreement(args.model, points, args.pitches, args.seconds, args.temperature,
                                         args.seed, out_dir=args.out, gru_dir=args.gru,
-                                        only_template=args.template_only)
+                                        only_template=args.template_only,
+                                        template_from_bank=args.template_from_bank)
     except ValueError as error:  # a bad voice or option, named (CheckpointError is one)
         parser.error(str(error))
     headline = {key: report[key] for key in ("pitch_accuracy", "classified_alike", "chance_classified_alike",
