@@ -111,9 +111,9 @@ def _step_reference(weights, state, previous, x, y, pitch, control_interval):
 def gru_stream_sample_reference(weights, state, conditioning, control_interval, temperature, out_mu):
     """NumPy twin of `gru_stream_sample` (same signature and state updates)."""
     previous = int(state.counters[0])
+    n_classes = weights.table.shape[0]
     for t in range(out_mu.shape[0]):
         logits, prediction = _step_reference(weights, state, previous, *conditioning[t], control_interval)
-        n_classes = weights.table.shape[0]
         if weights.template_residual:
             if temperature <= 0.0:
                 out_mu[t] = int(mu_law_encode(prediction + mean_residual_reference(logits), n_classes))
